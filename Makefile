@@ -1,0 +1,40 @@
+# All set-up happens here: on a fresh machine `make demo` and `make test` create the venv,
+# install the package and its offline assets, then run.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed-stamp
+OUT     ?= demo-out
+FMNIST  := /usr/share/datasets/fashion-mnist
+
+.PHONY: install test demo bench data clean
+
+$(STAMP): pyproject.toml constraints-local.txt
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -c constraints-local.txt -e '.[test,demo]'
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps animal-mnist
+	touch $(STAMP)
+
+install: $(STAMP) data
+
+# Fashion-MNIST comes from Debian's dataset-fashion-mnist (root here; elsewhere see README).
+data:
+	@if [ ! -d $(FMNIST) ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 || \
+	     (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1)) \
+	    || echo "warning: could not install Debian package dataset-fashion-mnist"; \
+	  else echo "note: Fashion-MNIST missing; install Debian's dataset-fashion-mnist or pass --fashion-mnist-root"; fi; \
+	fi
+
+test: install
+	$(BIN)/python -m pytest -q
+
+demo: install
+	$(BIN)/resi-dual demo --out $(OUT)
+
+bench: install
+	$(BIN)/python -m bench.run --out BENCHMARKS.md
+
+clean:
+	rm -rf $(VENV) $(OUT)

@@ -1,0 +1,1 @@
+"""Benchmark suite: `make bench` runs every bench/bench_*.py and rewrites BENCHMARKS.md."""

@@ -1,0 +1,86 @@
+"""Run the benchmark suite and write BENCHMARKS.md.
+
+Each ``bench/bench_<area>.py`` exposes ``TITLE`` (str) and ``run() -> list[dict]``; a row is
+``{"what": str, "ours": float, "baseline": float, "baseline_name": str, "unit": str,
+   "ratio": float, "target": str, "met": bool, "note": str}``, where ``ratio`` is the figure the
+target speaks of (e.g. baseline time / our time), measured in the same run because these machines
+are noisy. ``python -m bench.run --only tracing,store`` runs a subset and merges it into the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import platform
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+BENCH_DIR = Path(__file__).resolve().parent
+RESULTS_JSON = BENCH_DIR / "results.json"
+
+
+def _fmt(x) -> str:
+    if isinstance(x, float):
+        return f"{x:.4g}"
+    return str(x)
+
+
+def render(results: dict) -> str:
+    lines = [
+        "# Benchmarks",
+        "",
+        "Written by `make bench` (`python -m bench.run`). Every ratio compares two measurements taken in the",
+        "same run on the same data, so it holds on a noisy machine where absolute times do not.",
+        "",
+    ]
+    for area in sorted(results):
+        r = results[area]
+        lines += [f"## {r['title']}", "", f"Run {r['when']} on {r['machine']} ({r['seconds']:.0f} s).", ""]
+        lines += ["| what | ours | baseline | ratio | target | met | note |", "|---|---|---|---|---|---|---|"]
+        for row in r["rows"]:
+            unit = row.get("unit", "")
+            lines.append(
+                f"| {row['what']} | {_fmt(row['ours'])} {unit} | {_fmt(row['baseline'])} {unit} ({row['baseline_name']}) "
+                f"| {_fmt(row['ratio'])} | {row['target']} | {'yes' if row['met'] else 'no'} | {row.get('note', '')} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--out", default="BENCHMARKS.md")
+    ap.add_argument("--only", default="", help="comma-separated areas (file suffixes after bench_)")
+    args = ap.parse_args(argv)
+    areas = sorted(p.stem[len("bench_"):] for p in BENCH_DIR.glob("bench_*.py"))
+    if args.only:
+        wanted = {a.strip() for a in args.only.split(",")}
+        areas = [a for a in areas if a in wanted]
+    results = json.loads(RESULTS_JSON.read_text()) if RESULTS_JSON.exists() else {}
+    machine = f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+    for area in areas:
+        mod = importlib.import_module(f"bench.bench_{area}")
+        print(f"== {area}: {mod.TITLE}", flush=True)
+        t0 = time.perf_counter()
+        rows = mod.run()
+        for row in rows:
+            print("  ", {k: _fmt(v) for k, v in row.items()}, flush=True)
+        results[area] = {
+            "title": mod.TITLE,
+            "rows": rows,
+            "when": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "machine": machine,
+            "seconds": time.perf_counter() - t0,
+        }
+        RESULTS_JSON.write_text(json.dumps(results, indent=1))
+    Path(args.out).write_text(render(results))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

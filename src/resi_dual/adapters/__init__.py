@@ -1,0 +1,1 @@
+"""adapters stage of resi-dual."""

@@ -1,0 +1,74 @@
+"""Command line entry point `resi-dual`.
+
+Each subcommand lives in its own module ``resi_dual.cli.<name>`` exposing ``HELP`` (one line),
+``add_arguments(parser)`` and ``run(args) -> int``. Modules import heavy libraries inside ``run`` so
+that ``resi-dual --help`` stays fast. A :class:`~resi_dual.errors.ResiDualError` becomes a one-line
+``error: …`` on stderr and exit status 2, with no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from resi_dual.errors import ResiDualError
+
+#: subcommand name -> module name under resi_dual.cli (in the order shown by --help)
+COMMANDS = {
+    "trace": "trace",
+    "encode": "encode",
+    "analyze": "analyze",
+    "similarity": "similarity",
+    "zeroshot": "zeroshot",
+    "interpret": "interpret",
+    "specialize": "specialize",
+    "train": "train",
+    "apply": "apply",
+    "explain": "explain",
+    "pretrain-demo": "pretrain_demo",
+    "demo": "demo",
+    "experiment": "experiment",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from resi_dual import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="resi-dual",
+        description="Residual-unit decomposition, spectral analysis and ResiDual adaptation of vision transformers.",
+    )
+    parser.add_argument("--version", action="version", version=f"resi-dual {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module_name in COMMANDS.items():
+        try:
+            module = importlib.import_module(f"resi_dual.cli.{module_name}")
+        except ModuleNotFoundError as e:
+            if e.name == f"resi_dual.cli.{module_name}":
+                continue  # subcommand not built yet
+            raise
+        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except ResiDualError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,169 @@
+"""The central vocabulary: residual units and the composition of a model's output.
+
+A *unit* is one additive term of the CLS residual stream of a pre-LN vision transformer:
+the embedding (``emb``), each MLP (``L3.mlp``) and each attention head (``L3H7``).
+A *composition* is the ordered list of units of one model plus the convention used to share
+the LayerNorm centring and the biases among them (DESIGN.md §3). Both round-trip through JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Iterable, Literal, Sequence
+
+from resi_dual.errors import ResiDualError
+
+UnitKind = Literal["emb", "mlp", "head"]
+
+#: How LayerNorm's mean term and the biases are split across units.
+#: ``paper``: each head gets b_o/H; the μ and β (and projection-bias) terms are shared evenly,
+#:   1/(2L+1) per block (embedding, each MLP, each attention layer), each head 1/((2L+1)H) of it.
+#: ``centred``: each unit is centred by its own feature mean (LN centring is the linear map
+#:   I − 11ᵀ/D, so this is also exact); β and projection bias are shared as in ``paper``.
+Convention = Literal["paper", "centred"]
+CONVENTIONS: tuple[str, ...] = ("paper", "centred")
+
+_LABEL_RE = re.compile(r"^(?:emb|L(\d+)\.mlp|L(\d+)H(\d+))$")
+
+
+@dataclass(frozen=True, order=True)
+class Unit:
+    """One residual unit. ``layer`` is -1 for the embedding; ``head`` is -1 unless kind is ``head``."""
+
+    kind: UnitKind
+    layer: int = -1
+    head: int = -1
+
+    @property
+    def label(self) -> str:
+        if self.kind == "emb":
+            return "emb"
+        if self.kind == "mlp":
+            return f"L{self.layer}.mlp"
+        return f"L{self.layer}H{self.head}"
+
+    @classmethod
+    def from_label(cls, label: str) -> "Unit":
+        m = _LABEL_RE.match(label.strip())
+        if not m:
+            raise ResiDualError(f"not a unit label: {label!r} (expected 'emb', 'L<l>.mlp' or 'L<l>H<h>')")
+        if label.strip() == "emb":
+            return cls("emb")
+        if m.group(1) is not None:
+            return cls("mlp", int(m.group(1)))
+        return cls("head", int(m.group(2)), int(m.group(3)))
+
+    def __str__(self) -> str:  # pragma: no cover - convenience
+        return self.label
+
+
+def standard_units(n_layers: int, n_heads: int) -> list[Unit]:
+    """Units in residual-stream order: ``emb``, then per layer its heads, then its MLP."""
+    units = [Unit("emb")]
+    for layer in range(n_layers):
+        units.extend(Unit("head", layer, h) for h in range(n_heads))
+        units.append(Unit("mlp", layer))
+    return units
+
+
+@dataclass(frozen=True)
+class Composition:
+    """Ordered units of one model and how its output is split among them.
+
+    Attributes:
+        model_id: the spec string the model was loaded from (e.g. ``hf:openai/clip-vit-base-patch16``).
+        family: tracer family (``hf-clip``, ``open_clip``, ``blip``, ``vit``, ``dinov2`` …).
+        n_layers, n_heads, d_model, d_head, d_out: read from the model.
+        convention: see :data:`Convention`.
+        units: all units, in residual-stream order.
+    """
+
+    model_id: str
+    family: str
+    n_layers: int
+    n_heads: int
+    d_model: int
+    d_head: int
+    d_out: int
+    convention: str = "paper"
+    units: tuple[Unit, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        if self.convention not in CONVENTIONS:
+            raise ResiDualError(f"unknown convention {self.convention!r}; choose one of {', '.join(CONVENTIONS)}")
+        if not self.units:
+            object.__setattr__(self, "units", tuple(standard_units(self.n_layers, self.n_heads)))
+
+    # -- lookup -------------------------------------------------------------------------
+    @property
+    def labels(self) -> list[str]:
+        return [u.label for u in self.units]
+
+    def __len__(self) -> int:
+        return len(self.units)
+
+    def index(self, unit: Unit | str) -> int:
+        label = unit if isinstance(unit, str) else unit.label
+        try:
+            return self.labels.index(label)
+        except ValueError:
+            raise ResiDualError(f"unit {label!r} is not part of model {self.model_id!r}") from None
+
+    def select(self, units: Iterable[Unit | str] | str | None = None) -> list[int]:
+        """Indices of the requested units. Accepts labels, Unit objects, or the shorthand strings
+        ``all``, ``heads``, ``mlps``, ``emb`` and comma-separated labels."""
+        if units is None:
+            return list(range(len(self.units)))
+        if isinstance(units, str):
+            key = units.strip()
+            kinds = {"all": None, "heads": "head", "mlps": "mlp", "emb": "emb"}
+            if key in kinds:
+                kind = kinds[key]
+                return [i for i, u in enumerate(self.units) if kind is None or u.kind == kind]
+            units = [s for s in key.split(",") if s.strip()]
+        return [self.index(u) for u in units]
+
+    @property
+    def head_units(self) -> list[Unit]:
+        return [u for u in self.units if u.kind == "head"]
+
+    # -- JSON round trip ----------------------------------------------------------------
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["units"] = [u.label for u in self.units]
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Composition":
+        d = dict(d)
+        d["units"] = tuple(Unit.from_label(s) for s in d.get("units", ()))
+        return cls(**d)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Composition":
+        return cls.from_dict(json.loads(text))
+
+    def same_model(self, other: "Composition") -> bool:
+        """True when both describe the same unit layout and convention (model weights are checked by hash elsewhere)."""
+        a, b = self.to_dict(), other.to_dict()
+        return all(a[k] == b[k] for k in a if k != "model_id")
+
+
+def head_share(n_layers: int, n_heads: int) -> float:
+    """The paper's share of the μ and β terms for one head: 1/((2L+1)H)."""
+    return 1.0 / ((2 * n_layers + 1) * n_heads)
+
+
+def block_share(n_layers: int) -> float:
+    """The paper's share of the μ and β terms for the embedding or one MLP: 1/(2L+1)."""
+    return 1.0 / (2 * n_layers + 1)
+
+
+def parse_units_arg(comp: Composition, arg: str | Sequence[str] | None) -> list[int]:
+    """Map a ``--units`` CLI value onto unit indices (see :meth:`Composition.select`)."""
+    return comp.select(arg)

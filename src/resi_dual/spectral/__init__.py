@@ -1,0 +1,1 @@
+"""spectral stage of resi-dual."""

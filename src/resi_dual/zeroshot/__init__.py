@@ -1,0 +1,1 @@
+"""zeroshot stage of resi-dual."""

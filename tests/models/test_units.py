@@ -1,0 +1,40 @@
+import pytest
+import torch
+
+from resi_dual.errors import ResiDualError
+from resi_dual.models.encodings import Readout, UnitEncodings
+from resi_dual.models.units import Composition, Unit, block_share, head_share
+
+
+def test_labels_round_trip():
+    for u in [Unit("emb"), Unit("mlp", 3), Unit("head", 11, 7)]:
+        assert Unit.from_label(u.label) == u
+    with pytest.raises(ResiDualError):
+        Unit.from_label("L3X7")
+
+
+def test_composition_json_and_select():
+    c = Composition("x", "test", n_layers=2, n_heads=3, d_model=8, d_head=4, d_out=5)
+    assert c.labels[:5] == ["emb", "L0H0", "L0H1", "L0H2", "L0.mlp"]
+    assert len(c) == 1 + 2 * 4
+    assert Composition.from_json(c.to_json()) == c
+    assert len(c.select("heads")) == 6 and c.select("L1.mlp,emb") == [8, 0]
+    # the paper's shares sum to one over all units
+    assert abs(block_share(2) * 3 + head_share(2, 3) * 6 - 1.0) < 1e-12
+
+
+def test_readout_apply_matches_affine():
+    torch.manual_seed(0)
+    c = Composition("x", "test", n_layers=2, n_heads=3, d_model=8, d_head=4, d_out=5)
+    U = len(c)
+    r = Readout(torch.randn(5, 8), torch.randn(2, 3, 5, 4), torch.randn(U, 5), torch.randn(U, 5), torch.randn(U, 5))
+    n = 7
+    enc = UnitEncodings(c, r, torch.randn(n, 3, 8), torch.randn(n, 2, 3, 4), torch.randn(n), torch.rand(n) + 0.5, torch.zeros(n, 5))
+    full = enc.contributions()
+    assert full.shape == (n, U, 5)
+    for i in range(U):
+        a, k = r.affine(c, i)
+        direct = enc.features(i) @ a.T + k
+        torch.testing.assert_close(full[:, i], direct, rtol=1e-5, atol=1e-5)
+    sub = enc.contributions(["L1H2", "emb"])
+    torch.testing.assert_close(sub, full[:, [c.index("L1H2"), 0]])
