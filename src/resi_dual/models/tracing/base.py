@@ -1,0 +1,381 @@
+"""Exact residual tracing of a pre-LN vision transformer: the family-independent part.
+
+A family module (``hf_clip``, ``blip``, ``vit``, ``dinov2``, ``openclip``) only says *where* the
+residual terms live in the library's module tree (a :class:`Layout`) and how the library computes
+its own image embedding (``_forward``). Everything else is here, once:
+
+* **Capture.** Inside :meth:`TracedModel.capture` (a context manager that removes every hook in
+  ``finally``) we record, at the CLS token only:
+  the input of block 0 (the embedding, after any pre-LN), the input of every attention output
+  projection (the concatenated per-head outputs ``z_{l,h}``, d_head wide each), the output of every
+  MLP branch after its layer scale, and the input of the final LayerNorm (the pre-LN residual, from
+  which μ and σ = sqrt(var + ε) are computed). Nothing in torch is patched; a family that must
+  reroute a module instance (open_clip's ``nn.MultiheadAttention``) does it on that instance only,
+  restored in ``finally``. A hook that never fired raises.
+* **Readout.** Built once from the weights (:func:`build_readout`), float64 then stored float32.
+  With ``G = P·diag(γ)`` (P: the final projection, identity without one):
+
+  ============  ==========================  ==========================================
+  term          ``paper`` (default)          ``centred``
+  ============  ==========================  ==========================================
+  dense_weight  ``G``                       ``G·(I − 11ᵀ/D)``
+  head_weight   ``G·diag(λ₁)·W_o[:, h]``    ``G·(I − 11ᵀ/D)·diag(λ₁)·W_o[:, h]``
+  inv_sigma     heads: ``G·diag(λ₁)·b_o/H`` heads: the same, centred
+  mu_over_sigma ``−s_u·G·1``                 0
+  const         ``s_u·(P·β + b_P)``         ``s_u·(P·β + b_P)``
+  ============  ==========================  ==========================================
+
+  ``λ₁`` is DINOv2's (or open_clip's) attention layer scale (ones otherwise); the MLP layer scale is
+  already in the captured MLP term. ``s_u`` is the paper's share: ``1/(2L+1)`` for the embedding and
+  each MLP, ``1/((2L+1)H)`` for each head (``units.block_share`` / ``units.head_share``).
+  The ``paper`` convention is the one of Basile et al. (each head gets ``b_o/H``, the LayerNorm mean
+  and β spread evenly over the 2L+1 blocks); ``centred`` removes each unit's own feature mean instead,
+  which is also exact because LayerNorm centring is the linear map ``I − 11ᵀ/D``.
+
+* **Check.** ``trace(check=True)`` verifies that Σ_u c_u equals the library's own embedding computed
+  in the same forward pass, and that the raw residual terms sum to the captured pre-LN residual.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Sequence
+
+import torch
+from torch import nn
+
+from resi_dual.errors import ResiDualError
+from resi_dual.models.encodings import Readout, UnitEncodings
+from resi_dual.models.units import CONVENTIONS, Composition, block_share, head_share
+
+#: Largest relative decomposition error ``trace(check=True)`` accepts. The invariant holds to ~1e-6
+#: in float32 on the tested families; the margin covers real checkpoints with large residual norms.
+DEFAULT_TOLERANCE = 1e-4
+
+
+@dataclass
+class Layout:
+    """Where the residual terms of one ViT live in the library's module tree.
+
+    Attributes:
+        blocks: the L transformer blocks in order (block 0's input is the embedding term).
+        attn_out: per block, the attention output projection (nn.Linear, weight (D, H·d_head));
+            its input is the concatenation of the heads' outputs.
+        mlp_out: per block, the module whose output is the MLP term *after* any layer scale.
+        attn_scale: per block, the attention layer-scale vector λ₁ (D,), or None.
+        final_norm: the final LayerNorm (weight, bias, eps) whose input is the pre-LN residual.
+        proj_weight: (d_out, D) final projection, or None (output = post-LN CLS).
+        proj_bias: (d_out,) projection bias, or None.
+        n_heads: heads per block.
+        batch_first: whether block inputs / MLP outputs are (n, T, D) (else (T, n, D)).
+        instance_forwards: (module, forward) pairs installed on those module *instances* during
+            capture (e.g. an explicit attention that calls ``out_proj`` as a module).
+    """
+
+    blocks: Sequence[nn.Module]
+    attn_out: Sequence[nn.Linear]
+    mlp_out: Sequence[nn.Module]
+    attn_scale: Sequence[torch.Tensor | None]
+    final_norm: nn.Module
+    proj_weight: torch.Tensor | None
+    proj_bias: torch.Tensor | None
+    n_heads: int
+    batch_first: bool = True
+    instance_forwards: Sequence[tuple[nn.Module, Callable]] = field(default_factory=tuple)
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.blocks)
+
+    @property
+    def d_model(self) -> int:
+        return int(self.attn_out[0].weight.shape[0])
+
+    @property
+    def d_head(self) -> int:
+        return int(self.attn_out[0].weight.shape[1]) // self.n_heads
+
+    @property
+    def d_out(self) -> int:
+        return self.d_model if self.proj_weight is None else int(self.proj_weight.shape[0])
+
+
+def build_readout(layout: Layout, convention: str = "paper") -> Readout:
+    """Per-unit readout (float32) of a layout under a convention; see the module docstring."""
+    if convention not in CONVENTIONS:
+        raise ResiDualError(f"unknown convention {convention!r}; choose one of {', '.join(CONVENTIONS)}")
+    f64 = dict(dtype=torch.float64, device="cpu")
+    L, H, D, dh, d_out = layout.n_layers, layout.n_heads, layout.d_model, layout.d_head, layout.d_out
+    ln = layout.final_norm
+    gamma = ln.weight.detach().to(**f64) if getattr(ln, "weight", None) is not None else torch.ones(D, **f64)
+    beta = ln.bias.detach().to(**f64) if getattr(ln, "bias", None) is not None else torch.zeros(D, **f64)
+    P = layout.proj_weight.detach().to(**f64) if layout.proj_weight is not None else torch.eye(D, **f64)
+    b_p = layout.proj_bias.detach().to(**f64) if layout.proj_bias is not None else torch.zeros(d_out, **f64)
+    G = P * gamma[None, :]  # (d_out, D)
+    Gc = G - G.mean(dim=1, keepdim=True) if convention == "centred" else G  # G·(I − 11ᵀ/D)
+    const_total = P @ beta + b_p  # (d_out,)
+    mean_dir = G.sum(dim=1)  # G·1: how the LayerNorm mean enters the output
+    s_b, s_h = block_share(L), head_share(L, H)
+
+    head_weight = torch.empty(L, H, d_out, dh, **f64)
+    head_bias = torch.empty(L, d_out, **f64)
+    for layer in range(L):
+        w_o = layout.attn_out[layer].weight.detach().to(**f64)  # (D, H·dh)
+        b = layout.attn_out[layer].bias
+        b_o = b.detach().to(**f64) if b is not None else torch.zeros(D, **f64)
+        scale = layout.attn_scale[layer]
+        if scale is not None:
+            w_o = scale.detach().to(**f64)[:, None] * w_o
+            b_o = scale.detach().to(**f64) * b_o
+        # (d_out, H·dh) -> (H, d_out, dh): column block h belongs to head h
+        head_weight[layer] = (Gc @ w_o).view(d_out, H, dh).permute(1, 0, 2)
+        head_bias[layer] = Gc @ b_o / H
+
+    comp_units = Composition("", "", L, H, D, dh, d_out).units
+    U = len(comp_units)
+    inv_sigma = torch.zeros(U, d_out, **f64)
+    mu_over_sigma = torch.zeros(U, d_out, **f64)
+    const = torch.empty(U, d_out, **f64)
+    for i, u in enumerate(comp_units):
+        share = s_h if u.kind == "head" else s_b
+        const[i] = share * const_total
+        if convention == "paper":
+            mu_over_sigma[i] = -share * mean_dir
+        if u.kind == "head":
+            inv_sigma[i] = head_bias[u.layer]
+    return Readout(Gc, head_weight, inv_sigma, mu_over_sigma, const).to(torch.float32)
+
+
+def _cls(x: torch.Tensor, batch_first: bool) -> torch.Tensor:
+    """CLS row of a (n, T, D) (or (T, n, D)) activation, detached and copied; 2-d input is already pooled."""
+    if x.dim() == 2:
+        return x.detach().clone()
+    return (x[:, 0] if batch_first else x[0]).detach().clone()
+
+
+def _first_tensor(args: tuple, kwargs: dict) -> torch.Tensor:
+    if args and isinstance(args[0], torch.Tensor):
+        return args[0]
+    for key in ("hidden_states", "x", "q_x", "input", "query"):
+        if isinstance(kwargs.get(key), torch.Tensor):
+            return kwargs[key]
+    raise ResiDualError("could not find the hidden states among a block's inputs")
+
+
+class TracedModel:
+    """A loaded vision transformer with exact residual tracing (the shared `load_model` interface).
+
+    Attributes:
+        spec: the spec string it was loaded from; family: tracer family name;
+        composition: the units and convention; readout: per-unit linear readout (float32);
+        image_size: side of the square pixel input; library_model: the full library object
+        (with its text tower when the checkpoint has one); tokenizer: the library tokenizer or None;
+        tolerance: largest relative decomposition error ``trace(check=True)`` accepts.
+    """
+
+    family: str = "?"
+    #: families whose position embeddings interpolate accept any multiple of the patch size
+    flexible_size: bool = False
+
+    def __init__(
+        self,
+        spec: str,
+        library_model: nn.Module,
+        preprocess: Callable[[list], torch.Tensor],
+        image_size: int,
+        tokenizer=None,
+        convention: str = "paper",
+        patch_size: int | None = None,
+    ) -> None:
+        self.spec = spec
+        self.library_model = library_model.eval()
+        self._preprocess = preprocess
+        self.image_size = int(image_size)
+        self.patch_size = patch_size
+        self.tokenizer = tokenizer
+        self.tolerance = DEFAULT_TOLERANCE
+        self.layout = self._layout()
+        lay = self.layout
+        self.composition = Composition(
+            spec, self.family, lay.n_layers, lay.n_heads, lay.d_model, lay.d_head, lay.d_out, convention
+        )
+        self.readout = build_readout(lay, convention)
+        self._hash: str | None = None
+
+    # -- to implement per family -----------------------------------------------------------
+    def _layout(self) -> Layout:
+        raise NotImplementedError
+
+    def _forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The library's own plain image embedding (n, d_out), unnormalised."""
+        raise NotImplementedError
+
+    def _hashed_state(self) -> dict[str, torch.Tensor]:
+        """Tensors that determine the image embedding (vision tower and projection)."""
+        raise NotImplementedError
+
+    # -- public interface -----------------------------------------------------------------
+    @property
+    def convention(self) -> str:
+        return self.composition.convention
+
+    def preprocess(self, images: list) -> torch.Tensor:
+        """(n, 3, H, W) float pixels from PIL images, with the checkpoint's own preprocessing (RGB)."""
+        if not isinstance(images, (list, tuple)):
+            images = [images]
+        return self._preprocess([im.convert("RGB") for im in images])
+
+    def check_pixels(self, pixels) -> torch.Tensor:
+        """Validate a pixel batch; returns it as float32. Raises ResiDualError naming the problem."""
+        if not isinstance(pixels, torch.Tensor):
+            raise ResiDualError(f"pixel values must be a torch tensor, got {type(pixels).__name__}")
+        s = self.image_size
+        shape = tuple(pixels.shape)
+        ok = pixels.dim() == 4 and shape[1] == 3 and shape[0] > 0
+        if ok and self.flexible_size and self.patch_size:
+            ok = shape[2] % self.patch_size == 0 and shape[3] % self.patch_size == 0
+            want = f"(n, 3, H, W) with H, W multiples of {self.patch_size} (e.g. {s})"
+        else:
+            ok = ok and shape[2] == s and shape[3] == s
+            want = f"(n, 3, {s}, {s})"
+        if not ok:
+            raise ResiDualError(f"pixel tensor has shape {shape}; {self.spec} expects {want}")
+        if not pixels.is_floating_point():
+            raise ResiDualError(f"pixel tensor has dtype {pixels.dtype}; expected float (use model.preprocess)")
+        return pixels.float()
+
+    @torch.no_grad()
+    def embed(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(n, d_out) the library's own plain image forward (no hooks), unnormalised."""
+        return self._forward(self.check_pixels(pixels)).float()
+
+    @contextmanager
+    def capture(self) -> Iterator[dict]:
+        """Register the capture hooks; yields the dict they fill. All hooks are removed on exit."""
+        lay = self.layout
+        bf = lay.batch_first
+        H, dh = lay.n_heads, lay.d_head
+        store: dict = {"emb": None, "z": [None] * lay.n_layers, "mlp": [None] * lay.n_layers, "resid": None}
+        handles = []
+        swapped: list[tuple[nn.Module, object]] = []
+
+        def emb_hook(_mod, args, kwargs):
+            store["emb"] = _cls(_first_tensor(args, kwargs), bf)
+
+        def z_hook(layer):
+            def hook(_mod, args):
+                z = args[0]
+                # the out-projection input is always batch-first here: (n, T, H·dh) -> CLS -> (n, H, dh)
+                store["z"][layer] = _cls(z, True).view(z.shape[0], H, dh)
+
+            return hook
+
+        def mlp_hook(layer):
+            def hook(_mod, _args, output):
+                out = output[0] if isinstance(output, tuple) else output
+                store["mlp"][layer] = _cls(out, bf)
+
+            return hook
+
+        def resid_hook(_mod, args):
+            if store["resid"] is None:  # BLIP applies its post-LN twice; the first call is the residual
+                store["resid"] = _cls(args[0], True)
+
+        try:
+            for mod, fwd in lay.instance_forwards:
+                swapped.append((mod, mod.__dict__.get("forward")))
+                mod.forward = fwd
+            handles.append(lay.blocks[0].register_forward_pre_hook(emb_hook, with_kwargs=True))
+            for layer in range(lay.n_layers):
+                handles.append(lay.attn_out[layer].register_forward_pre_hook(z_hook(layer)))
+                handles.append(lay.mlp_out[layer].register_forward_hook(mlp_hook(layer)))
+            handles.append(lay.final_norm.register_forward_pre_hook(resid_hook))
+            yield store
+        finally:
+            for h in handles:
+                h.remove()
+            for mod, old in reversed(swapped):
+                if old is None:
+                    mod.__dict__.pop("forward", None)
+                else:
+                    mod.forward = old
+
+    @torch.no_grad()
+    def trace(self, pixels: torch.Tensor, check: bool = True) -> UnitEncodings:
+        """Unit encodings of a preprocessed batch (n, 3, H, W).
+
+        Returns a :class:`UnitEncodings` whose ``contributions()`` (n, U, d_out) sum over units to
+        ``output``, the library's own embedding from the same forward pass. With ``check`` the
+        relative error is verified against :attr:`tolerance` (raises ResiDualError if exceeded).
+        """
+        pixels = self.check_pixels(pixels)
+        with self.capture() as store:
+            output = self._forward(pixels)
+        missing = [name for name, v in (("embedding", store["emb"]), ("final LayerNorm", store["resid"])) if v is None]
+        missing += [f"L{i} attention output" for i, v in enumerate(store["z"]) if v is None]
+        missing += [f"L{i} MLP" for i, v in enumerate(store["mlp"]) if v is None]
+        if missing:
+            raise ResiDualError(
+                f"{self.family} tracer: hooks never fired for {', '.join(missing[:4])}"
+                f"{' …' if len(missing) > 4 else ''} (unsupported library version or model variant)"
+            )
+        dense = torch.stack([store["emb"], *store["mlp"]], dim=1).float()  # (n, 1+L, D)
+        heads = torch.stack(store["z"], dim=1).float()  # (n, L, H, dh)
+        resid = store["resid"].double()  # (n, D)
+        eps = float(getattr(self.layout.final_norm, "eps", 1e-5))
+        mu = resid.mean(dim=-1)
+        sigma = (resid.var(dim=-1, unbiased=False) + eps).sqrt()
+        enc = UnitEncodings(self.composition, self.readout, dense, heads, mu.float(), sigma.float(), output.float())
+        if check:
+            self._check(enc, resid)
+        return enc
+
+    def _check(self, enc: UnitEncodings, resid: torch.Tensor) -> None:
+        err = float(enc.relative_error().max())
+        rerr = float(self.residual_error(enc, resid).max())
+        if not (err <= self.tolerance and rerr <= self.tolerance):  # also catches NaN
+            raise ResiDualError(
+                f"decomposition of {self.spec} is off: relative error {err:.2e} in output space, "
+                f"{rerr:.2e} in the residual (tolerance {self.tolerance:.0e})"
+            )
+
+    def residual_error(self, enc: UnitEncodings, resid: torch.Tensor) -> torch.Tensor:
+        """(n,) ``‖Σ raw residual terms − captured pre-LN residual‖ / ‖residual‖`` in float64."""
+        lay = self.layout
+        total = enc.dense.double().sum(dim=1)  # (n, D)
+        for layer in range(lay.n_layers):
+            lin = lay.attn_out[layer]
+            z = enc.heads[:, layer].double().flatten(1)  # (n, H·dh)
+            term = z @ lin.weight.detach().double().T
+            if lin.bias is not None:
+                term = term + lin.bias.detach().double()
+            if lay.attn_scale[layer] is not None:
+                term = term * lay.attn_scale[layer].detach().double()
+            total += term
+        return (total - resid).norm(dim=-1) / resid.norm(dim=-1).clamp_min(1e-30)
+
+    def weights_hash(self) -> str:
+        """sha256 (hex) of the tensors that determine the image embedding; cached."""
+        if self._hash is None:
+            h = hashlib.sha256()
+            for name, t in sorted(self._hashed_state().items()):
+                t = t.detach().to("cpu").contiguous()
+                h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+                h.update(t.view(torch.uint8).numpy().data if t.numel() else b"")
+            self._hash = h.hexdigest()
+        return self._hash
+
+    def __repr__(self) -> str:
+        c = self.composition
+        return (
+            f"{type(self).__name__}({self.spec!r}, family={self.family}, L={c.n_layers}, H={c.n_heads}, "
+            f"d_model={c.d_model}, d_head={c.d_head}, d_out={c.d_out}, convention={c.convention})"
+        )
+
+
+def require(condition: bool, message: str) -> None:
+    """Raise a one-line ResiDualError unless condition holds."""
+    if not condition:
+        raise ResiDualError(message)

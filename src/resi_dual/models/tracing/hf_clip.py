@@ -1,0 +1,51 @@
+"""Tracer for Hugging Face CLIP image towers: ``CLIPModel``, ``CLIPVisionModelWithProjection``, ``CLIPVisionModel``.
+
+OpenAI and LAION CLIP in HF format. Pre-LN blocks (``layer_norm1`` → ``self_attn`` → residual,
+``layer_norm2`` → ``mlp`` → residual) after ``pre_layrnorm``; the output is
+``visual_projection(post_layernorm(CLS))`` (no projection for a bare ``CLIPVisionModel``, whose
+output is then ``pooler_output``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from resi_dual.models.tracing.base import Layout, TracedModel
+
+
+class HFClipTraced(TracedModel):
+    family = "hf-clip"
+
+    @property
+    def _vision(self):
+        return self.library_model.vision_model
+
+    @property
+    def _projection(self):
+        return getattr(self.library_model, "visual_projection", None)
+
+    def _layout(self) -> Layout:
+        v = self._vision
+        blocks = list(v.encoder.layers)
+        proj = self._projection
+        return Layout(
+            blocks=blocks,
+            attn_out=[b.self_attn.out_proj for b in blocks],
+            mlp_out=[b.mlp for b in blocks],
+            attn_scale=[None] * len(blocks),
+            final_norm=v.post_layernorm,
+            proj_weight=None if proj is None else proj.weight,
+            proj_bias=None if proj is None else proj.bias,
+            n_heads=blocks[0].self_attn.num_heads,
+        )
+
+    def _forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        pooled = self._vision(pixel_values=pixels).pooler_output  # post-LN CLS
+        proj = self._projection
+        return pooled if proj is None else proj(pooled)
+
+    def _hashed_state(self) -> dict[str, torch.Tensor]:
+        state = {f"vision_model.{k}": t for k, t in self._vision.state_dict().items()}
+        if self._projection is not None:
+            state.update({f"visual_projection.{k}": t for k, t in self._projection.state_dict().items()})
+        return state

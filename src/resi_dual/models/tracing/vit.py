@@ -1,0 +1,59 @@
+"""Tracer for Hugging Face ``ViTModel`` / ``ViTForImageClassification`` (e.g. google/vit-large-patch16-224).
+
+Pre-LN blocks (``layernorm_before`` → attention → residual, ``layernorm_after`` → MLP → residual).
+There is no projection: the output is the post-LN CLS token, ``layernorm(sequence)[:, 0]`` — the
+input of the classifier, and not the tanh ``pooler_output`` (that pooler is not linear).
+Module names differ between transformers 4.x (``encoder.layer[i].attention.output.dense``,
+``output.dense``) and 5.x (``layers[i].attention.o_proj``, ``mlp``); both are looked up.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from resi_dual.errors import ResiDualError
+from resi_dual.models.tracing.base import Layout, TracedModel
+
+
+def attr_path(obj, *paths: str):
+    """The first of the dotted attribute ``paths`` that exists on ``obj``."""
+    for path in paths:
+        cur = obj
+        try:
+            for name in path.split("."):
+                cur = getattr(cur, name)
+        except AttributeError:
+            continue
+        return cur
+    raise ResiDualError(f"{type(obj).__name__} has none of {', '.join(paths)} (unsupported transformers version?)")
+
+
+class ViTTraced(TracedModel):
+    family = "vit"
+
+    @property
+    def _vit(self):
+        m = self.library_model
+        return m.vit if hasattr(m, "vit") else m
+
+    def _layout(self) -> Layout:
+        v = self._vit
+        blocks = list(attr_path(v, "layers", "encoder.layer"))
+        attn = [b.attention for b in blocks]
+        return Layout(
+            blocks=blocks,
+            attn_out=[attr_path(a, "o_proj", "output.dense") for a in attn],
+            mlp_out=[attr_path(b, "mlp", "output.dense") for b in blocks],
+            attn_scale=[None] * len(blocks),
+            final_norm=v.layernorm,
+            proj_weight=None,
+            proj_bias=None,
+            n_heads=int(attr_path(attn[0], "num_attention_heads", "attention.num_attention_heads")),
+        )
+
+    def _forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self._vit(pixel_values=pixels).last_hidden_state[:, 0]  # post-LN CLS
+
+    def _hashed_state(self) -> dict[str, torch.Tensor]:
+        v = self._vit
+        return {k: t for k, t in v.state_dict().items() if not k.startswith("pooler.")}
