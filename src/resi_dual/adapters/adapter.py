@@ -1,0 +1,374 @@
+"""Adapters as one object: what they read (`Projection`), what they learn (a module) and the frozen head.
+
+Variants (DESIGN.md §8):
+
+========================  ==================================================  =========================
+variant                   adapted units / components                          other units
+========================  ==================================================  =========================
+``residual``              heads, components to 90 % explained variance,       dropped (the paper's
+                          one λ per component                                 ResiDual*)
+``residual-full``         heads and MLPs, all components, one λ each          embedding kept as is
+``coarse``                heads, one λ per head scaling its whole c_u         dropped
+``spectral``              the output embedding, all its PCA components        (mean kept as is)
+``linear``                ``W y + b`` on the output embedding                 —
+``zeroshot``              nothing (reference row)                             —
+========================  ==================================================  =========================
+
+(``finetune`` trains the vision encoder itself on images: :mod:`resi_dual.adapters.finetune`.)
+
+An adapter file is self-contained safetensors: the learned scalars, the component rows and means it
+projects on, the frozen classifier, and in its header the variant, units, k per unit, the basis
+content hash, model spec / weights hash / composition and class names. Embedding the components
+(≈ 9 MB for ViT-B/16 at 90 %) means `resi-dual apply` needs only the model, not the basis file or
+store the adapter was trained against, which may live on another machine; the basis hash still
+records which basis it was, and loading against another basis is refused.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from resi_dual.adapters.cache import (
+    CachedSplit,
+    Projection,
+    encode_split,
+    output_pca,
+    readout_fingerprint,
+    tensors_hash,
+)
+from resi_dual.adapters.modules import ComponentScaling, LinearAdapter, PassThrough, classify, trainable_parameters
+from resi_dual.errors import ResiDualError
+from resi_dual.models.units import Composition
+from resi_dual.store.base import EncodingSource
+
+FORMAT = "resi-dual-adapter/1"
+
+#: Variants trained on cached coefficients, plus ``finetune`` (images) and ``zeroshot`` (no training).
+VARIANTS = ("zeroshot", "coarse", "residual", "residual-full", "spectral", "linear", "finetune")
+
+#: The paper's learning rates (Schedule-Free AdamW).
+DEFAULT_LR = {"residual": 0.8, "residual-full": 0.8, "coarse": 0.8, "spectral": 1e-3, "linear": 1e-3, "finetune": 1e-5}
+
+# variant -> (read from, adapted units, kept units, variance cut or None for all, mean mode, one λ per unit)
+_PRESETS = {
+    "residual": ("units", "heads", "", 0.9, "drop", False),
+    "residual-full": ("units", "heads,mlps", "emb", None, "drop", False),
+    "coarse": ("units", "heads", "", None, "scale", True),
+    "spectral": ("output", "output", "", None, "drop", False),
+    "linear": ("output", "", "", None, "drop", False),
+    "zeroshot": ("output", "", "", None, "drop", False),
+}
+
+
+@dataclass
+class AdapterConfig:
+    """Which adapter to build. ``None`` fields take the variant's preset (table in the module doc).
+
+    Attributes:
+        variant: one of :data:`VARIANTS` except ``finetune``.
+        units: adapted units (``heads``, ``mlps``, ``all``, ``emb`` or labels, comma-separated).
+        keep: units whose contributions pass through unchanged (same syntax; ``""`` for none).
+        variance: cumulative explained-variance ratio per unit for the component cut; 1.0 or
+            ``None`` keeps all components.
+        mean_mode: ``drop`` (paper), ``add`` (add the adapted units' means back) or ``scale``.
+        init: ``ones`` or ``paper`` (λ = 1 + N(0, 1)).
+        seed: seed of the ``paper`` init.
+    """
+
+    variant: str = "residual"
+    units: str | None = None
+    keep: str | None = None
+    variance: float | None | str = "preset"
+    mean_mode: str | None = None
+    init: str = "ones"
+    seed: int = 0
+
+    def resolved(self) -> dict:
+        if self.variant not in _PRESETS:
+            raise ResiDualError(f"unknown adapter {self.variant!r}; choose one of {', '.join(VARIANTS)}")
+        src, units, keep, variance, mean_mode, tied = _PRESETS[self.variant]
+        if self.variance != "preset":
+            variance = None if self.variance is None else float(self.variance)
+        if variance is not None and not (0.0 < variance <= 1.0):
+            raise ResiDualError(f"variance cut must be in (0, 1], got {variance}")
+        if self.init not in ("ones", "paper"):
+            raise ResiDualError(f"unknown init {self.init!r}; choose ones or paper")
+        return dict(
+            variant=self.variant,
+            source=src,
+            units=units if self.units is None else self.units,
+            keep=keep if self.keep is None else self.keep,
+            variance=variance,
+            mean_mode=mean_mode if self.mean_mode is None else self.mean_mode,
+            tied=tied,
+            init=self.init,
+            seed=self.seed,
+        )
+
+
+def select_units(comp: Composition, spec: str) -> list[str]:
+    """Labels for a comma-separated mix of shorthands (``heads``, ``mlps``, ``emb``, ``all``) and labels."""
+    picked: list[int] = []
+    for token in (t.strip() for t in (spec or "").split(",")):
+        if token and token != "none":
+            picked.extend(i for i in comp.select(token) if i not in picked)
+    return [comp.units[i].label for i in sorted(picked)]
+
+
+def _make_module(cfg: dict, proj: Projection, d_out: int) -> nn.Module:
+    if cfg["variant"] == "linear":
+        return LinearAdapter(d_out)
+    if not proj.n_components:
+        return PassThrough()
+    k = torch.tensor(proj.n_components)
+    if cfg["tied"]:
+        group = torch.repeat_interleave(torch.arange(len(k)), k)
+        n_params = len(k)
+    else:
+        group = torch.arange(int(k.sum()))
+        n_params = int(k.sum())
+    means = proj.means if proj.source == "units" else proj.means[:0]
+    return ComponentScaling(proj.components, group, means, n_params, cfg["mean_mode"], cfg["init"], cfg["seed"])
+
+
+class Adapter(nn.Module):
+    """A trainable adapter with its projection and frozen classifier.
+
+    ``forward(coef, fixed)`` gives logits (b, C) from a cached split; :meth:`encode` builds that split
+    from any :class:`EncodingSource` of the same model. Build with :func:`build_adapter`; persist with
+    :meth:`save` / :meth:`load`.
+
+    Attributes:
+        config: the resolved configuration (see :meth:`AdapterConfig.resolved`).
+        projection: the :class:`Projection` (components, means, adapted and kept units).
+        module: the trainable part.
+        classifier: (C, d_out) buffer, L2-normalised rows; logit_scale: float.
+        composition, class_names, fingerprint ((U,) readout fingerprint), provenance (dict: basis_hash,
+        basis_meta, model_spec, weights_hash).
+    """
+
+    def __init__(self, config: dict, projection: Projection, classifier: torch.Tensor, logit_scale: float,
+                 composition: Composition, class_names: list[str], fingerprint: torch.Tensor, provenance: dict):
+        super().__init__()
+        if classifier.shape != (len(class_names), composition.d_out):
+            raise ResiDualError(
+                f"classifier has shape {tuple(classifier.shape)}, expected ({len(class_names)}, {composition.d_out})"
+            )
+        self.config = config
+        self.projection = projection
+        self.module = _make_module(config, projection, composition.d_out)
+        self.register_buffer("classifier", classifier.to(torch.float32).contiguous())
+        self.logit_scale = float(logit_scale)
+        self.composition = composition
+        self.class_names = list(class_names)
+        self.fingerprint = fingerprint.to(torch.float64)
+        self.provenance = dict(provenance)
+
+    # -- forward ---------------------------------------------------------------------------
+    def embed(self, coef: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
+        """(b, K), (b, d_out) -> adapted embedding (b, d_out), unnormalised."""
+        return self.module(coef, fixed)
+
+    def forward(self, coef: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
+        """(b, K), (b, d_out) -> logits (b, C)."""
+        return classify(self.embed(coef, fixed), self.classifier, self.logit_scale)
+
+    @property
+    def n_trainable(self) -> int:
+        return trainable_parameters(self.module)
+
+    # -- data ------------------------------------------------------------------------------
+    def check_source(self, source: EncodingSource, what: str = "store") -> None:
+        """Refuse encodings of another model (layout, weights hash when known, readout fingerprint)."""
+        comp = source.composition
+        if not self.composition.same_model(comp):
+            raise ResiDualError(
+                f"{what} comes from another model ({comp.model_id!r}) than the adapter ({self.composition.model_id!r})"
+            )
+        mine, theirs = self.provenance.get("weights_hash"), source.meta.get("weights_hash")
+        if mine and theirs and mine != theirs:
+            raise ResiDualError(f"{what} comes from other model weights ({theirs[:12]}) than the adapter ({mine[:12]})")
+        fp = readout_fingerprint(comp, source.readout)
+        if not torch.allclose(fp, self.fingerprint, rtol=1e-4, atol=1e-8):
+            raise ResiDualError(f"{what} comes from other model weights than the adapter (readouts differ)")
+
+    def encode(self, source: EncodingSource, rows=None, block_rows: int = 4096, progress: bool = False) -> CachedSplit:
+        """Cached coefficients of ``source`` for this adapter (the frozen backbone is not rerun)."""
+        self.check_source(source)
+        return encode_split(source, self.projection, rows, block_rows, progress)
+
+    @torch.no_grad()
+    def predict_logits(self, split: CachedSplit, batch_rows: int = 4096) -> torch.Tensor:
+        """(n, C) logits of a cached split, in large batches."""
+        out = [self(split.coef[s : s + batch_rows], split.fixed[s : s + batch_rows]) for s in range(0, len(split), batch_rows)]
+        return torch.cat(out) if out else torch.empty(0, len(self.class_names))
+
+    def accuracy(self, split: CachedSplit) -> float:
+        if len(split) == 0:
+            return float("nan")
+        return float((self.predict_logits(split).argmax(1) == split.labels).double().mean())
+
+    # -- interpretation --------------------------------------------------------------------
+    def component_weights(self) -> dict[str, torch.Tensor]:
+        """Adapted unit label -> (k_u,) the scalar on each of its components (Coarse: repeated)."""
+        if not isinstance(self.module, ComponentScaling):
+            return {}
+        w = self.module.component_weights().detach()
+        offs = self.projection.offsets
+        return {lab: w[offs[j] : offs[j + 1]].clone() for j, lab in enumerate(self.projection.adapted)}
+
+    # -- persistence -----------------------------------------------------------------------
+    def save(self, path: str | Path, extra: dict | None = None) -> Path:
+        """Write safetensors: learned parameters, projection, classifier; metadata in the header."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        tensors = {f"module.{k}": v.detach().contiguous() for k, v in self.module.named_parameters()}
+        tensors.update({
+            "projection.components": self.projection.components.to(torch.float32).contiguous(),
+            "projection.means": self.projection.means.to(torch.float32).contiguous(),
+            "classifier": self.classifier.contiguous(),
+            "fingerprint": self.fingerprint.contiguous(),
+        })
+        p = self.projection
+        header = {
+            "format": FORMAT,
+            "config": json.dumps(self.config),
+            "projection": json.dumps(dict(source=p.source, adapted=p.adapted, n_components=p.n_components, kept=p.kept)),
+            "composition": self.composition.to_json(),
+            "class_names": json.dumps(self.class_names),
+            "logit_scale": repr(self.logit_scale),
+            "classifier_hash": tensors_hash(self.classifier),
+            "provenance": json.dumps(self.provenance),
+            "extra": json.dumps(extra or {}),
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        save_file(tensors, str(tmp), metadata=header)
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, basis_hash: str | None = None) -> "Adapter":
+        """Load an adapter file; with ``basis_hash``, refuse one trained against another basis."""
+        from safetensors import safe_open
+
+        path = Path(path)
+        if not path.is_file():
+            raise ResiDualError(f"no adapter file at {path}")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                header = f.metadata() or {}
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as e:  # safetensors raises its own error types for non-safetensors files
+            raise ResiDualError(f"{path} is not a safetensors file ({e})") from None
+        if header.get("format") != FORMAT:
+            raise ResiDualError(f"{path} is not a resi-dual adapter file")
+        prov = json.loads(header["provenance"])
+        if basis_hash is not None and prov.get("basis_hash") != basis_hash:
+            raise ResiDualError(
+                f"{path} was trained against another basis ({str(prov.get('basis_hash'))[:12]}…, not {basis_hash[:12]}…)"
+            )
+        pj = json.loads(header["projection"])
+        proj = Projection(pj["source"], pj["adapted"], pj["n_components"], tensors["projection.components"],
+                          tensors["projection.means"], pj["kept"])
+        out = cls(json.loads(header["config"]), proj, tensors["classifier"], float(header["logit_scale"]),
+                  Composition.from_json(header["composition"]), json.loads(header["class_names"]),
+                  tensors["fingerprint"], prov)
+        params = {k[len("module."):]: v for k, v in tensors.items() if k.startswith("module.")}
+        missing = set(dict(out.module.named_parameters())) ^ set(params)
+        if missing:
+            raise ResiDualError(f"{path}: adapter parameters do not match its variant ({sorted(missing)})")
+        with torch.no_grad():
+            for k, p in out.module.named_parameters():
+                p.copy_(params[k])
+        out.extra = json.loads(header.get("extra", "{}"))
+        return out
+
+
+def build_adapter(
+    config: AdapterConfig,
+    source: EncodingSource,
+    classifier: torch.Tensor,
+    logit_scale: float,
+    bases=None,
+    reference: EncodingSource | None = None,
+) -> Adapter:
+    """Build an untrained adapter for the model of ``source`` (the training split).
+
+    Args:
+        config: the variant and its options.
+        source: training encodings (their composition, readout fingerprint, class names, meta).
+        classifier: (C, d_out) frozen class embeddings (L2-normalised rows); logit_scale: float.
+        bases: :class:`~resi_dual.spectral.bases.UnitBases` for the unit variants (residual, coarse …).
+        reference: encodings for the spectral adapter's output PCA (default: ``source``).
+    """
+    cfg = config.resolved()
+    comp = source.composition
+    d_out = comp.d_out
+    classifier = torch.as_tensor(classifier, dtype=torch.float32)
+    prov = {"model_spec": source.meta.get("model_spec", comp.model_id), "weights_hash": source.meta.get("weights_hash")}
+    if cfg["source"] == "units":
+        if bases is None:
+            raise ResiDualError(f"adapter {cfg['variant']!r} needs per-unit PCA bases")
+        if not bases.composition.same_model(comp):
+            raise ResiDualError(
+                f"the basis was fitted on another model ({bases.composition.model_id!r}) than the store ({comp.model_id!r})"
+            )
+        adapted = select_units(comp, cfg["units"])
+        kept = [lab for lab in select_units(comp, cfg["keep"]) if lab not in adapted]
+        missing = [lab for lab in adapted if lab not in bases.labels]
+        if missing:
+            raise ResiDualError(f"the basis has no PCA for units {missing[:5]}{'…' if len(missing) > 5 else ''}")
+        ks, rows, means = [], [], []
+        for lab in adapted:
+            k = bases.components[lab].shape[0] if cfg["variance"] in (None, 1.0) else bases.n_components_for(lab, cfg["variance"])
+            ks.append(int(k))
+            rows.append(bases.components[lab][:k].to(torch.float32))
+            means.append(bases.means[lab].to(torch.float32))
+        proj = Projection("units", adapted, ks, torch.cat(rows) if rows else torch.zeros(0, d_out),
+                          torch.stack(means) if means else torch.zeros(0, d_out), kept)
+        prov.update(basis_hash=bases.content_hash(), basis_meta=bases.meta)
+    elif cfg["units"] == "output":
+        ref = reference if reference is not None else source
+        mean, comps, ev = output_pca(ref)
+        if cfg["variance"] not in (None, 1.0):
+            ratio = torch.cumsum(ev, 0) / ev.sum().clamp_min(1e-300)
+            k = int(torch.searchsorted(ratio, torch.tensor(cfg["variance"], dtype=ratio.dtype) - 1e-12)) + 1
+            comps = comps[:k]
+        proj = Projection("output", ["output"], [int(comps.shape[0])], comps.float(), mean.float()[None], [])
+        prov.update(basis_hash=tensors_hash(mean, comps), basis_meta={"kind": "output-pca", "n_samples": len(ref),
+                                                                      **{k: ref.meta.get(k) for k in ("dataset", "split") if k in ref.meta}})
+    else:
+        proj = Projection("output", [], [], torch.zeros(0, d_out), torch.zeros(0, d_out), [])
+        prov.update(basis_hash=None)
+    return Adapter(cfg, proj, classifier, logit_scale, comp, list(source.class_names),
+                   readout_fingerprint(comp, source.readout), prov)
+
+
+def few_shot_rows(labels: np.ndarray, shots: int, seed: int) -> np.ndarray:
+    """Stratified sample of ``shots`` rows per class (all of a class when it has fewer), sorted."""
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    picked = []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        picked.append(idx if len(idx) <= shots else rng.choice(idx, shots, replace=False))
+    return np.sort(np.concatenate(picked)) if picked else np.zeros(0, dtype=np.int64)
+
+
+def describe(adapter: Adapter) -> dict:
+    """A JSON-ready summary: variant, trainable parameters, units and k per unit."""
+    p = adapter.projection
+    return dict(variant=adapter.config["variant"], trainable_parameters=adapter.n_trainable,
+                adapted_units=len(p.adapted), components=int(sum(p.n_components)), kept_units=p.kept)
+
+
+__all__ = ["Adapter", "AdapterConfig", "VARIANTS", "DEFAULT_LR", "build_adapter", "few_shot_rows", "describe",
+           "select_units", "CachedSplit"]

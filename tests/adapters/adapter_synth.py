@@ -1,0 +1,65 @@
+"""Hand-built encodings and a direct float64 PCA, so adapter tests need no model and no store."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from resi_dual.models.encodings import Readout, UnitEncodings
+from resi_dual.models.units import Composition
+from resi_dual.spectral.bases import UnitBases
+from resi_dual.store.base import MemorySource
+
+
+def make_model(L=2, H=3, d_model=8, d_head=4, d_out=10, seed=0, model_id="synthetic") -> tuple[Composition, Readout]:
+    comp = Composition(model_id, "test", L, H, d_model, d_head, d_out)
+    g = torch.Generator().manual_seed(seed)
+    U = len(comp)
+    readout = Readout(
+        torch.randn(d_out, d_model, generator=g),
+        torch.randn(L, H, d_out, d_head, generator=g),
+        0.1 * torch.randn(U, d_out, generator=g),
+        0.1 * torch.randn(U, d_out, generator=g),
+        0.1 * torch.randn(U, d_out, generator=g),
+    )
+    return comp, readout
+
+
+def make_encodings(comp: Composition, readout: Readout, n: int, seed: int = 1, heads: torch.Tensor | None = None) -> UnitEncodings:
+    """Random raw encodings; ``output`` is the exact sum of the units (float64, stored float32)."""
+    g = torch.Generator().manual_seed(seed)
+    dense = torch.randn(n, 1 + comp.n_layers, comp.d_model, generator=g)
+    if heads is None:
+        heads = torch.randn(n, comp.n_layers, comp.n_heads, comp.d_head, generator=g)
+    mu = 0.1 * torch.randn(n, generator=g)
+    sigma = 1.0 + torch.rand(n, generator=g)
+    output = readout.to(torch.float64).apply(comp, dense.double(), heads.double(), mu.double(), sigma.double()).sum(1)
+    return UnitEncodings(comp, readout, dense, heads, mu, sigma, output.float())
+
+
+def make_source(comp, readout, n, seed=1, n_classes=3, labels=None, heads=None, class_names=None) -> MemorySource:
+    enc = make_encodings(comp, readout, n, seed, heads)
+    if labels is None:
+        labels = np.random.default_rng(seed).integers(0, n_classes, n)
+    names = class_names or [f"class{c}" for c in range(n_classes)]
+    return MemorySource(enc, labels, names)
+
+
+def direct_bases(source: MemorySource) -> UnitBases:
+    """Per-unit PCA by SVD of the float64 contributions; min(n−1, d_in+2, d_out) components, max-|·| entry positive."""
+    comp = source.composition
+    contrib = source.contributions(dtype=torch.float64)  # (n, U, d_out)
+    n = contrib.shape[0]
+    means, comps, ev, tot = {}, {}, {}, {}
+    for i, u in enumerate(comp.units):
+        x = contrib[:, i]
+        m = x.mean(0)
+        _, s, vt = torch.linalg.svd(x - m, full_matrices=False)
+        d_in = comp.d_head if u.kind == "head" else comp.d_model
+        k = min(n - 1, d_in + 2, comp.d_out)
+        vt = vt[:k]
+        vt = vt * torch.sign(vt.gather(1, vt.abs().argmax(1, keepdim=True)))
+        means[u.label], comps[u.label] = m, vt
+        ev[u.label] = s[:k] ** 2 / (n - 1)
+        tot[u.label] = float((s**2).sum() / (n - 1))
+    return UnitBases(comp, comp.labels, means, comps, ev, tot, n, {"how": "direct"})

@@ -1,0 +1,203 @@
+import numpy as np
+import pytest
+import torch
+
+from adapter_synth import direct_bases, make_model, make_source
+from resi_dual.adapters import (
+    Adapter,
+    AdapterConfig,
+    TrainConfig,
+    build_adapter,
+    check_same_labels,
+    check_same_model,
+    few_shot_rows,
+    fit,
+    lr_range_test,
+)
+from resi_dual.adapters.modules import classify
+from resi_dual.errors import ResiDualError
+
+
+@pytest.fixture(scope="module")
+def world():
+    comp, readout = make_model()
+    train = make_source(comp, readout, 200, seed=1)
+    test = make_source(comp, readout, 50, seed=2)
+    bases = direct_bases(train)
+    g = torch.Generator().manual_seed(5)
+    classifier = torch.nn.functional.normalize(torch.randn(3, comp.d_out, generator=g), dim=1)
+    return comp, readout, train, test, bases, classifier
+
+
+def test_full_components_give_back_each_centred_unit(world):
+    comp, _, train, test, bases, clf = world
+    ad = build_adapter(AdapterConfig("residual", units="all", variance=None), train, clf, 100.0, bases=bases)
+    # square bases for emb/MLPs (10 components in 10 dims): Vᵀ instead of V would fail here
+    assert ad.projection.n_components[0] == comp.d_out
+    for src in (train, test):  # test: samples the PCA never saw
+        split = ad.encode(src)
+        contrib = src.contributions(dtype=torch.float64)
+        for j, (lab, lo, hi) in enumerate(zip(ad.projection.adapted, ad.projection.offsets, ad.projection.offsets[1:])):
+            back = split.coef[:, lo:hi].double() @ bases.components[lab]
+            want = contrib[:, comp.index(lab)] - bases.means[lab]
+            err = (back - want).norm() / want.norm()
+            assert err < 1e-6, (lab, float(err))
+
+
+def test_all_lambda_one_with_means_reproduces_zero_shot(world):
+    comp, _, train, test, bases, clf = world
+    ad = build_adapter(AdapterConfig("residual", units="all", variance=1.0, mean_mode="add"), train, clf, 100.0, bases=bases)
+    split = ad.encode(test)
+    emb = ad.embed(split.coef, split.fixed).detach()
+    out = test.output()
+    assert torch.allclose(emb, out, rtol=1e-4, atol=1e-4 * out.abs().max())
+    zs = classify(out, clf, 100.0).argmax(1)
+    assert torch.equal(ad.predict_logits(split).argmax(1), zs)
+    # the paper drops the means: then the embedding is the centred sum, not the output
+    drop = build_adapter(AdapterConfig("residual", units="all", variance=1.0), train, clf, 100.0, bases=bases)
+    s2 = drop.encode(test)
+    centred = out - sum(bases.means[lab] for lab in comp.labels).float()
+    assert torch.allclose(drop.embed(s2.coef, s2.fixed).detach(), centred, atol=1e-4 * out.abs().max())
+
+
+def test_presets_parameter_counts_and_identities(world):
+    comp, _, train, test, bases, clf = world
+    out = test.output()
+    heads = test.contributions("heads", dtype=torch.float64).sum(1).float()
+
+    res = build_adapter(AdapterConfig("residual"), train, clf, 100.0, bases=bases)
+    assert res.projection.adapted == [u.label for u in comp.head_units] and res.projection.kept == []
+    assert res.projection.n_components == [bases.n_components_for(lab, 0.9) for lab in res.projection.adapted]
+    assert res.n_trainable == sum(res.projection.n_components)
+
+    full = build_adapter(AdapterConfig("residual-full"), train, clf, 100.0, bases=bases)
+    assert full.projection.kept == ["emb"] and len(full.projection.adapted) == comp.n_layers * (comp.n_heads + 1)
+    s = full.encode(test)
+    assert torch.allclose(s.fixed, test.contributions("emb")[:, 0], atol=1e-5)
+
+    coarse = build_adapter(AdapterConfig("coarse"), train, clf, 100.0, bases=bases)
+    assert coarse.n_trainable == comp.n_layers * comp.n_heads
+    s = coarse.encode(test)  # λ = 1 scales nothing: the sum of the heads, means included
+    assert torch.allclose(coarse.embed(s.coef, s.fixed).detach(), heads, atol=1e-4 * heads.abs().max())
+    with torch.no_grad():
+        coarse.module.lam.zero_()
+        coarse.module.lam[0] = 2.0
+    assert torch.allclose(coarse.embed(s.coef, s.fixed).detach(), 2 * test.contributions("L0H0")[:, 0], atol=1e-4 * heads.abs().max())
+
+    spec = build_adapter(AdapterConfig("spectral"), train, clf, 100.0)
+    assert spec.n_trainable == comp.d_out
+    s = spec.encode(test)
+    assert torch.allclose(spec.embed(s.coef, s.fixed).detach(), out, atol=1e-5 * out.abs().max())
+
+    lin = build_adapter(AdapterConfig("linear"), train, clf, 100.0)
+    assert lin.n_trainable == comp.d_out**2 + comp.d_out
+    s = lin.encode(test)
+    assert torch.allclose(lin.embed(s.coef, s.fixed).detach(), out, atol=1e-6)
+    zs = build_adapter(AdapterConfig("zeroshot"), train, clf, 100.0)
+    assert zs.n_trainable == 0 and s.coef.shape[1] == 0
+
+
+def _informative_task(n, seed, informative, comp, readout, n_classes=3):
+    """Heads in ``informative`` carry a class-dependent shift; the others only (3× larger) noise."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, n_classes, (n,), generator=g)
+    heads = 3.0 * torch.randn(n, comp.n_layers, comp.n_heads, comp.d_head, generator=g)
+    pattern = torch.randn(n_classes, comp.n_layers, comp.n_heads, comp.d_head, generator=torch.Generator().manual_seed(99))
+    for lab in informative:
+        l, h = int(lab[1]), int(lab[3])
+        heads[:, l, h] = torch.randn(n, comp.d_head, generator=g) + pattern[labels, l, h]
+    return make_source(comp, readout, n, seed, n_classes, labels.numpy(), heads)
+
+
+def test_training_pushes_up_the_heads_that_carry_the_label():
+    comp, readout = make_model(seed=3)
+    informative = ["L0H1", "L1H2"]
+    train = _informative_task(600, 11, informative, comp, readout)
+    val = _informative_task(200, 12, informative, comp, readout)
+    test = _informative_task(200, 13, informative, comp, readout)
+    bases = direct_bases(train)
+    # a classifier that reads the informative heads' class means, swamped by the other heads at λ = 1
+    c = train.contributions([comp.index(lab) for lab in informative], dtype=torch.float64).sum(1)
+    y = torch.from_numpy(train.labels)
+    clf = torch.nn.functional.normalize(torch.stack([c[y == k].mean(0) - c.mean(0) for k in range(3)]).float(), dim=1)
+    ad = build_adapter(AdapterConfig("residual", variance=1.0), train, clf, 30.0, bases=bases)
+    tr, va, te = ad.encode(train), ad.encode(val), ad.encode(test)
+    before = ad.accuracy(te)
+    res = fit(ad, tr, va, TrainConfig(max_epochs=15, progress=False))  # the paper's lr 0.8
+    assert res.lr == 0.8
+    w = ad.component_weights()
+    good = torch.cat([w[lab] for lab in informative]).abs().mean()
+    rest = torch.cat([w[lab] for lab in w if lab not in informative]).abs().mean()
+    assert good > 1.5 and good > 2 * rest, (float(good), float(rest))
+    assert before < 0.65 and ad.accuracy(te) > before + 0.25, (before, ad.accuracy(te))
+    assert 1 <= res.best_epoch <= res.epochs <= 15 and len(res.history) == res.epochs
+
+
+def test_training_is_deterministic_and_save_load_round_trips(tmp_path, world):
+    comp, readout, train, test, bases, clf = world
+    val = make_source(comp, readout, 60, seed=7)
+
+    def run(seed):
+        ad = build_adapter(AdapterConfig("residual", init="paper", seed=4), train, clf, 100.0, bases=bases)
+        fit(ad, ad.encode(train), ad.encode(val), TrainConfig(lr=0.05, max_epochs=3, patience=3, seed=seed, progress=False))
+        return ad
+
+    a, b, c = run(0), run(0), run(1)
+    assert torch.equal(a.module.lam, b.module.lam)
+    assert not torch.equal(a.module.lam, c.module.lam)
+    path = a.save(tmp_path / "a.safetensors", extra={"note": "x"})
+    back = Adapter.load(path)
+    assert torch.equal(back.module.lam, a.module.lam) and back.extra == {"note": "x"}
+    assert back.provenance["basis_hash"] == bases.content_hash()
+    s = a.encode(test)
+    assert torch.equal(back.predict_logits(back.encode(test)), a.predict_logits(s))
+    Adapter.load(path, basis_hash=bases.content_hash())
+    with pytest.raises(ResiDualError, match="another basis"):
+        Adapter.load(path, basis_hash=direct_bases(test).content_hash())
+    lin = build_adapter(AdapterConfig("linear"), train, clf, 100.0)
+    with torch.no_grad():
+        lin.module.linear.weight.add_(0.1)
+    lb = Adapter.load(lin.save(tmp_path / "lin.safetensors"))
+    assert torch.equal(lb.module.linear.weight, lin.module.linear.weight)
+
+
+def test_bad_input_is_refused(tmp_path, world):
+    comp, readout, train, test, bases, clf = world
+    comp2, readout2 = make_model(seed=9)  # same layout, other weights
+    other = make_source(comp2, readout2, 30, seed=3)
+    with pytest.raises(ResiDualError, match="different model"):
+        check_same_model(train, other)
+    comp3, readout3 = make_model(L=1, model_id="other")
+    with pytest.raises(ResiDualError, match="different models"):
+        check_same_model(train, make_source(comp3, readout3, 30))
+    renamed = make_source(comp, readout, 30, seed=3, class_names=["a", "b", "c"])
+    with pytest.raises(ResiDualError, match="label sets differ"):
+        check_same_labels(train, renamed, "train vs test")
+    ad = build_adapter(AdapterConfig("residual"), train, clf, 100.0, bases=bases)
+    with pytest.raises(ResiDualError, match="other model weights"):
+        Adapter.load(ad.save(tmp_path / "r.safetensors")).encode(other)
+    with pytest.raises(ResiDualError, match="another model"):
+        build_adapter(AdapterConfig("residual"), make_source(comp3, readout3, 30), torch.zeros(3, comp.d_out), 1.0, bases=bases)
+    with pytest.raises(ResiDualError, match="not a safetensors|not a resi-dual"):
+        bad = tmp_path / "bad.safetensors"
+        bad.write_bytes(b"nope")
+        Adapter.load(bad)
+    with pytest.raises(ResiDualError, match="unknown adapter"):
+        AdapterConfig("nonsense").resolved()
+
+
+def test_few_shot_rows_are_stratified_and_seeded():
+    labels = np.repeat(np.arange(4), [10, 10, 10, 2])
+    r1 = few_shot_rows(labels, 3, seed=1)
+    assert np.bincount(labels[r1]).tolist() == [3, 3, 3, 2]
+    assert np.array_equal(r1, few_shot_rows(labels, 3, seed=1))
+    assert not np.array_equal(r1, few_shot_rows(labels, 3, seed=2))
+
+
+def test_lr_range_test_restores_the_adapter(world):
+    _, _, train, _, bases, clf = world
+    ad = build_adapter(AdapterConfig("residual", init="paper"), train, clf, 100.0, bases=bases)
+    before = ad.module.lam.detach().clone()
+    lr, curve = lr_range_test(ad, ad.encode(train), steps=40)
+    assert torch.equal(ad.module.lam, before)
+    assert 1e-5 <= lr <= 1.0 and len(curve) >= 5 and curve[1][0] > curve[0][0]
