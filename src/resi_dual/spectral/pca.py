@@ -1,0 +1,284 @@
+"""Per-unit PCA in the output space, in one streaming pass over a store (DESIGN.md §4, §5).
+
+Every unit's contribution is affine in its features, ``c_u = A_u f_u + k_u`` with
+``f_u = [x_u/σ, 1/σ, μ/σ]`` (d_in+2 numbers; see :mod:`resi_dual.models.encodings`). So instead of
+materialising ``c_u`` (n × d_out) and taking its SVD, we accumulate the first and second moments of
+``f_u`` — all heads at once with one batched matmul per block, in float64, mergeable across shards
+(Chan, Golub & LeVeque's pairwise update) — and finish each unit with a thin QR ``A_u = QR`` and an
+eigendecomposition of ``R Σ_f Rᵀ``: components ``(Q V)ᵀ``, the same as a direct PCA of ``c_u``.
+Memory is independent of the number of samples.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from resi_dual.errors import ResiDualError
+from resi_dual.models.units import Composition
+from resi_dual.spectral.bases import UnitBases
+from resi_dual.store.base import EncodingSource, RawBlock
+
+
+def svd_flip_rows(components: torch.Tensor) -> torch.Tensor:
+    """Fix signs so that each row's largest-|x| entry is positive (scikit-learn's ``svd_flip``).
+
+    Args: components (..., k, d). Returns: (..., k, d), same rows up to sign.
+    """
+    if components.numel() == 0:
+        return components
+    idx = components.abs().argmax(dim=-1, keepdim=True)
+    signs = torch.sign(components.gather(-1, idx))
+    signs[signs == 0] = 1
+    return components * signs
+
+
+@dataclass
+class _GroupMoments:
+    """Count, mean (k, p) and centred co-moment (k, p, p) of k same-width feature vectors, float64."""
+
+    n: int
+    mean: torch.Tensor
+    m2: torch.Tensor
+
+    def update(self, f: torch.Tensor) -> None:
+        """Merge a block ``f`` (b, k, p) float64 (Chan et al.'s pairwise update)."""
+        b = f.shape[0]
+        if b == 0:
+            return
+        mean_b = f.mean(0)  # (k, p)
+        fc = f - mean_b  # (b, k, p)
+        fc_t = fc.permute(1, 2, 0)  # (k, p, b)
+        m2_b = fc_t @ fc_t.transpose(1, 2)  # (k, p, p): one batched matmul for every unit of the group
+        self.merge(_GroupMoments(b, mean_b, m2_b))
+
+    def merge(self, other: "_GroupMoments") -> None:
+        if other.n == 0:
+            return
+        if self.n == 0:
+            self.n, self.mean, self.m2 = other.n, other.mean.clone(), other.m2.clone()
+            return
+        n = self.n + other.n
+        delta = other.mean - self.mean  # (k, p)
+        self.m2 += other.m2 + delta[:, :, None] * delta[:, None, :] * (self.n * other.n / n)
+        self.mean += delta * (other.n / n)
+        self.n = n
+
+
+def _check_finite(f: torch.Tensor, what: str) -> None:
+    if not torch.isfinite(f).all():
+        raise ResiDualError(f"non-finite values (NaN or inf) in the encodings of {what}; re-encode the store")
+
+
+class UnitMoments:
+    """Streaming, exactly mergeable first and second moments of the features of selected units.
+
+    ``update(block)`` with :class:`~resi_dual.store.base.RawBlock` s in any order, ``merge`` moments
+    computed elsewhere on other rows (shards, workers), then :meth:`to_bases` for the PCA.
+
+    Args:
+        composition: the model's units.
+        unit_indices: indices into ``composition.units``; heads and emb/MLP units may be mixed.
+    """
+
+    def __init__(self, composition: Composition, unit_indices: list[int]) -> None:
+        self.composition = composition
+        self.unit_indices = list(unit_indices)
+        comp = composition
+        self._heads = [i for i in self.unit_indices if comp.units[i].kind == "head"]
+        self._dense = [i for i in self.unit_indices if comp.units[i].kind != "head"]
+        self._head_l = [comp.units[i].layer for i in self._heads]
+        self._head_h = [comp.units[i].head for i in self._heads]
+        self._dense_slot = [0 if comp.units[i].kind == "emb" else 1 + comp.units[i].layer for i in self._dense]
+        ph, pd = comp.d_head + 2, comp.d_model + 2
+        z = torch.zeros
+        self.heads = _GroupMoments(0, z(len(self._heads), ph, dtype=torch.float64), z(len(self._heads), ph, ph, dtype=torch.float64))
+        self.dense = _GroupMoments(0, z(len(self._dense), pd, dtype=torch.float64), z(len(self._dense), pd, pd, dtype=torch.float64))
+
+    @property
+    def n(self) -> int:
+        return self.heads.n if self._heads else self.dense.n
+
+    def update(self, block: RawBlock) -> "UnitMoments":
+        """Add a block of rows (any dtype; accumulated in float64)."""
+        dt = torch.float64
+        sigma = block.sigma.to(dt)
+        inv_s = (1.0 / sigma)[:, None, None]  # (b, 1, 1)
+        mos = (block.mu.to(dt) / sigma)[:, None, None]
+        b = sigma.shape[0]
+        for group, xs in (
+            (self.heads, block.heads[:, self._head_l, self._head_h] if self._heads else None),  # (b, k, d_head)
+            (self.dense, block.dense[:, self._dense_slot] if self._dense else None),  # (b, k, d_model)
+        ):
+            if xs is None:
+                continue
+            k = xs.shape[1]
+            f = torch.cat([xs.to(dt) * inv_s, inv_s.expand(b, k, 1), mos.expand(b, k, 1)], dim=2)  # (b, k, p)
+            _check_finite(f, "a block of rows")
+            group.update(f)
+        return self
+
+    def merge(self, other: "UnitMoments") -> "UnitMoments":
+        """Merge moments of other rows of the same units (exact)."""
+        if other.unit_indices != self.unit_indices or not other.composition.same_model(self.composition):
+            raise ResiDualError("cannot merge moments of different units or models")
+        self.heads.merge(other.heads)
+        self.dense.merge(other.dense)
+        return self
+
+    def feature_stats(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean_f (p,), covariance Σ_f (p, p)) of unit index ``i``, float64, divisor n−1."""
+        if i in self._heads:
+            g, j = self.heads, self._heads.index(i)
+        else:
+            g, j = self.dense, self._dense.index(i)
+        return g.mean[j], g.m2[j] / max(g.n - 1, 1)
+
+    def to_bases(self, readout, meta: dict | None = None, progress=None) -> UnitBases:
+        """PCA of every unit from its moments and its affine readout (see module docstring).
+
+        Units of one width are finished together (batched QR and eigendecomposition)."""
+        n = self.n
+        if n < 2:
+            raise ResiDualError(f"PCA needs at least 2 samples, the store has {n}")
+        comp = self.composition
+        ro = readout.to(torch.float64)
+        means, comps, evs, tvs = {}, {}, {}, {}
+        for group, idx in ((self.heads, self._heads), (self.dense, self._dense)):
+            if not idx:
+                continue
+            affines = [ro.affine(comp, i) for i in idx]
+            a = torch.stack([t[0] for t in affines])  # (k, d_out, p)
+            k_u = torch.stack([t[1] for t in affines])  # (k, d_out)
+            mean, components, ev, total = pca_from_moments(a, k_u, group.mean, group.m2 / (n - 1), n)
+            for j, i in enumerate(idx):
+                lab = comp.units[i].label
+                if total[j] <= 0.0:
+                    warnings.warn(f"unit {lab} has zero variance (constant contributions); its ratios are reported as 0")
+                means[lab], comps[lab], evs[lab], tvs[lab] = mean[j], components[j], ev[j], float(total[j])
+                if progress is not None:
+                    progress()
+        labels = [comp.units[i].label for i in sorted(self.unit_indices)]
+        return UnitBases(comp, labels, means, comps, evs, tvs, n, dict(meta or {}))
+
+
+def pca_from_moments(
+    a: torch.Tensor, k: torch.Tensor, mean_f: torch.Tensor, cov_f: torch.Tensor, n: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """PCA of ``c = A f + k`` from the moments of ``f`` (optionally batched over leading dims).
+
+    Args:
+        a: (..., d_out, p) readout ``A_u``; k: (..., d_out); mean_f: (..., p); cov_f: (..., p, p)
+            (divisor n−1); n: number of samples.
+    Returns:
+        mean (..., d_out), components (..., r, d_out) sign-fixed orthonormal rows with
+        r = min(n−1, p, d_out), explained variance (..., r) descending, total variance (...). float64.
+    """
+    a, cov_f = a.to(torch.float64), cov_f.to(torch.float64)
+    q, r = torch.linalg.qr(a, mode="reduced")  # q (d_out, m), r (m, p), m = min(d_out, p)
+    s = r @ cov_f @ r.transpose(-1, -2)  # covariance of the contributions in the basis q
+    s = 0.5 * (s + s.transpose(-1, -2))
+    evals, evecs = torch.linalg.eigh(s)  # ascending
+    evals, evecs = evals.flip(-1), evecs.flip(-1)
+    total = torch.diagonal(s, dim1=-2, dim2=-1).sum(-1).clamp_min(0.0)
+    keep = min(n - 1, evals.shape[-1])  # n samples span at most n−1 directions
+    components = svd_flip_rows((q @ evecs[..., :keep]).transpose(-1, -2).contiguous())
+    mean = (a @ mean_f.to(torch.float64)[..., None])[..., 0] + k.to(torch.float64)
+    return mean, components, evals[..., :keep].clamp_min(0.0), total
+
+
+def fit_bases(
+    source: EncodingSource,
+    units=None,
+    block_rows: int = 4096,
+    progress: bool = True,
+) -> UnitBases:
+    """Per-unit PCA of a store's contributions in one pass (see module docstring).
+
+    Args:
+        source: any :class:`~resi_dual.store.base.EncodingSource`.
+        units: labels, a shorthand (``heads``, ``mlps``, ``all`` …) or indices; all units by default.
+        block_rows: rows per block; memory is O(block_rows · U · d_in) + O(U · (d_in+2)²).
+        progress: show a ``rich`` progress bar.
+    Returns:
+        :class:`UnitBases` (float64 tensors) with all ``min(n−1, d_in+2, d_out)`` components per unit.
+    """
+    return UnitPCA(units=units, block_rows=block_rows, progress=progress).fit(source).bases_
+
+
+class UnitPCA:
+    """Per-unit PCA estimator over an :class:`EncodingSource` (scikit-learn contract).
+
+    Parameters:
+        units: which units (labels, shorthand or indices; all by default).
+        block_rows: rows per streamed block.
+        progress: show progress bars.
+
+    Attributes:
+        bases_: :class:`UnitBases` — per unit ``means``, ``components`` (k_u, d_out),
+            ``explained_variance`` (k_u,), ``total_variance``.
+        moments_: :class:`UnitMoments`, mergeable with moments of other shards.
+        n_samples_: number of samples seen.
+    """
+
+    def __init__(self, units=None, block_rows: int = 4096, progress: bool = True) -> None:
+        self.units = units
+        self.block_rows = block_rows
+        self.progress = progress
+
+    def fit(self, source: EncodingSource) -> "UnitPCA":
+        comp = source.composition
+        idx = _select(comp, self.units)
+        moments = UnitMoments(comp, idx)
+        with _progress(self.progress) as bar:
+            task = bar.add_task("PCA: moments", total=len(source)) if bar else None
+            for block in source.iter_blocks(self.block_rows, dtype=torch.float32):
+                moments.update(block)
+                if bar:
+                    bar.advance(task, len(block))
+            task2 = bar.add_task("PCA: per-unit eigendecomposition", total=len(idx)) if bar else None
+            step = (lambda: bar.advance(task2)) if bar else None
+            meta = {k: source.meta[k] for k in ("model_spec", "weights_hash", "dataset", "dataset_name", "split") if k in source.meta}
+            self.bases_ = moments.to_bases(source.readout, meta=meta, progress=step)
+        self.moments_ = moments
+        self.n_samples_ = moments.n
+        return self
+
+    def transform(self, source: EncodingSource, unit: str, rows=None) -> torch.Tensor:
+        """(n', k_u) PCA coordinates ``⟨c_u − m_u, v_k⟩`` of one unit (float64)."""
+        b = self.bases_
+        i = source.composition.index(unit)
+        a, k = source.readout.to(torch.float64).affine(source.composition, i)
+        f = source.features(i, rows, dtype=torch.float64)
+        return (f @ a.T + k - b.means[unit]) @ b.components[unit].T
+
+
+def _select(comp: Composition, units) -> list[int]:
+    if units is None:
+        return list(range(len(comp.units)))
+    if isinstance(units, (list, tuple, range, np.ndarray)) and all(isinstance(i, (int, np.integer)) for i in units):
+        return [int(i) for i in units]
+    idx = comp.select(units)
+    if not idx:
+        raise ResiDualError(f"no units selected by {units!r}")
+    return idx
+
+
+class _NullBar:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _progress(enabled: bool):
+    """A ``rich`` progress context, or a null context yielding None."""
+    if not enabled:
+        return _NullBar()
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=True)
