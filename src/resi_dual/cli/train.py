@@ -1,0 +1,167 @@
+"""`resi-dual train`: fit an adapter (ResiDual, Coarse, baselines) on stores, write metrics and the adapter.
+
+All adapters but ``finetune`` train on per-unit PCA coefficients cached once from the stores: the
+frozen backbone is never rerun. Writes ``<out>/<dataset>-<adapter>[-<K>shot]-seed<S>.safetensors``
+(the adapter, self-contained: components, means, classifier, basis hash) and a ``.json`` with the
+metrics (accuracy on val and test, zero-shot reference, trainable parameters, epochs, time).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "train an adapter (residual, residual-full, coarse, spectral, linear, finetune, zeroshot) on stores"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from resi_dual.adapters.adapter import VARIANTS
+
+    p.add_argument("--train", required=True, help="store of the training split")
+    p.add_argument("--val", required=True, help="store of the validation split (model selection only uses it)")
+    p.add_argument("--test", required=True, help="store of the test split (evaluated once, best checkpoint)")
+    p.add_argument("--adapter", required=True, choices=VARIANTS, help="adapter variant")
+    p.add_argument("--basis", default=None,
+                   help="reference for the unit PCA bases: a store (PCA fitted on it) or a bases .safetensors file "
+                        "(default: the full train store; PCA uses no labels)")
+    p.add_argument("--lr", default=None, help="learning rate, or 'auto' for a range test (default: 0.8 ResiDual-type, 1e-3 linear/spectral, 1e-5 finetune)")
+    p.add_argument("--shots", type=int, default=None, help="K training examples per class (stratified, seeded); default all")
+    p.add_argument("--seeds", default="1", help="comma-separated seeds, one run each (few-shot protocol: 1,2,3)")
+    p.add_argument("--epochs", type=int, default=30, help="maximum epochs (default 30)")
+    p.add_argument("--patience", type=int, default=5, help="early-stopping patience in epochs (default 5)")
+    p.add_argument("--batch", type=int, default=64, help="batch size (default 64)")
+    p.add_argument("--variance", type=float, default=None, help="explained-variance cut per unit (default: the variant's, 0.9 for residual)")
+    p.add_argument("--mean-mode", choices=["drop", "add", "scale"], default=None, help="adapted units' means: drop (paper), add back, scale")
+    p.add_argument("--init", choices=["ones", "paper"], default="ones", help="λ init: ones, or 1+N(0,1) as the paper's code")
+    p.add_argument("--out", default="adapters", help="output directory (default ./adapters)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _parse_seeds(text: str) -> list[int]:
+    from resi_dual.errors import ResiDualError
+
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise ResiDualError(f"--seeds must be comma-separated integers, got {text!r}") from None
+    if not seeds:
+        raise ResiDualError("--seeds is empty")
+    return seeds
+
+
+def load_bases(basis: str | None, train, units: list[str], progress: bool = True):
+    """UnitBases for ``units``: from a bases file, a reference store, or the train store itself."""
+    from pathlib import Path
+
+    from resi_dual import open_store
+    from resi_dual.adapters.cache import check_same_model
+    from resi_dual.errors import ResiDualError
+    from resi_dual.spectral.bases import UnitBases
+    from resi_dual.spectral.pca import fit_bases
+
+    if basis is not None and Path(basis).is_file():
+        bases = UnitBases.load(basis)
+        if not bases.composition.same_model(train.composition):
+            raise ResiDualError(f"basis {basis} was fitted on another model ({bases.composition.model_id!r})")
+        return bases
+    ref = train if basis is None else open_store(basis)
+    if ref is not train:
+        check_same_model(train, ref, "train and basis stores")
+    bases = fit_bases(ref, units=units, progress=progress)
+    bases.meta.setdefault("store", str(basis) if basis else "train")
+    for k in ("dataset_spec", "split"):
+        if k in ref.meta:
+            bases.meta.setdefault(k, ref.meta[k])
+    return bases
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from resi_dual import open_store
+    from resi_dual.adapters.adapter import AdapterConfig, select_units
+    from resi_dual.adapters.protocol import check_splits, summarise_seeds, train_and_evaluate
+    from resi_dual.adapters.training import TrainConfig
+    from resi_dual.errors import ResiDualError
+
+    console = Console(stderr=True)
+    seeds = _parse_seeds(args.seeds)
+    lr = args.lr if args.lr in (None, "auto") else _float(args.lr)
+    if args.epochs < 1 or args.patience < 1 or args.batch < 1:
+        raise ResiDualError("--epochs, --patience and --batch must be at least 1")
+    train, val, test = open_store(args.train), open_store(args.val), open_store(args.test)
+    check_splits(train, val, test)
+    dataset = train.meta.get("dataset_name") or "data"
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    if args.adapter == "finetune":
+        from resi_dual.adapters.finetune import finetune_from_stores
+
+        runs = []
+        for seed in seeds:
+            stem = out_dir / _stem(dataset, "finetune", args.shots, seed)
+            metrics = finetune_from_stores(train, val, test, shots=args.shots, seed=seed, lr=1e-5 if lr is None else lr,
+                                           epochs=args.epochs, patience=args.patience, batch_size=args.batch,
+                                           progress=not args.quiet, weights_out=None)
+            stem.with_suffix(".json").write_text(json.dumps(metrics, indent=1))
+            runs.append(metrics)
+            console.print(f"finetune seed {seed}: val {metrics['accuracy']['val']:.4f}  test {metrics['accuracy']['test']:.4f}")
+        _write_summary(out_dir, dataset, "finetune", args.shots, runs, console)
+        return 0
+
+    from resi_dual.zeroshot import classifier_for_source
+
+    head = classifier_for_source(train, train_source=train)
+    config = AdapterConfig(args.adapter, variance="preset" if args.variance is None else args.variance,
+                           mean_mode=args.mean_mode, init=args.init)
+    cfg = config.resolved()
+    bases = None
+    if cfg["source"] == "units":
+        bases = load_bases(args.basis, train, select_units(train.composition, cfg["units"]), progress=not args.quiet)
+    runs = []
+    for seed in seeds:
+        config.seed = seed
+        tc = TrainConfig(lr=lr, batch_size=args.batch, max_epochs=args.epochs, patience=args.patience, seed=seed,
+                         progress=not args.quiet)
+        adapter, metrics = train_and_evaluate(config, train, val, test, head.weights, head.logit_scale, bases, tc, args.shots)
+        stem = out_dir / _stem(dataset, args.adapter, args.shots, seed)
+        metrics["adapter_file"] = str(adapter.save(stem.with_suffix(".safetensors"), extra={"metrics": {
+            k: metrics[k] for k in ("accuracy", "epochs", "best_epoch", "lr", "shots", "seed")}}))
+        metrics["classifier_kind"] = head.kind
+        stem.with_suffix(".json").write_text(json.dumps(metrics, indent=1))
+        runs.append(metrics)
+        a = metrics["accuracy"]
+        console.print(f"{args.adapter} seed {seed}: {metrics['trainable_parameters']} parameters, "
+                      f"val {a['val']:.4f}  test {a['test']:.4f}  (zero-shot test {a['zeroshot_test']:.4f}), "
+                      f"{metrics['epochs']} epochs, {metrics['seconds']['total']:.1f} s -> {metrics['adapter_file']}")
+    _write_summary(out_dir, dataset, args.adapter, args.shots, runs, console)
+    return 0
+
+
+def _float(text: str) -> float:
+    from resi_dual.errors import ResiDualError
+
+    try:
+        return float(text)
+    except ValueError:
+        raise ResiDualError(f"--lr must be a number or 'auto', got {text!r}") from None
+
+
+def _stem(dataset: str, variant: str, shots: int | None, seed: int) -> str:
+    return f"{dataset}-{variant}" + (f"-{shots}shot" if shots else "") + f"-seed{seed}"
+
+
+def _write_summary(out_dir, dataset, variant, shots, runs, console) -> None:
+    import json
+
+    from resi_dual.adapters.protocol import summarise_seeds
+
+    if len(runs) < 2:
+        return
+    s = summarise_seeds(runs)
+    path = out_dir / (f"{dataset}-{variant}" + (f"-{shots}shot" if shots else "") + "-summary.json")
+    path.write_text(json.dumps({"variant": variant, "shots": shots, "seeds": [r["seed"] for r in runs], "accuracy": s}, indent=1))
+    console.print(f"{variant} over {len(runs)} seeds: test {s['test']['mean']:.4f} ± {s['test']['std']:.4f} -> {path}")

@@ -1,0 +1,115 @@
+"""`resi-dual train / apply / explain` end to end: a tiny random ViT saved to disk, image folders, real stores."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from resi_dual.cli import main
+
+
+def _folder(root, classes, per_split, seed):
+    rng = np.random.default_rng(seed)
+    for split, n in per_split.items():
+        for c, name in enumerate(classes):
+            d = root / split / name
+            d.mkdir(parents=True)
+            for i in range(n):
+                base = np.zeros((16, 16, 3))
+                base[..., c % 3] = 150 + 40 * (c // 3)
+                img = np.clip(base + rng.normal(0, 60, base.shape), 0, 255).astype(np.uint8)
+                Image.fromarray(img).save(d / f"{i}.png")
+
+
+def _vit(path, seed):
+    import transformers as tf
+
+    torch.manual_seed(seed)
+    m = tf.ViTModel(tf.ViTConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                 image_size=16, patch_size=8))
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(seed)
+        for p in m.parameters():
+            p.add_(0.2 * torch.randn(p.shape, generator=g))
+    m.save_pretrained(path)
+    return f"hf:{path}"
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    from resi_dual import load_model
+    from resi_dual.data import load_dataset
+    from resi_dual.store.writer import EncodeConfig, encode_store
+
+    root = tmp_path_factory.mktemp("cli")
+    _folder(root / "data", ["red", "green", "blue"], {"train": 30, "val": 10, "test": 10}, 0)
+    _folder(root / "other", ["a", "b", "c", "d"], {"train": 4, "val": 4, "test": 4}, 1)
+    spec = _vit(root / "vit", 0)
+    spec2 = _vit(root / "vit2", 1)
+    with pytest.warns(UserWarning):
+        model = load_model(spec)
+    out = {"spec": spec, "spec2": spec2, "root": root}
+    cfg = EncodeConfig(progress=False, dtype="float32")
+    for split in ("train", "val", "test"):
+        out[split] = str(root / f"s-{split}")
+        encode_store(model, load_dataset(f"folder:{root / 'data'}", split), out[split], cfg)
+    out["other_test"] = str(root / "s-other")
+    encode_store(model, load_dataset(f"folder:{root / 'other'}", "test"), out["other_test"], cfg)
+    return out
+
+
+def _train(stores, adapter, *extra):
+    out = stores["root"] / "runs"
+    argv = ["train", "--train", stores["train"], "--val", stores["val"], "--test", stores["test"],
+            "--adapter", adapter, "--out", str(out), "--quiet", "--epochs", "4", *extra]
+    return main(argv), out
+
+
+def test_train_apply_explain(stores, capsys):
+    rc, out = _train(stores, "residual", "--seeds", "1,2")
+    assert rc == 0
+    m = json.loads((out / "data-residual-seed1.json").read_text())
+    assert m["variant"] == "residual" and m["trainable_parameters"] == m["components"] > 0
+    assert 0.0 <= m["accuracy"]["test"] <= 1.0 and 1 <= m["epochs"] <= 4 and m["lr"] == 0.8
+    assert m["n"] == {"train": 90, "val": 30, "test": 30} and m["basis_hash"]
+    assert (out / "data-residual-summary.json").exists()
+    adapter = m["adapter_file"]
+
+    rc, _ = _train(stores, "zeroshot")
+    z = json.loads((out / "data-zeroshot-seed1.json").read_text())
+    assert rc == 0 and z["trainable_parameters"] == 0 and z["accuracy"]["test"] == z["accuracy"]["zeroshot_test"]
+    rc, _ = _train(stores, "coarse", "--shots", "5")
+    c = json.loads((out / "data-coarse-5shot-seed1.json").read_text())
+    assert rc == 0 and c["trainable_parameters"] == 8 and c["n"]["train"] == 15
+
+    capsys.readouterr()
+    images = [str(stores["root"] / "data" / "test" / k / "0.png") for k in ("red", "green", "blue")]
+    assert main(["apply", "--model", stores["spec"], "--adapter", adapter, *images]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 3 and all(line.split("\t")[1] in ("red", "green", "blue") for line in lines)
+
+    desc = stores["root"] / "desc.tsv"
+    desc.write_text("unit\tcomponent\ttext\nL0H0\t0\tsomething reddish\n")
+    assert main(["explain", adapter, "--top", "2", "--descriptions", str(desc), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["units"]
+    assert [r["unit"] for r in rows] == [f"L{l}H{h}" for l in range(2) for h in range(4)]
+    assert all(r["largest"][0][1] >= r["smallest"][0][1] for r in rows)
+    l0h0 = [item for r in rows if r["unit"] == "L0H0" for item in r["largest"] + r["smallest"] if item[0] == 0]
+    assert l0h0 and l0h0[0][2] == "something reddish"
+
+
+def test_bad_input_is_one_line_error(stores, capsys):
+    base = ["train", "--train", stores["train"], "--val", stores["val"], "--adapter", "residual", "--quiet",
+            "--out", str(stores["root"] / "bad")]
+    capsys.readouterr()
+    assert main(base + ["--test", stores["other_test"]]) == 2
+    assert "label sets differ" in capsys.readouterr().err
+    rc, out = _train(stores, "linear")
+    assert rc == 0
+    img = str(stores["root"] / "data" / "test" / "red" / "0.png")
+    with pytest.warns(UserWarning):
+        assert main(["apply", "--model", stores["spec2"], "--adapter", str(out / "data-linear-seed1.safetensors"), img]) == 2
+    assert "other weights" in capsys.readouterr().err
+    assert main(base + ["--test", stores["test"], "--lr", "fast"]) == 2
