@@ -1,1 +1,11 @@
-"""experiments stage of resi-dual."""
+"""The paper's four experiments as resumable grids of cached cells (issue 8).
+
+``resi-dual experiment NAME --config GRID.toml --out DIR`` — see :mod:`resi_dual.experiments.runners`
+for the experiments, :mod:`~resi_dual.experiments.config` for the grid file, and
+:mod:`~resi_dual.experiments.cells` for the cache.
+"""
+
+from resi_dual.experiments.config import GridConfig, load_config, parse_config
+from resi_dual.experiments.runners import EXPERIMENTS, run_experiment
+
+__all__ = ["EXPERIMENTS", "GridConfig", "load_config", "parse_config", "run_experiment"]

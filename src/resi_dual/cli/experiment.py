@@ -1,0 +1,35 @@
+"""`resi-dual experiment NAME --config GRID.toml --out DIR`: one of the paper's four experiments over a grid."""
+
+from __future__ import annotations
+
+HELP = "run one of the paper's experiments (intrinsic-dim, similarity, specialization, adaptation) over a grid, resumably"
+
+
+def add_arguments(parser) -> None:
+    from resi_dual.experiments.runners import EXPERIMENTS
+
+    parser.add_argument("name", choices=EXPERIMENTS, help="which experiment")
+    parser.add_argument("--config", required=True, help="grid TOML (see configs/offline.toml, configs/paper.toml)")
+    parser.add_argument("--out", required=True, help="output folder: cells/ (the cache) and <name>/ (tables, figures)")
+    parser.add_argument("--status", action="store_true", help="only show how many cells are done and left")
+    parser.add_argument("--store-dtype", default="float32", choices=("float16", "float32"),
+                        help="storage of the raw encodings in the stores (float16 halves the disk)")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--quiet", action="store_true", help="no progress view")
+
+
+def run(args) -> int:
+    import json
+
+    import torch
+
+    from resi_dual.experiments.config import load_config
+    from resi_dual.experiments.runners import run_experiment
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config = load_config(args.config)
+    summary = run_experiment(args.name, config, args.out, progress=not args.quiet, status_only=args.status,
+                             store_dtype=args.store_dtype)
+    print(json.dumps(summary))
+    return 0

@@ -1,0 +1,231 @@
+"""The shared cells of every experiment (stores, bases) and the loop that runs a grid with a progress view.
+
+Cell graph: ``store`` cells (model × dataset × split × limit) → ``bases`` cells (per-unit PCA of a
+store) → experiment cells (``intrinsic-dim``, ``similarity``, ``specialization``, ``adaptation``),
+whose rows are gathered into the experiment's tables and figures. Two experiments run with the
+same ``--out`` share their stores and bases (same settings, same key).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from resi_dual.errors import ResiDualError
+from resi_dual.experiments.cells import Cell, topological, write_json_atomic
+from resi_dual.experiments.config import DatasetEntry, GridConfig, ModelEntry
+
+STORE_DIR = "store"
+BASES_FILE = "bases.safetensors"
+ROWS_FILE = "rows.json"
+
+
+def model_fingerprint(spec: str) -> str:
+    """What identifies a model's weights without loading it: the spec, plus for local checkpoints the
+    name, size and modification time of every file (so retrained weights give new cells)."""
+    from resi_dual.models.loading import resolve_spec
+
+    full = resolve_spec(spec)
+    if spec == "demo" or spec.startswith("demo:"):
+        from resi_dual.models.demo import DEMO_DIR
+
+        path = Path(spec[5:]) if spec.startswith("demo:") else DEMO_DIR
+    else:
+        _, _, arg = full.partition(":")
+        path = Path(arg.partition("@")[2] or arg).expanduser()
+    if not path.exists():
+        return full
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    h = hashlib.sha256(full.encode())
+    for p in files:
+        st = p.stat()
+        h.update(f"{p.relative_to(path.parent)}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+    return f"{full}#{h.hexdigest()[:16]}"
+
+
+def noise_dataset(n: int, size: int, seed: int, split: str = "train"):
+    """``n`` uniform-noise RGB images of ``size`` px (seeded), one class ``noise``: the similarity control."""
+    from PIL import Image
+
+    from resi_dual.data.base import CallableDataset
+
+    def get(i: int) -> Image.Image:
+        rng = np.random.default_rng([seed, i])
+        return Image.fromarray(rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8), "RGB")
+
+    return CallableDataset(f"noise:{seed}", "noise", split, get, np.zeros(n, np.int64), ["noise"])
+
+
+@dataclass
+class Grid:
+    """One run of an experiment over a grid: the config, the output folder and loaded models.
+
+    Models are loaded lazily, only when a cell that needs them is computed, and kept for the run.
+    """
+
+    config: GridConfig
+    out: Path
+    store_dtype: str = "float32"
+    progress: bool = True
+    _models: dict = field(default_factory=dict)
+    _cells: dict = field(default_factory=dict)
+
+    def model(self, entry: ModelEntry):
+        if entry.name not in self._models:
+            from resi_dual import load_model
+
+            self._models[entry.name] = load_model(entry.spec, convention=self.config.convention)
+        return self._models[entry.name]
+
+    def _unique(self, cell: Cell) -> Cell:
+        """One object per key, so a cell shared by several experiments is planned once."""
+        cell.root = self.out
+        return self._cells.setdefault(cell.key, cell)
+
+    # -- shared cells --------------------------------------------------------------------------
+    def limit_for(self, dataset: DatasetEntry, split: str) -> int | None:
+        lim = self.config.limits
+        if dataset is self.config.reference or (dataset.spec == self.config.reference.spec and split == self.config.reference_split):
+            return lim.reference
+        return {"train": lim.train, "val": lim.val, "test": lim.test}[split]
+
+    def store(self, model: ModelEntry, dataset: DatasetEntry, split: str, limit: int | None = None,
+              noise: tuple[int, int] | None = None) -> Cell:
+        """Encodings of one model × dataset × split (``noise=(n, seed)`` for the noise control)."""
+        settings = {
+            "model": model.spec, "weights": model_fingerprint(model.spec), "convention": self.config.convention,
+            "dataset": dataset.spec, "root": dataset.root, "split": split, "limit": limit, "noise": noise,
+            "batch_size": self.config.batch_size, "dtype": self.store_dtype,
+        }
+
+        def compute(cell: Cell, work: Path) -> dict:
+            from resi_dual.store.writer import EncodeConfig, encode_store
+
+            tm = self.model(model)
+            if noise is not None:
+                ds = noise_dataset(noise[0], int(tm.image_size), noise[1], split)
+            else:
+                from resi_dual.data import load_dataset
+
+                ds = load_dataset(dataset.spec, split, root=dataset.root)
+            cfg = EncodeConfig(limit=limit, batch_size=self.config.batch_size, dtype=self.store_dtype, progress=self.progress)
+            manifest = encode_store(tm, ds, work / STORE_DIR, cfg)
+            return {"n": int(manifest.get("n_samples", manifest.get("n_planned", 0)) or 0)}
+
+        name = f"{model.name}.{dataset.name}.{split}" + (f".{limit}" if limit else "")
+        # a store resumes itself chunk by chunk, so an interrupted store cell keeps its directory
+        return self._unique(Cell("store", name, settings, [], compute, resumable=True))
+
+    def bases(self, store: Cell) -> Cell:
+        """Per-unit PCA (all units, all components) of a store."""
+
+        def compute(cell: Cell, work: Path) -> dict:
+            from resi_dual.spectral.pca import fit_bases
+
+            b = fit_bases(open_cell_store(store), progress=self.progress)
+            b.save(work / BASES_FILE)
+            return {"n_samples": b.n_samples, "units": len(b.labels), "content_hash": b.content_hash()}
+
+        return self._unique(Cell("bases", store.name, {}, [store], compute))
+
+    def analysis(self, kind: str, name: str, settings: dict, deps: list[Cell],
+                 compute_rows: Callable[[], list[dict]]) -> Cell:
+        """An experiment cell whose artefact is a list of table rows (``rows.json``)."""
+
+        def compute(cell: Cell, work: Path) -> dict:
+            rows = compute_rows()
+            write_json_atomic(work / ROWS_FILE, rows)
+            return {"rows": len(rows)}
+
+        return self._unique(Cell(kind, name, settings, deps, compute))
+
+    # -- running -------------------------------------------------------------------------------
+    def run(self, targets: list[Cell], title: str) -> dict:
+        """Compute every cell the targets need, skipping finished ones. Returns counts."""
+        cells = topological(targets)
+        view = GridView(cells, title, enabled=self.progress)
+        computed = 0
+        with view:
+            for c in cells:
+                if c.done():
+                    continue
+                view.start(c)
+                t0 = time.perf_counter()
+                c.run()
+                computed += 1
+                view.finish(c, time.perf_counter() - t0)
+        return {"cells": len(cells), "computed": computed, "cached": len(cells) - computed}
+
+
+def open_cell_store(cell: Cell):
+    from resi_dual.store import open_store
+
+    return open_store(cell.path / STORE_DIR)
+
+
+def cell_rows(cell: Cell) -> list[dict]:
+    return json.loads((cell.path / ROWS_FILE).read_text())
+
+
+def load_cell_bases(cell: Cell):
+    from resi_dual.spectral.bases import UnitBases
+
+    return UnitBases.load(cell.path / BASES_FILE)
+
+
+class GridView:
+    """A progress view of a grid: cells done / running / left, per kind, with a rich bar."""
+
+    def __init__(self, cells: list[Cell], title: str, enabled: bool = True) -> None:
+        self.cells = cells
+        self.title = title
+        self.enabled = enabled
+        self._bar = None
+
+    def status_table(self):
+        from rich.table import Table
+
+        kinds: dict[str, list[int]] = {}
+        for c in self.cells:
+            done = c.done()
+            kinds.setdefault(c.kind, [0, 0])[0 if done else 1] += 1
+        t = Table(title=self.title)
+        for col in ("cells", "done", "left"):
+            t.add_column(col, justify="right" if col != "cells" else "left")
+        for k, (d, left) in kinds.items():
+            t.add_row(k, str(d), str(left))
+        return t
+
+    def __enter__(self):
+        if not self.enabled:
+            return self
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        Console(stderr=True).print(self.status_table())
+        done = sum(c.done() for c in self.cells)
+        self._bar = Progress(TextColumn("[bold]grid[/]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                             TextColumn("{task.fields[running]}"), console=Console(stderr=True))
+        self._bar.__enter__()
+        self._task = self._bar.add_task("grid", total=len(self.cells), completed=done, running="")
+        return self
+
+    def start(self, cell: Cell) -> None:
+        if self._bar:
+            self._bar.update(self._task, running=f"running {cell.label}")
+
+    def finish(self, cell: Cell, seconds: float) -> None:
+        if self._bar:
+            self._bar.console.print(f"done {cell.label} ({seconds:.1f} s)")
+            self._bar.update(self._task, advance=1, running="")
+
+    def __exit__(self, *exc):
+        if self._bar:
+            self._bar.__exit__(*exc)
+        return False

@@ -1,0 +1,370 @@
+"""The paper's four experiments as grids of cached cells, each ending in tables and figures.
+
+``run_experiment(name, config, out)`` plans the cells (:mod:`resi_dual.experiments.grid`), computes
+the missing ones and writes ``OUT/<name>/`` (tables as TSV + Markdown, figures as PNG, and
+``summary.json``). The stages do the work; this module only wires them and lays out results.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from resi_dual.errors import ResiDualError
+from resi_dual.experiments.cells import write_json_atomic
+from resi_dual.experiments.config import GridConfig
+from resi_dual.experiments.grid import Grid, cell_rows, load_cell_bases, open_cell_store
+from resi_dual.experiments.tables import bar_plot, heatmaps, line_plot, mean_std, write_table
+
+EXPERIMENTS = ("intrinsic-dim", "similarity", "specialization", "adaptation")
+
+
+def _available(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def _need(module: str, experiment: str) -> None:
+    if not _available(module):
+        raise ResiDualError(f"experiment {experiment!r} is not available yet: it needs {module}, which has not landed")
+
+
+def _unit_rows_sorted(rows: list[dict]) -> list[dict]:
+    order = {"emb": 0, "head": 1, "mlp": 2}
+    return sorted(rows, key=lambda r: (r["model"], r["layer"], order[r["kind"]], r["head"]))
+
+
+def _layer_grid(rows: list[dict], key: str, n_layers: int, n_heads: int) -> list[list[float]]:
+    """(L, H+1) matrix of ``key``: heads, then the layer's MLP in the last column."""
+    m = [[float("nan")] * (n_heads + 1) for _ in range(n_layers)]
+    for r in rows:
+        if r["kind"] == "head":
+            m[r["layer"]][r["head"]] = r[key]
+        elif r["kind"] == "mlp":
+            m[r["layer"]][n_heads] = r[key]
+    return m
+
+
+# -- intrinsic dimension (paper §3.1) ----------------------------------------------------------------
+def unit_coordinates(source, index: int) -> torch.Tensor:
+    """(n, m) coordinates of a unit's contributions with the same pairwise distances, m ≤ d_in+2.
+
+    ``c = A f + k`` and ``A = QR`` (Q orthonormal columns) give ``‖c_i − c_j‖ = ‖R (f_i − f_j)‖``
+    (DESIGN.md §4), so TwoNN runs in d_head+2 dimensions instead of d_out.
+    """
+    a, _ = source.readout.to(torch.float64).affine(source.composition, index)
+    _, r = torch.linalg.qr(a, mode="reduced")
+    return source.features(index, dtype=torch.float64) @ r.T
+
+
+def intrinsic_dim_rows(store_cell, bases_cell, model_name: str, settings) -> list[dict]:
+    """One row per unit: linear ID (components to ``variance``), TwoNN ID, their ratio, PC1 ratio, PR."""
+    from resi_dual.spectral.twonn import TwoNN
+
+    source = open_cell_store(store_cell)
+    bases = load_cell_bases(bases_cell)
+    comp = source.composition
+    rows = []
+    for i in comp.select(settings.units):
+        u = comp.units[i]
+        ev = bases.explained_variance[u.label].double()
+        evr = bases.explained_variance_ratio(u.label).double()
+        linear = bases.n_components_for(u.label, settings.variance)
+        est = TwoNN(discard_fraction=settings.twonn_discard, max_samples=settings.twonn_max_samples, random_state=0)
+        twonn = float(est.fit(unit_coordinates(source, i)).dimension_)
+        pr = float(ev.sum() ** 2 / (ev * ev).sum()) if float((ev * ev).sum()) > 0 else 0.0
+        rows.append({
+            "model": model_name, "unit": u.label, "kind": u.kind, "layer": u.layer, "head": u.head,
+            "linear_id": int(linear), "twonn_id": twonn, "id_ratio": twonn / linear,
+            "pc1_ratio": float(evr[0]) if evr.numel() else 0.0, "participation_ratio": pr, "n": len(source),
+        })
+    return rows
+
+
+def plan_intrinsic_dim(grid: Grid) -> tuple[list, callable]:
+    cfg = grid.config
+    cells = {}
+    for m in cfg.models:
+        store = grid.store(m, cfg.reference, cfg.reference_split, cfg.limits.reference)
+        bases = grid.bases(store)
+        s = cfg.intrinsic_dim
+        cells[m.name] = grid.analysis("intrinsic-dim", f"{m.name}.{cfg.reference.name}", {"model": m.name, "settings": s},
+                                      [store, bases], lambda st=store, b=bases, n=m.name: intrinsic_dim_rows(st, b, n, s))
+
+    def finalize(out: Path) -> dict:
+        all_rows = []
+        for m in cfg.models:
+            all_rows += cell_rows(cells[m.name])
+        all_rows = _unit_rows_sorted(all_rows)
+        cols = ["model", "unit", "kind", "layer", "head", "linear_id", "twonn_id", "id_ratio", "pc1_ratio",
+                "participation_ratio", "n"]
+        write_table(all_rows, out / "units", cols, "Intrinsic dimension per unit")
+        summary = []
+        for m in cfg.models:
+            rows = [r for r in all_rows if r["model"] == m.name]
+            layers = sorted({r["layer"] for r in rows})
+            for layer in layers:
+                for kind in ("emb", "head", "mlp"):
+                    sel = [r for r in rows if r["layer"] == layer and r["kind"] == kind]
+                    if not sel:
+                        continue
+                    summary.append({"model": m.name, "layer": layer, "kind": kind, "units": len(sel),
+                                    **{f"mean_{k}": mean_std([r[k] for r in sel])[0]
+                                       for k in ("linear_id", "twonn_id", "id_ratio", "pc1_ratio")}})
+            heads = [r for r in rows if r["kind"] == "head"]
+            if heads:
+                n_layers = max(r["layer"] for r in rows) + 1
+                n_heads = max(r["head"] for r in heads) + 1
+                panels = [(name, _layer_grid(rows, key, n_layers, n_heads)) for name, key in
+                          (("linear ID", "linear_id"), ("TwoNN ID", "twonn_id"), ("TwoNN / linear", "id_ratio"),
+                           ("PC1 ratio", "pc1_ratio"))]
+                heatmaps(panels, [f"H{h}" for h in range(n_heads)] + ["MLP"], [f"L{l}" for l in range(n_layers)],
+                         f"{m.name}: intrinsic dimension per unit on {cfg.reference.name}", out / "figures" / f"{m.name}.png")
+        write_table(summary, out / "summary_by_layer", None, "Intrinsic dimension: means per layer and unit kind")
+        return {"units": len(all_rows)}
+
+    return list(cells.values()), finalize
+
+
+# -- similarity (paper §3.2) ---------------------------------------------------------------------------
+def _similarity_fn():
+    """The spectral engine's normalised spectral cosine between two bases of one unit."""
+    from resi_dual.spectral import similarity as sim
+
+    for name in ("spectral_cosine_bases", "unit_similarity", "spectral_cosine"):
+        if hasattr(sim, name):
+            return getattr(sim, name)
+    raise ResiDualError("experiment 'similarity' is not available yet: resi_dual.spectral.similarity has no spectral cosine")
+
+
+def similarity_rows(ref_bases_cell, bases_cell, model_name: str, dataset_name: str, variance: float) -> list[dict]:
+    from resi_dual.spectral.similarity import bases_similarity
+
+    ref, other = load_cell_bases(ref_bases_cell), load_cell_bases(bases_cell)
+    scores = bases_similarity(ref, other, units="heads", variance=variance)
+    rows = []
+    for lab, score in scores.items():
+        from resi_dual.models.units import Unit
+
+        u = Unit.from_label(lab)
+        rows.append({"model": model_name, "dataset": dataset_name, "unit": lab, "layer": u.layer, "head": u.head,
+                     "similarity": float(score)})
+    return rows
+
+
+def plan_similarity(grid: Grid) -> tuple[list, callable]:
+    _need("resi_dual.spectral.similarity", "similarity")
+    cfg, s = grid.config, grid.config.similarity
+    cells = []
+    datasets = [d for d in cfg.datasets]
+    for m in cfg.models:
+        ref_bases = grid.bases(grid.store(m, cfg.reference, cfg.reference_split, cfg.limits.reference))
+        targets = [(d, grid.store(m, d, s.split, grid.limit_for(d, s.split))) for d in datasets]
+        if s.noise:
+            from resi_dual.experiments.config import DatasetEntry
+
+            noise = DatasetEntry("noise", "noise")
+            targets.append((noise, grid.store(m, noise, "train", None, noise=(cfg.limits.noise, s.noise_seed))))
+        for d, store in targets:
+            b = grid.bases(store)
+            cells.append(grid.analysis("similarity", f"{m.name}.{d.name}", {"variance": s.variance}, [ref_bases, b],
+                                       lambda r=ref_bases, b=b, mn=m.name, dn=d.name: similarity_rows(r, b, mn, dn, s.variance)))
+
+    def finalize(out: Path) -> dict:
+        rows = [r for c in cells for r in cell_rows(c)]
+        write_table(rows, out / "heads", ["model", "dataset", "unit", "layer", "head", "similarity"],
+                    f"Spectral similarity of each head to {cfg.reference.name}")
+        names = [d.name for d in datasets] + (["noise"] if s.noise else [])
+        summary, per_model = [], {}
+        for m in cfg.models:
+            rec = {"model": m.name}
+            for dn in names:
+                v = [r["similarity"] for r in rows if r["model"] == m.name and r["dataset"] == dn]
+                rec[dn] = mean_std(v)[0]
+            summary.append(rec)
+            per_model[m.name] = [rec[dn] for dn in names]
+            mrows = [r for r in rows if r["model"] == m.name]
+            if mrows:
+                n_layers = max(r["layer"] for r in mrows) + 1
+                n_heads = max(r["head"] for r in mrows) + 1
+                panels = []
+                for dn in names:
+                    mat = [[float("nan")] * n_heads for _ in range(n_layers)]
+                    for r in mrows:
+                        if r["dataset"] == dn:
+                            mat[r["layer"]][r["head"]] = r["similarity"]
+                    panels.append((dn, mat))
+                heatmaps(panels, [f"H{h}" for h in range(n_heads)], [f"L{l}" for l in range(n_layers)],
+                         f"{m.name}: head similarity to {cfg.reference.name}", out / "figures" / f"{m.name}.png")
+        write_table(summary, out / "summary", ["model"] + names, "Mean head similarity to the reference, per dataset")
+        corr = []
+        for a in cfg.models:
+            rec = {"model": a.name}
+            for b in cfg.models:
+                x, y = np.asarray(per_model[a.name]), np.asarray(per_model[b.name])
+                ok = len(x) > 1 and x.std() > 0 and y.std() > 0
+                rec[b.name] = float(np.corrcoef(x, y)[0, 1]) if ok else float("nan")
+            corr.append(rec)
+        write_table(corr, out / "model_correlation", ["model"] + [m.name for m in cfg.models],
+                    "Pearson correlation of the per-dataset similarity patterns across models")
+        return {"rows": len(rows)}
+
+    return cells, finalize
+
+
+# -- specialization (paper §4) ----------------------------------------------------------------------
+def plan_specialization(grid: Grid) -> tuple[list, callable]:
+    _need("resi_dual.zeroshot.specialization", "specialization")
+    from resi_dual.experiments import specialization as sp
+
+    return sp.plan(grid)
+
+
+# -- adaptation (paper §5) --------------------------------------------------------------------------
+_HEADS: dict = {}
+
+
+def _zero_shot_head(grid: Grid, m, d, train_store):
+    """The frozen classifier for a model × dataset (text prompts, or train-split prototypes)."""
+    from resi_dual.zeroshot import classifier_for_source
+
+    key = (m.name, d.name, str(train_store.path))
+    if key not in _HEADS:
+        src = open_cell_store(train_store)
+        _HEADS[key] = classifier_for_source(src, model=grid.model(m), train_source=src)
+    return _HEADS[key]
+
+
+def adaptation_rows(grid: Grid, m, d, method: str, seed: int, stores: dict, bases_cell) -> list[dict]:
+    from resi_dual.adapters import AdapterConfig, TrainConfig, build_adapter, fit
+
+    s = grid.config.adaptation
+    train, val, test = (open_cell_store(stores[k]) for k in ("train", "val", "test"))
+    head = _zero_shot_head(grid, m, d, stores["train"])
+    row = {"model": m.name, "dataset": d.name, "method": method, "seed": seed}
+    if method == "finetune":
+        from resi_dual.adapters import finetune
+
+        res = finetune.run_finetune(grid.model(m), train, val, test, head, seed=seed, max_epochs=s.finetune_max_epochs,
+                                    batch_size=s.batch_size, patience=s.patience)
+        row.update(res)
+        return [row]
+    bases = load_cell_bases(bases_cell) if bases_cell is not None else None
+    adapter = build_adapter(AdapterConfig(variant=method, init=s.init, seed=seed), train, head.weights, head.logit_scale,
+                            bases=bases)
+    tr, va, te = adapter.encode(train), adapter.encode(val), adapter.encode(test)
+    torch.manual_seed(seed)
+    res = fit(adapter, tr, va, TrainConfig(batch_size=s.batch_size, max_epochs=s.max_epochs, patience=s.patience,
+                                            seed=seed, progress=False))
+    row.update(trainable_parameters=int(adapter.n_trainable), val_accuracy=float(res.best_val_accuracy),
+               test_accuracy=float(adapter.accuracy(te)), epochs=int(res.epochs), best_epoch=int(res.best_epoch))
+    return [row]
+
+
+def plan_adaptation(grid: Grid) -> tuple[list, callable]:
+    _need("resi_dual.adapters", "adaptation")
+    cfg, s = grid.config, grid.config.adaptation
+    methods = list(s.methods)
+    skipped = []
+    if "finetune" in methods and not _available("resi_dual.adapters.finetune"):
+        methods.remove("finetune")
+        skipped.append("finetune")
+    cells = []
+    for m in cfg.models:
+        ref_bases = grid.bases(grid.store(m, cfg.reference, cfg.reference_split, cfg.limits.reference))
+        for d in cfg.datasets:
+            stores = {sp: grid.store(m, d, sp, grid.limit_for(d, sp)) for sp in ("train", "val", "test")}
+            bases = ref_bases if s.bases == "reference" else grid.bases(stores["train"])
+            for method in methods:
+                needs_bases = method in ("residual", "residual-full", "coarse")
+                seeds = cfg.seeds[:1] if method == "zeroshot" else cfg.seeds
+                for seed in seeds:
+                    settings = {"method": method, "seed": seed, "init": s.init, "max_epochs": s.max_epochs,
+                                "patience": s.patience, "batch_size": s.batch_size}
+                    if method == "finetune":
+                        settings["finetune_max_epochs"] = s.finetune_max_epochs
+                    deps = list(stores.values()) + ([bases] if needs_bases else [])
+                    cells.append(grid.analysis(
+                        "adaptation", f"{m.name}.{d.name}.{method}.s{seed}", settings, deps,
+                        lambda m=m, d=d, method=method, seed=seed, st=stores, b=(bases if needs_bases else None):
+                        adaptation_rows(grid, m, d, method, seed, st, b)))
+
+    def finalize(out: Path) -> dict:
+        rows = sorted((r for c in cells for r in cell_rows(c)),
+                      key=lambda r: (r["model"], r["dataset"], methods.index(r["method"]), r["seed"]))
+        write_table(rows, out / "runs", ["model", "dataset", "method", "seed", "trainable_parameters", "val_accuracy",
+                                         "test_accuracy", "epochs", "best_epoch"], "Adaptation: every run")
+        summary = []
+        for m in cfg.models:
+            for d in cfg.datasets:
+                for method in methods + skipped:
+                    sel = [r for r in rows if r["model"] == m.name and r["dataset"] == d.name and r["method"] == method]
+                    if not sel:
+                        summary.append({"model": m.name, "dataset": d.name, "method": method, "note": "not available yet"})
+                        continue
+                    mu, sd = mean_std([r["test_accuracy"] for r in sel])
+                    summary.append({"model": m.name, "dataset": d.name, "method": method,
+                                    "trainable_parameters": sel[0]["trainable_parameters"], "seeds": len(sel),
+                                    "test_accuracy_mean": mu, "test_accuracy_std": sd,
+                                    "test_accuracy": f"{100 * mu:.1f} ± {100 * sd:.1f}"})
+        write_table(summary, out / "summary", ["model", "dataset", "method", "trainable_parameters", "seeds",
+                                                "test_accuracy", "test_accuracy_mean", "test_accuracy_std", "note"],
+                    "Adaptation: test accuracy (%), mean ± std over seeds")
+        for m in cfg.models:
+            series = {}
+            for method in methods:
+                vals = []
+                for d in cfg.datasets:
+                    rec = next(r for r in summary if r["model"] == m.name and r["dataset"] == d.name and r["method"] == method)
+                    vals.append((rec.get("test_accuracy_mean", float("nan")), rec.get("test_accuracy_std", 0.0)))
+                series[method] = vals
+            bar_plot([d.name for d in cfg.datasets], series, "test accuracy", f"{m.name}: adaptation",
+                     out / "figures" / f"{m.name}.png")
+        return {"runs": len(rows), "skipped_methods": skipped}
+
+    return cells, finalize
+
+
+PLANNERS = {
+    "intrinsic-dim": plan_intrinsic_dim,
+    "similarity": plan_similarity,
+    "specialization": plan_specialization,
+    "adaptation": plan_adaptation,
+}
+
+
+def run_experiment(name: str, config: GridConfig, out: str | Path, progress: bool = True, status_only: bool = False,
+                   store_dtype: str = "float32") -> dict:
+    """Plan, compute (resuming) and lay out one experiment. Returns ``summary.json``'s content."""
+    if name not in PLANNERS:
+        raise ResiDualError(f"unknown experiment {name!r}; choose one of {', '.join(EXPERIMENTS)}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    grid = Grid(config, out, store_dtype=store_dtype, progress=progress)
+    cells, finalize = PLANNERS[name](grid)
+    if status_only:
+        from rich.console import Console
+
+        from resi_dual.experiments.cells import topological
+        from resi_dual.experiments.grid import GridView
+
+        all_cells = topological(cells)
+        Console().print(GridView(all_cells, f"{name}: {config.source}").status_table())
+        return {"cells": len(all_cells), "done": sum(c.done() for c in all_cells)}
+    t0 = time.perf_counter()
+    counts = grid.run(cells, f"{name}: {config.source or 'grid'}")
+    results = out / name
+    results.mkdir(parents=True, exist_ok=True)
+    extra = finalize(results)
+    summary = {"experiment": name, "config": config.source, **counts, "seconds": round(time.perf_counter() - t0, 1),
+               **(extra or {})}
+    write_json_atomic(results / "run.json", summary)
+    return summary
