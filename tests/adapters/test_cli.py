@@ -113,3 +113,17 @@ def test_bad_input_is_one_line_error(stores, capsys):
         assert main(["apply", "--model", stores["spec2"], "--adapter", str(out / "data-linear-seed1.safetensors"), img]) == 2
     assert "other weights" in capsys.readouterr().err
     assert main(base + ["--test", stores["test"], "--lr", "fast"]) == 2
+
+
+def test_finetune_trains_the_vision_encoder_only(stores):
+    import transformers as tf
+
+    rc, out = _train(stores, "finetune", "--epochs", "2", "--lr", "1e-3")
+    assert rc == 0
+    m = json.loads((out / "data-finetune-seed1.json").read_text())
+    vit = tf.ViTModel.from_pretrained(stores["spec"][3:])
+    n_all = sum(p.numel() for p in vit.parameters())
+    n_pool = sum(p.numel() for p in vit.pooler.parameters())  # the pooler is not part of the CLS embedding
+    assert m["trainable_parameters"] == n_all - n_pool
+    assert 1 <= m["epochs"] <= 2 and m["n"]["train"] == 90 and 0 <= m["accuracy"]["test"] <= 1
+    assert len(m["history"]) == m["epochs"] and m["history"][0]["loss"] > 0

@@ -1,0 +1,172 @@
+"""Full fine-tuning of the vision encoder on images: the paper's strongest (and costliest) baseline.
+
+Unlike the other adapters this reruns the backbone on every step, so it needs the model and the
+images: the model spec and dataset spec recorded in the stores' manifests, and the same samples
+(matched by sample id). The classifier (text prompts or class-mean prototypes) is built once from the
+frozen model and stays frozen. Schedule-Free AdamW, lr 1e-5, gradient clipping at norm 1.0, batch
+64, early stopping on validation accuracy (DESIGN.md §8).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from resi_dual.adapters.adapter import few_shot_rows
+from resi_dual.adapters.modules import classify
+from resi_dual.errors import ResiDualError
+
+
+def vision_parameters(model, pixels: torch.Tensor) -> list[torch.nn.Parameter]:
+    """The library model's parameters that the image embedding depends on (found by one backward)."""
+    lib = model.library_model
+    for p in lib.parameters():
+        p.requires_grad_(True)
+        p.grad = None
+    model._forward(model.check_pixels(pixels)).float().sum().backward()
+    params = [p for p in lib.parameters() if p.grad is not None]
+    keep = {id(p) for p in params}
+    for p in lib.parameters():
+        p.grad = None
+        p.requires_grad_(id(p) in keep)  # the text tower stays frozen
+    return params
+
+
+def finetune(
+    model,
+    train_images: list,
+    train_labels: np.ndarray,
+    val_images: list,
+    val_labels: np.ndarray,
+    classifier: torch.Tensor,
+    logit_scale: float,
+    lr: float = 1e-5,
+    epochs: int = 30,
+    patience: int = 5,
+    batch_size: int = 64,
+    grad_clip: float = 1.0,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict:
+    """Fine-tune ``model``'s vision encoder in place; leave it at its best-validation weights.
+
+    Args:
+        model: a TracedModel (its ``library_model`` is trained; ``_forward`` is the plain image forward).
+        train_images, val_images: lists of PIL images; *_labels: (n,) int64.
+        classifier: (C, d_out) frozen class rows; logit_scale: float.
+    Returns:
+        dict with best_val_accuracy, best_epoch, epochs, trainable_parameters, history, seconds.
+    """
+    import schedulefree
+    from rich.progress import Progress
+
+    t0 = time.perf_counter()
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    lib = model.library_model
+    params = vision_parameters(model, model.preprocess(train_images[:2]))
+    opt = schedulefree.AdamWScheduleFree(params, lr=lr)
+    y_train = torch.as_tensor(np.asarray(train_labels), dtype=torch.int64)
+    n, steps = len(train_images), math.ceil(len(train_images) / batch_size)
+    best, best_epoch, best_state, bad, history = -1.0, 0, None, 0, []
+    with Progress(transient=True, disable=not progress) as bar:
+        task = bar.add_task("finetune", total=epochs * steps)
+        for epoch in range(1, epochs + 1):
+            lib.train()
+            opt.train()
+            total = 0.0
+            perm = torch.randperm(n, generator=gen)
+            for s in range(0, n, batch_size):
+                b = perm[s : s + batch_size]
+                px = model.preprocess([train_images[i] for i in b.tolist()])
+                loss = F.cross_entropy(classify(model._forward(model.check_pixels(px)).float(), classifier, logit_scale), y_train[b])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, grad_clip)
+                opt.step()
+                total += float(loss.detach()) * len(b)
+                bar.advance(task)
+            lib.eval()
+            opt.eval()
+            acc = accuracy(model, val_images, val_labels, classifier, logit_scale, batch_size)
+            history.append({"epoch": epoch, "loss": total / n, "val_accuracy": acc})
+            bar.update(task, description=f"finetune loss {total / n:.4f} val {acc:.4f}")
+            if acc > best:
+                best, best_epoch, bad = acc, epoch, 0
+                best_state = [p.detach().clone() for p in params]
+            else:
+                bad += 1
+                if bad >= patience:
+                    break
+    with torch.no_grad():
+        for p, q in zip(params, best_state):
+            p.copy_(q)
+    lib.eval()
+    return {"best_val_accuracy": best, "best_epoch": best_epoch, "epochs": len(history),
+            "trainable_parameters": int(sum(p.numel() for p in params)), "history": history,
+            "seconds": time.perf_counter() - t0, "lr": lr}
+
+
+@torch.no_grad()
+def accuracy(model, images: list, labels: np.ndarray, classifier: torch.Tensor, logit_scale: float, batch_size: int = 64) -> float:
+    """Top-1 accuracy of the model's own embedding under the frozen classifier."""
+    if not images:
+        return float("nan")
+    hits = 0
+    for s in range(0, len(images), batch_size):
+        px = model.preprocess(images[s : s + batch_size])
+        pred = classify(model._forward(model.check_pixels(px)).float(), classifier, logit_scale).argmax(1)
+        hits += int((pred == torch.as_tensor(np.asarray(labels[s : s + batch_size]))).sum())
+    return hits / len(images)
+
+
+def _images_of(store, model_spec: str) -> list:
+    """The store's images, loaded from its dataset spec and matched by sample id."""
+    from resi_dual.data import load_dataset
+
+    spec, split = store.meta.get("dataset_spec"), store.meta.get("split")
+    if not spec or not split:
+        raise ResiDualError("finetune needs the dataset spec and split recorded in the store manifest")
+    ds = load_dataset(spec, split)
+    index = {ds.sample_id(i): i for i in range(len(ds))}
+    missing = [sid for sid in store.sample_ids if sid not in index]
+    if missing:
+        raise ResiDualError(f"{len(missing)} samples of the store are not in dataset {spec} ({split}), e.g. {missing[0]!r}")
+    return [ds[index[sid]][0] for sid in store.sample_ids]
+
+
+def finetune_from_stores(train, val, test, shots: int | None = None, seed: int = 1, lr: float = 1e-5, epochs: int = 30,
+                         patience: int = 5, batch_size: int = 64, progress: bool = True, weights_out=None) -> dict:
+    """The ``finetune`` row of the protocol: same samples, classifier and selection rule as the adapters."""
+    from resi_dual import load_model
+    from resi_dual.adapters.protocol import check_splits
+    from resi_dual.zeroshot import classifier_for_source
+
+    check_splits(train, val, test)
+    spec = train.meta.get("model_spec")
+    if not spec:
+        raise ResiDualError("finetune needs the model spec recorded in the store manifest")
+    model = load_model(spec, convention=train.composition.convention)
+    head = classifier_for_source(train, model=model, train_source=train)
+    rows = np.arange(len(train)) if shots is None else few_shot_rows(train.labels, shots, seed)
+    tr_images = _images_of(train, spec)
+    tr_images = [tr_images[i] for i in rows]
+    va_images, te_images = _images_of(val, spec), _images_of(test, spec)
+    zs_test = accuracy(model, te_images, test.labels, head.weights, head.logit_scale, batch_size)
+    res = finetune(model, tr_images, train.labels[rows], va_images, val.labels, head.weights, head.logit_scale, lr,
+                   epochs, patience, batch_size, 1.0, seed, progress)
+    test_acc = accuracy(model, te_images, test.labels, head.weights, head.logit_scale, batch_size)
+    if weights_out is not None:
+        from safetensors.torch import save_file
+
+        save_file({k: v.detach().contiguous() for k, v in model.library_model.state_dict().items()}, str(weights_out),
+                  metadata={"model_spec": spec, "variant": "finetune"})
+    return {"variant": "finetune", "trainable_parameters": res["trainable_parameters"],
+            "accuracy": {"val": res["best_val_accuracy"], "test": test_acc, "zeroshot_test": zs_test},
+            "epochs": res["epochs"], "best_epoch": res["best_epoch"], "lr": lr, "shots": shots, "seed": seed,
+            "seconds": {"total": res["seconds"]}, "n": {"train": len(rows), "val": len(val), "test": len(test)},
+            "model_spec": spec, "history": res["history"]}
