@@ -1,0 +1,464 @@
+"""Encode a dataset split into an on-disk store: resumable after any crash, shardable across processes.
+
+Protocol (the reason a SIGKILL at any point loses nothing and a rerun gives the same bytes):
+
+1. The *plan* — model spec and weights hash, dataset spec/name, split, limit, the planned samples'
+   fingerprint, dtype, chunk size, batch size — is fixed before any work. ``plan.json``,
+   ``composition.json`` and ``readout.safetensors`` are written first (each atomically). A directory
+   that holds another plan, or anything that is not a store, is refused untouched.
+2. Chunk ``k`` always covers plan positions ``[k·C, (k+1)·C)`` and is traced in the same batches
+   (``batch_size`` rows, never straddling a chunk), so its bytes do not depend on which run, process
+   or resume wrote it. Each chunk is written to a temporary name, fsynced and renamed: a chunk file
+   that exists is complete. A rerun skips existing chunks and deletes stale temporaries.
+3. With ``world_size`` K (torch.distributed, gloo), rank r encodes the chunks with ``k ≡ r (mod K)``;
+   after all ranks report, rank 0 writes ``manifest.json`` (atomically, last). Its presence marks
+   the store complete.
+
+Bad images: by default the first unreadable image aborts the run with its path before its chunk is
+written (chunks already written are complete and kept); with ``skip_bad`` such images are left out
+of their chunk and listed in the manifest. ``skip_bad`` is not part of the plan, so a failed run can be
+resumed with it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from resi_dual.data.base import BadImageError, ImageDataset
+from resi_dual.data.splits import stratified_limit
+from resi_dual.errors import ResiDualError
+from resi_dual.models.encodings import UnitEncodings
+from resi_dual.store.disk import (
+    CHUNKS, COMPOSITION, FORMAT, FORMAT_VERSION, MANIFEST, PLAN, READOUT, ShardReader, atomic_write, chunk_path,
+    file_sha256, is_tmp, json_bytes, read_manifest, safetensors_bytes,
+)
+
+STORE_DTYPES = {"float16": np.float16, "float32": np.float32}
+
+
+@dataclass
+class EncodeConfig:
+    """How to encode; everything except ``workers``, ``skip_bad`` and ``progress`` is part of the plan."""
+
+    limit: int | None = None  # first N of the class-proportional order (data.splits.stratified_limit)
+    batch_size: int = 64  # images per forward pass; fixed per plan because it can change low-order bits
+    dtype: str = "float16"  # storage of the raw dense/head encodings; μ, σ and outputs stay float32
+    chunk_rows: int = 1024  # rows per chunk file
+    workers: int = 0  # DataLoader worker processes for decoding and preprocessing
+    skip_bad: bool = False  # leave unreadable images out (listed in the manifest) instead of failing
+    progress: bool = True  # rich progress bar (rank 0 only)
+
+
+# -- process group ------------------------------------------------------------------------------
+
+class Group:
+    """The processes encoding one store: ``rank`` of ``world_size``; a single process by default."""
+
+    def __init__(self) -> None:
+        import torch.distributed as dist
+
+        self.dist = dist if dist.is_available() and dist.is_initialized() else None
+        self.rank = self.dist.get_rank() if self.dist else 0
+        self.world_size = self.dist.get_world_size() if self.dist else 1
+
+    def broadcast(self, obj):
+        """``obj`` from rank 0, on every rank."""
+        if not self.dist:
+            return obj
+        box = [obj]
+        self.dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def gather(self, obj) -> list:
+        """Every rank's ``obj``, on every rank (also a barrier)."""
+        if not self.dist:
+            return [obj]
+        out = [None] * self.world_size
+        self.dist.all_gather_object(out, obj)
+        return out
+
+
+# -- planning -----------------------------------------------------------------------------------
+
+def _versions() -> dict:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for dist in ("resi-dual", "torch", "transformers", "open_clip_torch", "numpy", "safetensors", "pillow", "datasets"):
+        try:
+            out[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def preprocessing_fingerprint(model) -> dict:
+    """Image size plus a sha256 of the model's preprocessing applied to a fixed synthetic image: a
+    change of resize, crop or normalisation changes it, so a resume cannot mix two pipelines."""
+    from PIL import Image
+
+    y, x = np.mgrid[0:29, 0:37]
+    probe = np.stack([x * 7 % 256, y * 9 % 256, (x * y) % 256], axis=-1).astype(np.uint8)
+    pixels = model.preprocess([Image.fromarray(probe, mode="RGB")])
+    arr = pixels.detach().cpu().float().numpy()
+    return {"image_size": int(getattr(model, "image_size", 0) or arr.shape[-1]), "pixel_shape": list(arr.shape[1:]),
+            "probe_sha256": hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest(),
+            "probe_mean": round(float(arr.mean()), 6), "probe_std": round(float(arr.std()), 6)}
+
+
+def make_plan(model, dataset: ImageDataset, cfg: EncodeConfig) -> tuple[dict, np.ndarray, list[str]]:
+    """(plan dict, planned dataset indices (N,), their sample ids)."""
+    if cfg.dtype not in STORE_DTYPES:
+        raise ResiDualError(f"--dtype must be one of {', '.join(STORE_DTYPES)}, got {cfg.dtype!r}")
+    if cfg.chunk_rows < 1 or cfg.batch_size < 1:
+        raise ResiDualError("chunk rows and batch size must be positive")
+    if cfg.limit is not None and cfg.limit < 1:
+        raise ResiDualError(f"--limit must be positive, got {cfg.limit}")
+    indices = stratified_limit(dataset.labels, cfg.limit)
+    if len(indices) == 0:
+        raise ResiDualError(f"{dataset.spec} [{dataset.split}] has no samples")
+    ids = [dataset.sample_id(int(i)) for i in indices]
+    labels = dataset.labels[indices]
+    h = hashlib.sha256()
+    for sid, lab in zip(ids, labels):
+        h.update(f"{sid}\t{int(lab)}\n".encode())
+    comp = model.composition
+    plan = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model_spec": model.spec,
+        "weights_hash": model.weights_hash(),
+        "family": comp.family,
+        "convention": comp.convention,
+        "preprocessing": preprocessing_fingerprint(model),
+        "dataset_spec": dataset.spec,
+        "dataset_name": dataset.name,
+        "split": dataset.split,
+        "class_names": list(dataset.class_names),
+        "limit": cfg.limit,
+        "n_planned": int(len(indices)),
+        "samples_sha256": h.hexdigest(),
+        "dtype": cfg.dtype,
+        "chunk_rows": int(cfg.chunk_rows),
+        "batch_size": int(cfg.batch_size),
+        "n_chunks": int(-(-len(indices) // cfg.chunk_rows)),
+    }
+    return plan, indices, ids
+
+
+def _diff(a: dict, b: dict) -> list[str]:
+    keys = sorted(set(a) | set(b))
+    return [f"{k}: {a.get(k)!r} (store) vs {b.get(k)!r} (now)" for k in keys if a.get(k) != b.get(k)]
+
+
+def prepare_dir(out: Path, plan: dict, model) -> str:
+    """Check ``out`` and write the plan files. Returns ``new``, ``resume`` or ``complete``."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ResiDualError(f"--out {out} is a file, not a directory")
+    out.mkdir(parents=True, exist_ok=True)
+    entries = [p for p in out.iterdir() if not is_tmp(p)]
+    state = "new"
+    if (out / PLAN).exists():
+        try:
+            old = json.loads((out / PLAN).read_text())
+        except ValueError:
+            raise ResiDualError(f"{out} holds a {PLAN} that is not valid JSON; refusing to write there") from None
+        if old.get("format") != FORMAT:
+            raise ResiDualError(f"{out} holds a {PLAN} that is not a resi-dual plan; refusing to write there")
+        diffs = _diff(old, plan)
+        if diffs:
+            raise ResiDualError(f"{out} holds a store of a different job ({'; '.join(diffs[:3])}); "
+                                "nothing was changed — choose another --out")
+        state = "complete" if (out / MANIFEST).exists() else "resume"
+    elif entries:
+        names = ", ".join(sorted(p.name for p in entries)[:3])
+        raise ResiDualError(f"{out} is not empty and is not a resi-dual store (holds {names}…); refusing to write there")
+    if state == "complete":
+        read_manifest(out)  # validates it
+        return state
+    # remove what killed runs left half-written (only our own temporary names)
+    for folder in (out, out / CHUNKS):
+        if folder.is_dir():
+            for p in folder.iterdir():
+                if is_tmp(p):
+                    p.unlink()
+    comp_bytes = model.composition.to_json().encode()
+    readout_bytes = safetensors_bytes({k: v.detach().cpu().float().numpy() for k, v in model.readout.state_dict().items()})
+    if state == "new" or not (out / PLAN).exists():
+        atomic_write(out / PLAN, json_bytes(plan))
+    for name, data in ((COMPOSITION, comp_bytes), (READOUT, readout_bytes)):
+        target = out / name
+        if target.exists():
+            if target.read_bytes() != data:
+                raise ResiDualError(f"{target} differs from what this model gives although the plan matches; "
+                                    "refusing to mix them — choose another --out")
+        else:
+            atomic_write(target, data)
+    (out / CHUNKS).mkdir(exist_ok=True)
+    return state
+
+
+# -- the work -----------------------------------------------------------------------------------
+
+class _Items(torch.utils.data.Dataset):
+    """Plan position → (position, pixels (1,3,S,S)) or (position, BadImageError); decoding and
+    preprocessing happen here so DataLoader workers do them in parallel."""
+
+    def __init__(self, dataset: ImageDataset, indices: np.ndarray, preprocess: Callable) -> None:
+        self.dataset, self.indices, self.preprocess = dataset, indices, preprocess
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, pos: int):
+        i = int(self.indices[pos])
+        try:
+            image = self.dataset.image(i)
+        except BadImageError as e:
+            return pos, e
+        try:
+            return pos, self.preprocess([image])
+        except (OSError, ValueError) as e:
+            return pos, BadImageError(self.dataset.describe(i), str(e))
+
+
+def _collate(items):
+    return items
+
+
+def _chunk_batches(k: int, n: int, cfg: EncodeConfig) -> list[list[int]]:
+    start, stop = k * cfg.chunk_rows, min((k + 1) * cfg.chunk_rows, n)
+    return [list(range(a, min(a + cfg.batch_size, stop))) for a in range(start, stop, cfg.batch_size)]
+
+
+def _relative_error(enc: UnitEncodings) -> float:
+    return float(enc.relative_error().max()) if len(enc) else 0.0
+
+
+def _write_chunk(out: Path, k: int, parts: list[dict], skipped: list[dict], dtype: str, comp) -> None:
+    np_dtype = STORE_DTYPES[dtype]
+    L, H, D, dh, d_out = comp.n_layers, comp.n_heads, comp.d_model, comp.d_head, comp.d_out
+
+    def cat(name, shape, dt):
+        arrs = [p[name] for p in parts]
+        return np.concatenate(arrs).astype(dt) if arrs else np.zeros((0, *shape), dt)
+
+    tensors = {
+        "dense": cat("dense", (1 + L, D), np_dtype),
+        "heads": cat("heads", (L, H, dh), np_dtype),
+        "mu": cat("mu", (), np.float32),
+        "sigma": cat("sigma", (), np.float32),
+        "output": cat("output", (d_out,), np.float32),
+        "labels": cat("labels", (), np.int64),
+        "dataset_index": cat("dataset_index", (), np.int64),
+    }
+    ids = [s for p in parts for s in p["ids"]]
+    meta = {
+        "chunk": str(k),
+        "sample_ids": json.dumps(ids, ensure_ascii=False),
+        "skipped": json.dumps(skipped, ensure_ascii=False, sort_keys=True),
+        "max_trace_error": repr(max([p["trace_error"] for p in parts], default=0.0)),
+        "max_storage_error": repr(max([p["storage_error"] for p in parts], default=0.0)),
+    }
+    atomic_write(chunk_path(out, k), safetensors_bytes(tensors, meta))
+
+
+def _encode_batch(model, items, dataset, indices, ids, cfg, comp) -> tuple[dict | None, list[dict]]:
+    """Trace one batch; returns (arrays for the good rows or None, skipped records)."""
+    good, skipped = [], []
+    for pos, x in items:
+        if isinstance(x, BadImageError):
+            if not cfg.skip_bad:
+                raise ResiDualError(f"{x} — rerun with --skip-bad to leave it out (chunks written so far are kept)")
+            skipped.append({"position": int(pos), "sample_id": ids[pos], "where": x.where, "reason": x.reason})
+        else:
+            good.append((pos, x))
+    if not good:
+        return None, skipped
+    pos = [p for p, _ in good]
+    pixels = torch.cat([x for _, x in good])
+    enc = model.trace(pixels, check=True)
+    np_dtype = STORE_DTYPES[cfg.dtype]
+    dense = enc.dense.detach().cpu().numpy().astype(np_dtype)
+    heads = enc.heads.detach().cpu().numpy().astype(np_dtype)
+    if not (np.isfinite(dense).all() and np.isfinite(heads).all()):
+        raise ResiDualError(f"encodings overflow {cfg.dtype} (or are not finite) at sample {ids[pos[0]]}…; use --dtype float32")
+    stored = UnitEncodings(comp, enc.readout, torch.from_numpy(dense.astype(np.float32)),
+                           torch.from_numpy(heads.astype(np.float32)), enc.mu, enc.sigma, enc.output)
+    sel = indices[pos]
+    return {
+        "dense": dense, "heads": heads,
+        "mu": enc.mu.detach().cpu().numpy().astype(np.float32),
+        "sigma": enc.sigma.detach().cpu().numpy().astype(np.float32),
+        "output": enc.output.detach().cpu().numpy().astype(np.float32),
+        "labels": dataset.labels[sel].astype(np.int64),
+        "dataset_index": sel.astype(np.int64),
+        "ids": [ids[p] for p in pos],
+        "trace_error": _relative_error(enc),
+        "storage_error": _relative_error(stored),
+    }, skipped
+
+
+def _progress(enabled: bool, total: int, description: str):
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
+    from rich.text import Text
+
+    class Rate(ProgressColumn):
+        def render(self, task) -> Text:
+            speed = task.finished_speed or task.speed
+            return Text(f"{speed:,.1f} img/s" if speed else "… img/s")
+
+    p = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), Rate(), TextColumn("ETA"),
+                 TimeRemainingColumn(), disable=not enabled, transient=False,
+                 console=Console(stderr=True))
+    return p, p.add_task(description, total=total)
+
+
+def _run_chunks(model, dataset, indices, ids, out: Path, cfg: EncodeConfig, group: Group, plan: dict) -> int:
+    """Encode this rank's missing chunks; returns the number of images traced."""
+    comp = model.composition
+    n = len(indices)
+    mine = [k for k in range(plan["n_chunks"]) if k % group.world_size == group.rank and not chunk_path(out, k).exists()]
+    batches = [b for k in mine for b in _chunk_batches(k, n, cfg)]
+    if not batches:
+        return 0
+    loader = torch.utils.data.DataLoader(
+        _Items(dataset, indices, model.preprocess), batch_sampler=batches, num_workers=cfg.workers,
+        collate_fn=_collate, persistent_workers=False,
+    )
+    total = sum(len(b) for b in batches)
+    progress, task = _progress(cfg.progress and group.rank == 0, total,
+                               f"encode {dataset.name}/{dataset.split}" + (f" [rank 0 of {group.world_size}]" if group.world_size > 1 else ""))
+    parts: list[dict] = []
+    skipped: list[dict] = []
+    current = None
+    done = 0
+    with progress:
+        for items in loader:
+            k = items[0][0] // cfg.chunk_rows
+            if current is not None and k != current:
+                _write_chunk(out, current, parts, skipped, cfg.dtype, comp)
+                parts, skipped = [], []
+            current = k
+            arrays, bad = _encode_batch(model, items, dataset, indices, ids, cfg, comp)
+            if arrays is not None:
+                parts.append(arrays)
+            skipped.extend(bad)
+            done += len(items)
+            progress.update(task, advance=len(items))
+        if current is not None:
+            _write_chunk(out, current, parts, skipped, cfg.dtype, comp)
+    return done
+
+
+def finalize(out: Path, plan: dict, extra: dict) -> dict:
+    """Check that every chunk exists and write ``manifest.json`` (atomically, last)."""
+    chunks, skipped, rows = [], [], 0
+    trace_err = storage_err = 0.0
+    for k in range(plan["n_chunks"]):
+        path = chunk_path(out, k)
+        if not path.exists():
+            raise ResiDualError(f"chunk {path.name} is missing; run the same command again to finish the store")
+        shard = ShardReader(path)
+        r = int(shard.header["labels"]["shape"][0])
+        chunks.append({"file": f"{CHUNKS}/{path.name}", "rows": r, "sha256": file_sha256(path)})
+        skipped.extend(json.loads(shard.metadata.get("skipped", "[]")))
+        trace_err = max(trace_err, float(shard.metadata.get("max_trace_error", 0.0)))
+        storage_err = max(storage_err, float(shard.metadata.get("max_storage_error", 0.0)))
+        rows += r
+    if rows + len(skipped) != plan["n_planned"]:
+        raise ResiDualError(f"store {out}: {rows} rows + {len(skipped)} skipped ≠ {plan['n_planned']} planned")
+    manifest = dict(plan)
+    manifest.update({
+        "n_samples": rows,
+        "chunks": chunks,
+        "skipped": skipped,
+        "max_trace_error": trace_err,
+        "max_storage_error": storage_err,
+        "versions": _versions(),
+        "files": {"plan": PLAN, "composition": COMPOSITION, "readout": READOUT},
+    })
+    manifest.update(extra)
+    atomic_write(out / MANIFEST, json_bytes(manifest))
+    return manifest
+
+
+def encode_store(model, dataset: ImageDataset, out: str | Path, cfg: EncodeConfig | None = None,
+                 group: Group | None = None, log: Callable[[str], None] | None = None) -> dict:
+    """Encode ``dataset`` through ``model`` into the store at ``out`` (create, resume or no-op).
+
+    Args:
+        model: a traced model (``spec``, ``composition``, ``readout``, ``preprocess``, ``trace``,
+            ``weights_hash``), e.g. from ``resi_dual.load_model``.
+        dataset: an :class:`ImageDataset` (one split).
+        out: the store directory.
+        group: the processes sharing the work (default: this process alone).
+    Returns:
+        the manifest dict (on every rank).
+    """
+    cfg = cfg or EncodeConfig()
+    group = group or Group()
+    log = log or (lambda msg: None)
+    out = Path(out)
+    t0 = time.perf_counter()
+    plan, indices, ids = make_plan(model, dataset, cfg)
+    status = None
+    if group.rank == 0:
+        try:
+            status = prepare_dir(out, plan, model)
+        except ResiDualError as e:
+            status = f"error: {e}"
+    status = group.broadcast(status)
+    if status.startswith("error: "):
+        raise ResiDualError(status[len("error: "):])
+    if status == "complete":
+        log(f"{out} is already complete ({plan['n_planned']} planned samples); nothing to do")
+        return read_manifest(out)
+    if status == "resume" and group.rank == 0:
+        have = sum(chunk_path(out, k).exists() for k in range(plan["n_chunks"]))
+        log(f"resuming {out}: {have} of {plan['n_chunks']} chunks already written")
+    error, done = None, 0
+    try:
+        done = _run_chunks(model, dataset, indices, ids, out, cfg, group, plan)
+    except ResiDualError as e:
+        error = str(e)
+    except Exception as e:  # noqa: BLE001 - the other ranks must hear about it before we re-raise
+        if group.world_size == 1:
+            raise
+        error = f"{type(e).__name__}: {e}"
+    reports = group.gather({"rank": group.rank, "error": error, "done": done})
+    errors = [r["error"] for r in reports if r["error"]]
+    if errors:
+        raise ResiDualError(errors[0] if group.world_size == 1 else f"rank {reports[[r['error'] for r in reports].index(errors[0])]['rank']}: {errors[0]}")
+    seconds = time.perf_counter() - t0
+    traced = sum(r["done"] for r in reports)
+    manifest = None
+    if group.rank == 0:
+        try:
+            manifest = finalize(out, plan, {
+                "timing": {"finished_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                           "seconds": round(seconds, 3), "images_traced_this_run": traced,
+                           "images_per_second": round(traced / seconds, 2) if seconds > 0 else None},
+                "run": {"world_size": group.world_size, "workers": cfg.workers, "skip_bad": cfg.skip_bad,
+                        "resumed": status == "resume", "argv": sys.argv[1:]},
+            })
+            status = "ok"
+        except ResiDualError as e:
+            status = f"error: {e}"
+    status = group.broadcast(status)
+    if status.startswith("error: "):
+        raise ResiDualError(status[len("error: "):])
+    return manifest if manifest is not None else read_manifest(out)
