@@ -1,0 +1,185 @@
+"""Describe a model's residual units and their principal components with text.
+
+Per unit, the contributions ``c_u = A_u f_u + k_u`` are decomposed in factored form (data
+``[f_u, 1]``, basis ``[A_u, k_u]``), so a head costs d_head + 3 columns however wide the output
+space is. Per principal component, the descriptions whose normalised embeddings have the largest
+(positive pole) and smallest (negative pole) cosine with the component.
+"""
+
+from __future__ import annotations
+
+import csv
+from importlib import resources
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from resi_dual.errors import ResiDualError
+from resi_dual.interpret.decompose import Decomposition, somp, text_span
+from resi_dual.models.encodings import unit_features
+
+METHODS = ("textspan", "somp")
+
+
+def default_dictionary_path() -> Path:
+    """The dictionary shipped with the package (``resi_dual/assets/dictionary.txt``)."""
+    return Path(str(resources.files("resi_dual") / "assets" / "dictionary.txt"))
+
+
+def load_dictionary(path: str | Path | None = None) -> list[str]:
+    """Descriptions, one per line (blank lines and ``#`` comments skipped, duplicates dropped)."""
+    p = Path(path) if path is not None else default_dictionary_path()
+    if not p.is_file():
+        raise ResiDualError(f"no dictionary file at {p}")
+    seen, out = set(), []
+    for line in p.read_text(encoding="utf-8").splitlines():
+        s = line.strip()
+        if s and not s.startswith("#") and s not in seen:
+            seen.add(s)
+            out.append(s)
+    if not out:
+        raise ResiDualError(f"the dictionary {p} is empty")
+    return out
+
+
+def embed_dictionary(tower, texts: Sequence[str]) -> torch.Tensor:
+    """(m, d_out) L2-normalised text embeddings of the dictionary."""
+    if not texts:
+        raise ResiDualError("the dictionary is empty")
+    return F.normalize(tower.encode(list(texts)).double(), dim=-1)
+
+
+def sample_rows(n: int, max_samples: int | None, seed: int = 0) -> np.ndarray:
+    """Sorted deterministic subsample of row indices (all rows when n ≤ max_samples)."""
+    if max_samples is None or n <= max_samples:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, max_samples, replace=False))
+
+
+def decompose_units(source, dictionary: torch.Tensor, texts: Sequence[str], method: str = "somp", k: int = 20,
+                    units="heads", rank: int = 80, max_samples: int | None = 5000, seed: int = 0,
+                    progress: bool = True) -> dict[str, Decomposition]:
+    """TextSpan or SOMP of every selected unit of ``source``.
+
+    Args:
+        source: an EncodingSource. dictionary: (m, d_out) normalised atoms; texts: their m descriptions.
+        method: ``textspan`` or ``somp``. k: atoms per unit. units: labels or shorthand (``heads``, ``all`` …).
+        rank: TextSpan's r. max_samples: deterministic subsample of rows (memory ∝ n × units' widths).
+    Returns:
+        label -> :class:`Decomposition`, in composition order.
+    """
+    if method not in METHODS:
+        raise ResiDualError(f"unknown method {method!r}; choose textspan or somp")
+    if dictionary.shape[0] != len(texts):
+        raise ResiDualError(f"{dictionary.shape[0]} dictionary embeddings for {len(texts)} texts")
+    comp = source.composition
+    idx = comp.select(units)
+    if not idx:
+        raise ResiDualError(f"no units selected by {units!r}")
+    if dictionary.shape[1] != comp.d_out:
+        raise ResiDualError(f"dictionary is {dictionary.shape[1]}-d but the model's output is {comp.d_out}-d")
+    rows = sample_rows(len(source), max_samples, seed)
+    raw = source.raw(rows, torch.float64)
+    readout = source.readout.to(torch.float64)
+    out: dict[str, Decomposition] = {}
+    bar = _progress(progress, len(idx), f"{method} on {len(idx)} units")
+    with bar as prog:
+        task = prog.add_task(f"{method}", total=len(idx)) if prog else None
+        for i in idx:
+            f = unit_features(comp, i, raw.dense, raw.heads, raw.mu, raw.sigma)
+            a, const = readout.affine(comp, i)
+            data = torch.cat([f, torch.ones(f.shape[0], 1, dtype=f.dtype)], 1)
+            basis = torch.cat([a, const[:, None]], 1)
+            label = comp.units[i].label
+            if method == "somp":
+                out[label] = somp(data, dictionary, k, basis=basis, texts=texts)
+            else:
+                out[label] = text_span(data, dictionary, k, rank=rank, basis=basis, texts=texts)
+            if prog:
+                prog.advance(task)
+    return out
+
+
+def pc_descriptions(bases, dictionary: torch.Tensor, texts: Sequence[str], labels: Sequence[str] | None = None,
+                    n_pcs: int = 10, top: int = 3) -> list[dict]:
+    """Rows ``{unit, pc, explained_variance_ratio, pole, rank, text, cosine}``: the texts closest to each
+    of the first ``n_pcs`` principal components of each unit, for both signs of the component."""
+    labels = list(labels or bases.labels)
+    rows = []
+    for lab in labels:
+        comps = bases.components[lab].double()[:n_pcs]  # (k, d_out) unit rows
+        if comps.shape[1] != dictionary.shape[1]:
+            raise ResiDualError(f"bases are {comps.shape[1]}-d but the dictionary is {dictionary.shape[1]}-d")
+        cos = comps @ dictionary.T  # (k, m)
+        ratio = bases.explained_variance_ratio(lab)
+        for pc in range(comps.shape[0]):
+            for pole, vals in (("+", cos[pc]), ("-", -cos[pc])):
+                best = torch.topk(vals, min(top, vals.numel())).indices.tolist()
+                for r, j in enumerate(best):
+                    rows.append(dict(unit=lab, pc=pc, explained_variance_ratio=float(ratio[pc]), pole=pole, rank=r,
+                                     text=texts[j], cosine=float(cos[pc, j])))
+    return rows
+
+
+# -- reports ------------------------------------------------------------------------------------
+
+def write_decompositions(results: dict[str, Decomposition], out_dir: str | Path, top_units: int = 12) -> tuple[Path, Path]:
+    """``<method>.tsv`` (unit, step, text, weight, explained) and ``<method>.md`` (the units with the
+    largest variance). Returns both paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    method = next(iter(results.values())).method if results else "decomposition"
+    tsv = out_dir / f"{method}.tsv"
+    with tsv.open("w", newline="") as fh:
+        w = csv.writer(fh, delimiter="\t", lineterminator="\n")
+        w.writerow(["unit", "step", "dictionary_index", "text", "weight", "explained_variance", "unit_total_variance"])
+        for lab, d in results.items():
+            for s, (j, t, wt, ev) in enumerate(zip(d.indices, d.texts, d.weights, d.explained)):
+                w.writerow([lab, s, j, t, f"{wt:.6g}", f"{ev:.6f}", f"{d.total_variance:.6g}"])
+    ranked = sorted(results.items(), key=lambda kv: -kv[1].total_variance)[:top_units]
+    lines = [f"# {method}: the {len(ranked)} units with the largest variance", "",
+             f"Each line: description (weight) — cumulative explained variance after that step. All units: `{tsv.name}`.", ""]
+    for lab, d in ranked:
+        ev = d.explained[-1] if len(d.explained) else 0.0
+        lines.append(f"## {lab} — variance {d.total_variance:.4g}, {len(d.indices)} atoms explain {100 * ev:.1f} %")
+        lines.append("")
+        for t, wt, e in zip(d.texts, d.weights, d.explained):
+            lines.append(f"- {t} ({wt:.3g}) — {100 * e:.1f} %")
+        lines.append("")
+    md = out_dir / f"{method}.md"
+    md.write_text("\n".join(lines))
+    return tsv, md
+
+
+def write_pc_descriptions(rows: list[dict], out_dir: str | Path) -> Path:
+    """``pc_descriptions.tsv`` from :func:`pc_descriptions` rows."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "pc_descriptions.tsv"
+    cols = ["unit", "pc", "explained_variance_ratio", "pole", "rank", "text", "cosine"]
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh, delimiter="\t", lineterminator="\n")
+        w.writerow(cols)
+        for r in rows:
+            w.writerow([f"{r[c]:.6g}" if isinstance(r[c], float) else r[c] for c in cols])
+    return path
+
+
+class _NullProgress:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _progress(enabled: bool, total: int, what: str):
+    if not enabled or total < 4:
+        return _NullProgress()
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                    transient=True)
