@@ -18,7 +18,8 @@ class HFClipTraced(TracedModel):
 
     @property
     def _vision(self):
-        return self.library_model.vision_model
+        m = self.library_model
+        return m.vision_model if hasattr(m, "vision_model") else m  # a bare CLIPVisionModel is the tower
 
     @property
     def _projection(self):
@@ -45,7 +46,7 @@ class HFClipTraced(TracedModel):
         return pooled if proj is None else proj(pooled)
 
     def _hashed_state(self) -> dict[str, torch.Tensor]:
-        state = {f"vision_model.{k}": t for k, t in self._vision.state_dict().items()}
+        state = {f"vision.{k}": t for k, t in self._vision.state_dict().items()}
         if self._projection is not None:
             state.update({f"visual_projection.{k}": t for k, t in self._projection.state_dict().items()})
         return state

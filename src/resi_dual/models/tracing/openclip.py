@@ -1,0 +1,181 @@
+"""Tracer for open_clip ``VisionTransformer`` image towers (OpenAI and LAION CLIP weights).
+
+Blocks are pre-LN: ``x + ls_1(attn(ln_1(x)))``, ``x + ls_2(mlp(ln_2(x)))`` after ``ln_pre``; the
+output is ``ln_post(x)[:, 0] @ proj`` (``pool_type='tok'``).
+
+Two attention implementations exist:
+
+* ``ResidualAttentionBlock`` (PyPI open_clip 2.x/3.x) uses ``nn.MultiheadAttention``, which applies
+  its ``out_proj`` *functionally*, so no module hook can see the per-head outputs. During capture the
+  tracer installs, on each of those MHA **instances** only, an explicit forward that computes the
+  same attention (``F.scaled_dot_product_attention`` on the packed ``in_proj``) and then calls
+  ``out_proj`` as a module. The instance attribute is removed in ``finally``; torch is not patched.
+  The cost equals the fused path's (the same matrix products), see ``bench/bench_tracing.py``.
+* ``CustomResidualAttentionBlock`` with open_clip's own ``Attention`` has a plain ``out_proj``
+  module; its input (after any per-head ``head_scale``) is hooked directly.
+
+Refused, because they break the sum over units: attentional pooling (``attn_pool``, CoCa),
+non-CLS pooling (``avg``/``none``), a LayerNorm mixing heads before ``out_proj`` (``ln_inner``,
+``scale_attn_inner``) or after attention (``ln_attn``, ``scale_attn``), and non-ViT towers
+(``ModifiedResNet``, timm CNNs).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from resi_dual.errors import ResiDualError
+from resi_dual.models.tracing.base import Layout, TracedModel
+
+
+def _mha_forward(mha: nn.MultiheadAttention):
+    """An explicit self-attention forward for one ``nn.MultiheadAttention`` instance that calls
+    ``mha.out_proj`` as a module (so its pre-hook sees the concatenated heads)."""
+    H = mha.num_heads
+
+    def forward(query, key=None, value=None, key_padding_mask=None, need_weights=True, attn_mask=None,
+                average_attn_weights=True, is_causal=False):
+        if (key is not None and key is not query) or (value is not None and value is not query):
+            raise ResiDualError("open_clip tracer: cross-attention in the vision tower is not supported")
+        if key_padding_mask is not None:
+            raise ResiDualError("open_clip tracer: key padding masks are not supported in the vision tower")
+        x = query if mha.batch_first else query.transpose(0, 1)  # (n, T, D)
+        n, T, D = x.shape
+        qkv = F.linear(x, mha.in_proj_weight, mha.in_proj_bias)  # (n, T, 3D)
+        q, k, v = qkv.view(n, T, 3, H, D // H).permute(2, 0, 3, 1, 4)  # each (n, H, T, dh)
+        if attn_mask is not None and attn_mask.dtype == torch.bool:
+            # nn.MultiheadAttention: True = masked out; SDPA: True = attend
+            attn_mask = torch.zeros_like(attn_mask, dtype=q.dtype).masked_fill(attn_mask, float("-inf"))
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)  # (n, H, T, dh)
+        o = o.transpose(1, 2).reshape(n, T, D)  # heads concatenated, as nn.MultiheadAttention does
+        out = mha.out_proj(o)
+        return (out if mha.batch_first else out.transpose(0, 1)), None
+
+    return forward
+
+
+class OpenClipTraced(TracedModel):
+    family = "open_clip"
+
+    @property
+    def _visual(self):
+        return self.library_model.visual
+
+    def _layout(self) -> Layout:
+        from open_clip.transformer import Attention, LayerScale, VisionTransformer
+
+        v = self._visual
+        name = self.spec
+        if not isinstance(v, VisionTransformer):
+            raise ResiDualError(
+                f"{name!r} has a {type(v).__name__} image tower, not a VisionTransformer (no residual units to trace)"
+            )
+        if getattr(v, "attn_pool", None) is not None:
+            raise ResiDualError(f"{name!r} uses attentional pooling (attn_pool), which breaks the sum over residual units")
+        if getattr(v, "pool_type", "tok") != "tok":
+            raise ResiDualError(f"{name!r} pools with {v.pool_type!r}; only CLS-token pooling ('tok') is traceable")
+        blocks = list(v.transformer.resblocks)
+        attn_out, attn_scale, mlp_out, swaps = [], [], [], []
+        for i, b in enumerate(blocks):
+            if not isinstance(getattr(b, "ln_attn", nn.Identity()), nn.Identity):
+                raise ResiDualError(f"{name!r}: block {i} normalises the attention output (scale_attn), which breaks linearity")
+            attn = b.attn
+            if isinstance(attn, nn.MultiheadAttention):
+                if not attn._qkv_same_embed_dim or attn.bias_k is not None or attn.add_zero_attn:
+                    raise ResiDualError(f"{name!r}: block {i} has an unsupported nn.MultiheadAttention variant")
+                swaps.append((attn, _mha_forward(attn)))
+                n_heads = attn.num_heads
+            elif isinstance(attn, Attention):
+                if not isinstance(attn.ln_inner, nn.Identity):
+                    raise ResiDualError(
+                        f"{name!r}: block {i} applies a LayerNorm across heads before out_proj (scale_attn_inner), "
+                        "which mixes heads nonlinearly"
+                    )
+                n_heads = attn.num_heads
+            else:
+                raise ResiDualError(f"{name!r}: block {i} has an unknown attention module {type(attn).__name__}")
+            attn_out.append(attn.out_proj)
+            attn_scale.append(b.ls_1.gamma if isinstance(b.ls_1, LayerScale) else None)
+            mlp_out.append(b.ls_2)  # Identity or LayerScale: its output is the MLP term after scaling
+        proj = v.proj
+        return Layout(
+            blocks=blocks,
+            attn_out=attn_out,
+            mlp_out=mlp_out,
+            attn_scale=attn_scale,
+            final_norm=v.ln_post,
+            proj_weight=None if proj is None else proj.T,  # pooled @ proj  ==  proj.T applied to pooled
+            proj_bias=None,
+            n_heads=n_heads,
+            batch_first=getattr(v.transformer, "batch_first", True),
+            instance_forwards=swaps,
+        )
+
+    def _forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.library_model.encode_image(pixels)  # unnormalised
+
+    def _hashed_state(self) -> dict[str, torch.Tensor]:
+        return dict(self._visual.state_dict())
+
+
+def load_open_clip(spec: str, rest: str, convention: str) -> OpenClipTraced:
+    """Build an open_clip model from ``<arch>[@<tag or file>]``, ``<dir>`` or ``hf-hub:<repo>``."""
+    import open_clip
+
+    if not rest:
+        raise ResiDualError(f"model spec {spec!r} names no architecture after 'open_clip:'")
+    arch, _, pretrained = rest.partition("@")
+    kwargs: dict = {}
+    if Path(arch).is_dir():
+        if not (Path(arch) / "open_clip_config.json").exists():
+            raise ResiDualError(f"{spec!r}: directory {arch} has no open_clip_config.json")
+        name, tokenizer_name = f"local-dir:{arch}", f"local-dir:{arch}"
+    elif arch.startswith("hf-hub:"):
+        name = tokenizer_name = arch
+    else:
+        if arch not in open_clip.list_models():
+            raise ResiDualError(f"{spec!r}: unknown open_clip architecture {arch!r} (see open_clip.list_models())")
+        name, tokenizer_name = arch, arch
+        if pretrained:
+            if os.path.isfile(pretrained):
+                kwargs["pretrained"] = pretrained
+            elif pretrained in open_clip.list_pretrained_tags_by_model(arch):
+                kwargs["pretrained"] = pretrained
+            else:
+                raise ResiDualError(
+                    f"{spec!r}: {pretrained!r} is neither a checkpoint file nor a pretrained tag of {arch} "
+                    f"({', '.join(open_clip.list_pretrained_tags_by_model(arch)) or 'none'})"
+                )
+        else:
+            warnings.warn(f"{spec!r}: no pretrained weights given; the model has random weights", stacklevel=3)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model, _, preprocess_val = open_clip.create_model_and_transforms(name, **kwargs)
+    except ResiDualError:
+        raise
+    except Exception as e:  # noqa: BLE001 - open_clip raises RuntimeError/ValueError/OSError/HF errors
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        if "download" in reason.lower() or "hub" in reason.lower() or "connect" in reason.lower() or "offline" in reason.lower():
+            raise ResiDualError(f"could not fetch the weights of {spec!r} (offline?): {reason}") from None
+        raise ResiDualError(f"could not load {spec!r}: {reason}") from None
+    try:
+        tokenizer = open_clip.get_tokenizer(tokenizer_name)
+    except Exception:  # noqa: BLE001 - a missing tokenizer only disables text features
+        tokenizer = None
+
+    def preprocess(images: list) -> torch.Tensor:
+        return torch.stack([preprocess_val(im) for im in images]).float()
+
+    visual = model.visual
+    size = visual.image_size if hasattr(visual, "image_size") else 224
+    size = size[0] if isinstance(size, (tuple, list)) else size
+    patch = getattr(visual, "patch_size", None)
+    patch = patch[0] if isinstance(patch, (tuple, list)) else patch
+    return OpenClipTraced(spec, model, preprocess, size, tokenizer, convention, patch_size=patch)

@@ -1,0 +1,38 @@
+"""Session fixture: tiny random-weight checkpoints of every traced family (see tracing_models)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tracing_models import HF_KINDS, OPEN_CLIP_VARIANTS, build_hf, open_clip_cfg, save_open_clip_dir
+
+
+@pytest.fixture(scope="session")
+def saved_models(tmp_path_factory):
+    """{kind: (spec, library model, own-embedding fn)} for every family, saved once per session."""
+    import torch
+
+    out = {}
+    root = tmp_path_factory.mktemp("ckpt")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    for i, kind in enumerate(HF_KINDS):
+        m, own = build_hf(kind, seed=i)
+        m.save_pretrained(root / kind)
+        out[kind] = (f"hf:{root / kind}", m, own)
+    for i, (name, (extra, quick)) in enumerate(OPEN_CLIP_VARIANTS.items()):
+        m = save_open_clip_dir(root / f"oc_{name}", open_clip_cfg(extra, quick), seed=100 + i)
+        out[f"open_clip_{name}"] = (f"open_clip:{root / f'oc_{name}'}", m, m.encode_image)
+    torch.set_num_threads(threads)
+    return out
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny models: one thread avoids OpenMP spin-waits that dominate (~50×) on a shared, loaded CPU."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -1,0 +1,119 @@
+"""Tiny random-weight checkpoints of every traced family, saved with the library's own save function.
+
+Every parameter is perturbed after construction so that LayerNorm γ/β, layer scales, head scales and
+biases are all non-trivial (default inits of 1 and 0 would hide a missing term).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+
+def perturb(model: torch.nn.Module, seed: int, scale: float = 0.2) -> torch.nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    return model.eval()
+
+
+# -- transformers ------------------------------------------------------------------------------
+def _vision(d, layers, heads, image, patch, **kw):
+    return dict(hidden_size=d, intermediate_size=2 * d, num_hidden_layers=layers, num_attention_heads=heads,
+                image_size=image, patch_size=patch, **kw)
+
+
+def build_hf(kind: str, seed: int = 0):
+    """(model, own_embedding_fn) for a tiny random-weight transformers model of one kind."""
+    import transformers as tf
+
+    torch.manual_seed(seed)
+    if kind == "clip":  # CLIPModel, 2 layers × 4 heads, d 48
+        text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, vocab_size=64,
+                    max_position_embeddings=16, bos_token_id=0, eos_token_id=1, pad_token_id=1)
+        m = tf.CLIPModel(tf.CLIPConfig(text_config=text, vision_config=_vision(48, 2, 4, 32, 8), projection_dim=24))
+
+        def own(px):
+            out = m.get_image_features(pixel_values=px)
+            return out if isinstance(out, torch.Tensor) else out.pooler_output
+    elif kind == "clip_vision_proj":  # 3 layers × 2 heads, d 32, QuickGELU (OpenAI CLIP's activation)
+        m = tf.CLIPVisionModelWithProjection(tf.CLIPVisionConfig(**_vision(32, 3, 2, 28, 7, hidden_act="quick_gelu"), projection_dim=20))
+
+        def own(px):
+            return m(pixel_values=px).image_embeds
+    elif kind == "clip_vision":  # no projection: output = post-LN CLS, 1 layer × 3 heads
+        m = tf.CLIPVisionModel(tf.CLIPVisionConfig(**_vision(24, 1, 3, 16, 8)))
+
+        def own(px):
+            return m(pixel_values=px).pooler_output
+    elif kind == "blip":  # BlipForImageTextRetrieval: vision_proj with bias
+        text = dict(vocab_size=64, hidden_size=32, encoder_hidden_size=40, intermediate_size=64, num_hidden_layers=1,
+                    num_attention_heads=2, max_position_embeddings=16)
+        vision = _vision(40, 2, 5, 32, 8)
+        m = tf.BlipForImageTextRetrieval(tf.BlipConfig(text_config=text, vision_config=vision, image_text_hidden_size=16))
+
+        def own(px):
+            return m.vision_proj(m.vision_model(pixel_values=px).last_hidden_state[:, 0, :])
+    elif kind == "vit":  # ViTModel with qkv bias, 2 × 4, d 32
+        m = tf.ViTModel(tf.ViTConfig(**_vision(32, 2, 4, 32, 8), qkv_bias=True))
+
+        def own(px):
+            return m(pixel_values=px).last_hidden_state[:, 0]
+    elif kind == "vit_cls":  # ViTForImageClassification without qkv bias, 3 × 2, d 24
+        m = tf.ViTForImageClassification(tf.ViTConfig(**_vision(24, 3, 2, 24, 6), qkv_bias=False, num_labels=5))
+
+        def own(px):
+            return m.vit(pixel_values=px).last_hidden_state[:, 0]  # the classifier's input
+    elif kind == "dinov2":  # layer scale, 2 × 4, d 32
+        m = tf.Dinov2Model(tf.Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, mlp_ratio=2,
+                                           image_size=28, patch_size=7, layerscale_value=0.5))
+
+        def own(px):
+            return m(pixel_values=px).pooler_output
+    elif kind == "dinov2_swiglu":  # SwiGLU MLP, no qkv bias, 3 × 3, d 36
+        m = tf.Dinov2Model(tf.Dinov2Config(hidden_size=36, num_hidden_layers=3, num_attention_heads=3, mlp_ratio=2,
+                                           image_size=28, patch_size=7, use_swiglu_ffn=True, qkv_bias=False))
+
+        def own(px):
+            return m(pixel_values=px).pooler_output
+    else:
+        raise KeyError(kind)
+    perturb(m, seed)
+    return m, own
+
+
+HF_KINDS = ["clip", "clip_vision_proj", "clip_vision", "blip", "vit", "vit_cls", "dinov2", "dinov2_swiglu"]
+
+
+# -- open_clip -----------------------------------------------------------------------------------
+OPEN_CLIP_VARIANTS = {
+    # name: (vision_cfg extras, quick_gelu)
+    "mha": ({}, False),  # PyPI default: nn.MultiheadAttention blocks
+    "mha_quickgelu_ls": ({"ls_init_value": 0.5, "layers": 3, "width": 32, "head_width": 16}, True),  # OpenAI-style
+    "custom_attention": ({"block_type": "custom", "scale_heads": True, "qk_norm": True, "ls_init_value": 0.3}, False),
+    "custom_no_ln_pre": ({"block_type": "custom", "no_ln_pre": True, "layers": 1, "width": 36, "head_width": 12}, True),
+}
+
+
+def open_clip_cfg(vision_extra: dict, quick_gelu: bool) -> dict:
+    vision = {"image_size": 32, "layers": 2, "width": 48, "head_width": 12, "patch_size": 8}
+    vision.update(vision_extra)
+    return {"embed_dim": 24, "quick_gelu": quick_gelu, "vision_cfg": vision,
+            "text_cfg": {"context_length": 16, "vocab_size": 64, "width": 32, "heads": 2, "layers": 1}}
+
+
+def save_open_clip_dir(directory: Path, cfg: dict, seed: int = 0):
+    """Build an open_clip CLIP from ``cfg``, perturb it, save it in open_clip's local-dir layout
+    (open_clip_config.json + open_clip_model.safetensors, as ``push_to_hf_hub`` writes it)."""
+    from open_clip.model import CLIP
+    from safetensors.torch import save_file
+
+    torch.manual_seed(seed)
+    model = perturb(CLIP(**json.loads(json.dumps(cfg))), seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg, "preprocess_cfg": {}}))
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(directory / "open_clip_model.safetensors"))
+    return model
