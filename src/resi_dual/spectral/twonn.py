@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from resi_dual.errors import ResiDualError
+from resi_dual.spectral.pca import lapack_single_thread
 
 _EPS32 = float(torch.finfo(torch.float32).eps)
 
@@ -48,7 +49,8 @@ def _principal_axes(x, linear_map, mean, variance_kept: float, min_dims: int, bl
     for s in range(0, x.shape[0], 8 * block_rows):
         xb = (_mapped(x[s : s + 8 * block_rows], linear_map) - mean).to(torch.float32)
         cov += (xb.T @ xb).to(torch.float64)  # float32 is plenty: any orthonormal axes give a valid bound
-    evals, evecs = torch.linalg.eigh(0.5 * (cov + cov.T))
+    with lapack_single_thread():
+        evals, evecs = torch.linalg.eigh(0.5 * (cov + cov.T))
     evals, evecs = evals.flip(0).clamp_min(0), evecs.flip(1)
     total = float(evals.sum())
     if total <= 0:
@@ -119,7 +121,7 @@ def two_nearest_neighbours(
         r1[s:e], r2[s:e] = srt[:, 0], srt[:, 1]
         bound2 = vals[:, k].double() - gram_tol * (ny[s:e] + nr_max)
         bound = bound2.clamp_min(0).sqrt() - _EPS32 * (ny[s:e].sqrt() + y_norm_max)
-        ok = (srt[:, 0] == 0) | (bound >= srt[:, 1])  # r1 = 0: the point is dropped whatever r2 is
+        ok = (srt[:, 1] == 0) | (bound >= srt[:, 1])  # r2 = 0 is exact whatever the bound
         todo.append(q[~ok])
     todo = torch.cat(todo) if todo else torch.empty(0, dtype=torch.long)
     if todo.numel():
