@@ -24,6 +24,9 @@ from resi_dual.errors import ResiDualError
 
 CELL_FILE = "cell.json"
 
+#: bumped when the computation of a kind of cell changes, so old cached results are not reused
+CELL_VERSIONS = {"store": 1, "bases": 1, "intrinsic-dim": 2, "similarity": 1, "specialization": 1, "adaptation": 1}
+
 
 def _canonical(obj: Any) -> Any:
     """JSON-ready, order-stable form of settings (tuples → lists, dataclasses → dicts)."""
@@ -66,7 +69,8 @@ class Cell:
     @property
     def key(self) -> str:
         blob = json.dumps(
-            {"kind": self.kind, "settings": _canonical(self.settings), "deps": sorted(d.key for d in self.deps)},
+            {"kind": self.kind, "version": CELL_VERSIONS.get(self.kind, 1), "settings": _canonical(self.settings),
+             "deps": sorted(d.key for d in self.deps)},
             sort_keys=True,
         )
         return hashlib.sha256(blob.encode()).hexdigest()

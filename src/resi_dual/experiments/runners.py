@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import math
 import time
 from pathlib import Path
 
@@ -54,39 +53,19 @@ def _layer_grid(rows: list[dict], key: str, n_layers: int, n_heads: int) -> list
 
 
 # -- intrinsic dimension (paper §3.1) ----------------------------------------------------------------
-def unit_coordinates(source, index: int) -> torch.Tensor:
-    """(n, m) coordinates of a unit's contributions with the same pairwise distances, m ≤ d_in+2.
-
-    ``c = A f + k`` and ``A = QR`` (Q orthonormal columns) give ``‖c_i − c_j‖ = ‖R (f_i − f_j)‖``
-    (DESIGN.md §4), so TwoNN runs in d_head+2 dimensions instead of d_out.
-    """
-    a, _ = source.readout.to(torch.float64).affine(source.composition, index)
-    _, r = torch.linalg.qr(a, mode="reduced")
-    return source.features(index, dtype=torch.float64) @ r.T
-
-
-def intrinsic_dim_rows(store_cell, bases_cell, model_name: str, settings) -> list[dict]:
-    """One row per unit: linear ID (components to ``variance``), TwoNN ID, their ratio, PC1 ratio, PR."""
-    from resi_dual.spectral.twonn import TwoNN
+def intrinsic_dim_rows(grid: Grid, store_cell, bases_cell, model_name: str, settings) -> list[dict]:
+    """One row per unit (the spectral engine's ID table): linear ID, TwoNN ID, their ratio, PC1 ratio, PR."""
+    from resi_dual.spectral.intrinsic_dim import unit_intrinsic_dimensions
 
     source = open_cell_store(store_cell)
     bases = load_cell_bases(bases_cell)
-    comp = source.composition
-    rows = []
-    for i in comp.select(settings.units):
-        u = comp.units[i]
-        ev = bases.explained_variance[u.label].double()
-        evr = bases.explained_variance_ratio(u.label).double()
-        linear = bases.n_components_for(u.label, settings.variance)
-        est = TwoNN(discard_fraction=settings.twonn_discard, max_samples=settings.twonn_max_samples, random_state=0)
-        twonn = float(est.fit(unit_coordinates(source, i)).dimension_)
-        pr = float(ev.sum() ** 2 / (ev * ev).sum()) if float((ev * ev).sum()) > 0 else 0.0
-        rows.append({
-            "model": model_name, "unit": u.label, "kind": u.kind, "layer": u.layer, "head": u.head,
-            "linear_id": int(linear), "twonn_id": twonn, "id_ratio": twonn / linear,
-            "pc1_ratio": float(evr[0]) if evr.numel() else 0.0, "participation_ratio": pr, "n": len(source),
-        })
-    return rows
+    wanted = {source.composition.units[i].label for i in source.composition.select(settings.units)}
+    table = unit_intrinsic_dimensions(source, bases, threshold=settings.variance, twonn_samples=settings.twonn_max_samples,
+                                      seed=0, progress=grid.progress)
+    return [{"model": model_name, "unit": r.unit, "kind": r.kind, "layer": r.layer, "head": r.head,
+             "linear_id": int(r.linear_id), "twonn_id": float(r.twonn_id), "id_ratio": float(r.ratio),
+             "pc1_ratio": float(r.pc1_ratio), "participation_ratio": float(r.participation_ratio), "n": len(source)}
+            for r in table if r.unit in wanted]
 
 
 def plan_intrinsic_dim(grid: Grid) -> tuple[list, callable]:
@@ -97,7 +76,7 @@ def plan_intrinsic_dim(grid: Grid) -> tuple[list, callable]:
         bases = grid.bases(store)
         s = cfg.intrinsic_dim
         cells[m.name] = grid.analysis("intrinsic-dim", f"{m.name}.{cfg.reference.name}", {"model": m.name, "settings": s},
-                                      [store, bases], lambda st=store, b=bases, n=m.name: intrinsic_dim_rows(st, b, n, s))
+                                      [store, bases], lambda st=store, b=bases, n=m.name: intrinsic_dim_rows(grid, st, b, n, s))
 
     def finalize(out: Path) -> dict:
         all_rows = []
@@ -124,7 +103,7 @@ def plan_intrinsic_dim(grid: Grid) -> tuple[list, callable]:
                 n_layers = max(r["layer"] for r in rows) + 1
                 n_heads = max(r["head"] for r in heads) + 1
                 panels = [(name, _layer_grid(rows, key, n_layers, n_heads)) for name, key in
-                          (("linear ID", "linear_id"), ("TwoNN ID", "twonn_id"), ("TwoNN / linear", "id_ratio"),
+                          (("linear ID", "linear_id"), ("TwoNN ID", "twonn_id"), ("linear / TwoNN", "id_ratio"),
                            ("PC1 ratio", "pc1_ratio"))]
                 heatmaps(panels, [f"H{h}" for h in range(n_heads)] + ["MLP"], [f"L{l}" for l in range(n_layers)],
                          f"{m.name}: intrinsic dimension per unit on {cfg.reference.name}", out / "figures" / f"{m.name}.png")
@@ -135,29 +114,15 @@ def plan_intrinsic_dim(grid: Grid) -> tuple[list, callable]:
 
 
 # -- similarity (paper §3.2) ---------------------------------------------------------------------------
-def _similarity_fn():
-    """The spectral engine's normalised spectral cosine between two bases of one unit."""
-    from resi_dual.spectral import similarity as sim
-
-    for name in ("spectral_cosine_bases", "unit_similarity", "spectral_cosine"):
-        if hasattr(sim, name):
-            return getattr(sim, name)
-    raise ResiDualError("experiment 'similarity' is not available yet: resi_dual.spectral.similarity has no spectral cosine")
-
-
 def similarity_rows(ref_bases_cell, bases_cell, model_name: str, dataset_name: str, variance: float) -> list[dict]:
-    from resi_dual.spectral.similarity import bases_similarity
+    """One row per head: the spectral engine's normalised spectral cosine against the reference."""
+    from resi_dual.spectral.similarity import similarity_table
 
     ref, other = load_cell_bases(ref_bases_cell), load_cell_bases(bases_cell)
-    scores = bases_similarity(ref, other, units="heads", variance=variance)
-    rows = []
-    for lab, score in scores.items():
-        from resi_dual.models.units import Unit
-
-        u = Unit.from_label(lab)
-        rows.append({"model": model_name, "dataset": dataset_name, "unit": lab, "layer": u.layer, "head": u.head,
-                     "similarity": float(score)})
-    return rows
+    heads = [u.label for u in ref.composition.head_units]
+    return [{"model": model_name, "dataset": dataset_name, "unit": r.unit, "layer": r.layer, "head": r.head,
+             "similarity": float(r.similarity), "k_reference": int(r.k_a), "k_dataset": int(r.k_b)}
+            for r in similarity_table(ref, other, units=heads, variance=variance)]
 
 
 def plan_similarity(grid: Grid) -> tuple[list, callable]:
@@ -180,7 +145,7 @@ def plan_similarity(grid: Grid) -> tuple[list, callable]:
 
     def finalize(out: Path) -> dict:
         rows = [r for c in cells for r in cell_rows(c)]
-        write_table(rows, out / "heads", ["model", "dataset", "unit", "layer", "head", "similarity"],
+        write_table(rows, out / "heads", ["model", "dataset", "unit", "layer", "head", "similarity", "k_reference", "k_dataset"],
                     f"Spectral similarity of each head to {cfg.reference.name}")
         names = [d.name for d in datasets] + (["noise"] if s.noise else [])
         summary, per_model = [], {}
@@ -232,11 +197,11 @@ def plan_specialization(grid: Grid) -> tuple[list, callable]:
 _HEADS: dict = {}
 
 
-def _zero_shot_head(grid: Grid, m, d, train_store):
+def _zero_shot_head(grid: Grid, m, train_store):
     """The frozen classifier for a model × dataset (text prompts, or train-split prototypes)."""
     from resi_dual.zeroshot import classifier_for_source
 
-    key = (m.name, d.name, str(train_store.path))
+    key = (m.name, train_store.key)
     if key not in _HEADS:
         src = open_cell_store(train_store)
         _HEADS[key] = classifier_for_source(src, model=grid.model(m), train_source=src)
@@ -244,33 +209,34 @@ def _zero_shot_head(grid: Grid, m, d, train_store):
 
 
 def adaptation_rows(grid: Grid, m, d, method: str, seed: int, stores: dict, bases_cell) -> list[dict]:
-    from resi_dual.adapters import AdapterConfig, TrainConfig, build_adapter, fit
+    """One training run through the adapters' protocol (train on cached coefficients, test the best)."""
+    from resi_dual.adapters import AdapterConfig, TrainConfig
 
     s = grid.config.adaptation
     train, val, test = (open_cell_store(stores[k]) for k in ("train", "val", "test"))
-    head = _zero_shot_head(grid, m, d, stores["train"])
     row = {"model": m.name, "dataset": d.name, "method": method, "seed": seed}
     if method == "finetune":
-        from resi_dual.adapters import finetune
+        from resi_dual.adapters.finetune import finetune_from_stores
 
-        res = finetune.run_finetune(grid.model(m), train, val, test, head, seed=seed, max_epochs=s.finetune_max_epochs,
-                                    batch_size=s.batch_size, patience=s.patience)
-        row.update(res)
-        return [row]
-    bases = load_cell_bases(bases_cell) if bases_cell is not None else None
-    adapter = build_adapter(AdapterConfig(variant=method, init=s.init, seed=seed), train, head.weights, head.logit_scale,
-                            bases=bases)
-    tr, va, te = adapter.encode(train), adapter.encode(val), adapter.encode(test)
-    torch.manual_seed(seed)
-    res = fit(adapter, tr, va, TrainConfig(batch_size=s.batch_size, max_epochs=s.max_epochs, patience=s.patience,
-                                            seed=seed, progress=False))
-    row.update(trainable_parameters=int(adapter.n_trainable), val_accuracy=float(res.best_val_accuracy),
-               test_accuracy=float(adapter.accuracy(te)), epochs=int(res.epochs), best_epoch=int(res.best_epoch))
+        res = finetune_from_stores(train, val, test, seed=seed, epochs=s.finetune_max_epochs, patience=s.patience,
+                                   batch_size=s.batch_size, progress=grid.progress)
+    else:
+        from resi_dual.adapters.protocol import train_and_evaluate
+
+        head = _zero_shot_head(grid, m, stores["train"])
+        bases = load_cell_bases(bases_cell) if bases_cell is not None else None
+        torch.manual_seed(seed)
+        _, res = train_and_evaluate(
+            AdapterConfig(variant=method, init=s.init, seed=seed), train, val, test, head.weights, head.logit_scale,
+            bases=bases, train_config=TrainConfig(batch_size=s.batch_size, max_epochs=s.max_epochs, patience=s.patience,
+                                                  seed=seed, progress=False))
+    row.update(trainable_parameters=int(res["trainable_parameters"]), val_accuracy=float(res["accuracy"]["val"]),
+               test_accuracy=float(res["accuracy"]["test"]), epochs=int(res["epochs"]), best_epoch=int(res["best_epoch"]))
     return [row]
 
 
 def plan_adaptation(grid: Grid) -> tuple[list, callable]:
-    _need("resi_dual.adapters", "adaptation")
+    _need("resi_dual.adapters.protocol", "adaptation")
     cfg, s = grid.config, grid.config.adaptation
     methods = list(s.methods)
     skipped = []
@@ -294,7 +260,7 @@ def plan_adaptation(grid: Grid) -> tuple[list, callable]:
                     deps = list(stores.values()) + ([bases] if needs_bases else [])
                     cells.append(grid.analysis(
                         "adaptation", f"{m.name}.{d.name}.{method}.s{seed}", settings, deps,
-                        lambda m=m, d=d, method=method, seed=seed, st=stores, b=(bases if needs_bases else None):
+                        lambda m=m, d=d, method=method, seed=seed, st=stores, b=(bases if needs_bases else None):  # noqa: E731
                         adaptation_rows(grid, m, d, method, seed, st, b)))
 
     def finalize(out: Path) -> dict:
