@@ -186,11 +186,102 @@ def plan_similarity(grid: Grid) -> tuple[list, callable]:
 
 
 # -- specialization (paper §4) ----------------------------------------------------------------------
-def plan_specialization(grid: Grid) -> tuple[list, callable]:
-    _need("resi_dual.zeroshot.specialization", "specialization")
-    from resi_dual.experiments import specialization as sp
+def specialization_rows(grid: Grid, m, d, stores: dict) -> list[dict]:
+    """Rank heads on val, ablate on test (head means from train); describe the top heads with TextSpan.
 
-    return sp.plan(grid)
+    Rows carry ``table``: ``curve`` (accuracy vs heads kept per ranking and ablation mode) or
+    ``descriptions`` (the best heads of each non-random ranking and their top dictionary texts).
+    """
+    from resi_dual.zeroshot.specialize import ablation_curves, head_means, keep_sizes, rank_heads, summarize_random
+
+    s = grid.config.specialization
+    train, val, test = (open_cell_store(stores[k]) for k in ("train", "val", "test"))
+    head = _zero_shot_head(grid, m, stores["train"])
+    rankings = rank_heads(val, head, methods=s.rankings, seeds=range(s.random_seeds))
+    n_heads = len(val.composition.head_units)
+    sizes = keep_sizes(n_heads, [f for f in s.fractions if f < 1.0])
+    means = head_means(train) if s.ablation == "mean" else None
+    res = ablation_curves(test, head, rankings, sizes, modes=(s.ablation,), means=means)
+    rows = []
+    for method, by_mode in summarize_random(res).items():
+        mean, std = by_mode[s.ablation]
+        for size, a, sd in zip(res.sizes, mean, std):
+            rows.append({"table": "curve", "model": m.name, "dataset": d.name, "ranking": method, "ablation": s.ablation,
+                         "heads_kept": int(size), "fraction": size / n_heads, "accuracy": float(a),
+                         "accuracy_std": float(sd), "base_accuracy": float(res.base_accuracy)})
+    texts = _describe_heads(grid, m, val, rankings, s) if s.describe_top > 0 else {}
+    heads = val.composition.head_units
+    for r in rankings:
+        if r.seed is not None:
+            continue
+        for rank, pos in enumerate(r.order[: s.describe_top]):
+            lab = heads[pos].label
+            rows.append({"table": "descriptions", "model": m.name, "dataset": d.name, "ranking": r.method,
+                         "rank": rank + 1, "unit": lab, "score": float(r.scores[pos]),
+                         "descriptions": " | ".join(texts.get(lab, [])) or "(no text tower)"})
+    return rows
+
+
+def _describe_heads(grid: Grid, m, source, rankings, s) -> dict[str, list[str]]:
+    """TextSpan descriptions of the heads that some ranking puts in its top ``describe_top``."""
+    from resi_dual.models.text import get_text_tower, has_text_tower
+
+    model = grid.model(m)
+    if not has_text_tower(model):
+        return {}
+    from resi_dual.interpret.units import decompose_units, embed_dictionary, load_dictionary
+
+    heads = source.composition.head_units
+    wanted = sorted({heads[p].label for r in rankings if r.seed is None for p in r.order[: s.describe_top]},
+                    key=lambda lab: source.composition.index(lab))
+    if not wanted:
+        return {}
+    key = ("dictionary", m.name)
+    if key not in _HEADS:
+        texts = load_dictionary()
+        _HEADS[key] = (texts, embed_dictionary(get_text_tower(model), texts))
+    texts, dictionary = _HEADS[key]
+    dec = decompose_units(source, dictionary, texts, method="textspan", k=s.describe_terms, units=",".join(wanted),
+                          progress=False)
+    return {lab: list(d.texts) for lab, d in dec.items()}
+
+
+def plan_specialization(grid: Grid) -> tuple[list, callable]:
+    _need("resi_dual.zeroshot.specialize", "specialization")
+    cfg, s = grid.config, grid.config.specialization
+    cells = []
+    for m in cfg.models:
+        for d in cfg.datasets:
+            stores = {sp: grid.store(m, d, sp, grid.limit_for(d, sp)) for sp in ("train", "val", "test")}
+            cells.append(grid.analysis("specialization", f"{m.name}.{d.name}", {"settings": s}, list(stores.values()),
+                                       lambda m=m, d=d, st=stores: specialization_rows(grid, m, d, st)))
+
+    def finalize(out: Path) -> dict:
+        rows = [r for c in cells for r in cell_rows(c)]
+        curve = [r for r in rows if r["table"] == "curve"]
+        desc = [r for r in rows if r["table"] == "descriptions"]
+        write_table(curve, out / "curves", ["model", "dataset", "ranking", "ablation", "heads_kept", "fraction", "accuracy",
+                                            "accuracy_std", "base_accuracy"],
+                    "Zero-shot accuracy vs heads kept (random: mean ± std over seeds)")
+        write_table(desc, out / "top_heads", ["model", "dataset", "ranking", "rank", "unit", "score", "descriptions"],
+                    "Top heads per ranking and their TextSpan descriptions")
+        for m in cfg.models:
+            for d in cfg.datasets:
+                sel = [r for r in curve if r["model"] == m.name and r["dataset"] == d.name]
+                series = {}
+                for r in sel:
+                    x, y = series.setdefault(r["ranking"], ([], []))
+                    x.append(r["heads_kept"])
+                    y.append(r["accuracy"])
+                if series:
+                    base = sel[0]["base_accuracy"]
+                    series["all heads"] = ([min(series[k][0][0] for k in series), max(series[k][0][-1] for k in series)],
+                                           [base, base])
+                    line_plot(series, "heads kept", "top-1 accuracy", f"{m.name} on {d.name} ({s.ablation} ablation)",
+                              out / "figures" / f"{m.name}.{d.name}.png", logx=True)
+        return {"curve_rows": len(curve), "described_heads": len(desc)}
+
+    return cells, finalize
 
 
 # -- adaptation (paper §5) --------------------------------------------------------------------------

@@ -31,7 +31,7 @@ def write_table(rows: Sequence[dict], path: Path, columns: Sequence[str] | None 
     tsv = ["\t".join(cols)] + ["\t".join(_fmt(r.get(c)) for c in cols) for r in rows]
     path.with_suffix(".tsv").write_text("\n".join(tsv) + "\n")
     md = ([f"### {title}", ""] if title else []) + ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    md += ["| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |" for r in rows]
+    md += ["| " + " | ".join(_fmt(r.get(c)).replace("|", "\\|") for c in cols) + " |" for r in rows]
     path.with_suffix(".md").write_text("\n".join(md) + "\n")
     return path.with_suffix(".tsv")
 
