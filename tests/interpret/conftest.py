@@ -10,7 +10,7 @@ from resi_dual.store.base import MemorySource
 
 
 def make_source(n=300, L=2, H=3, d_model=12, d_head=4, d_out=24, seed=0, n_classes=3) -> MemorySource:
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(1234)  # the model: the same for every split
     comp = Composition("test-model", "test", L, H, d_model, d_head, d_out)
     U = len(comp.units)
     readout = Readout(
@@ -20,6 +20,7 @@ def make_source(n=300, L=2, H=3, d_model=12, d_head=4, d_out=24, seed=0, n_class
         mu_over_sigma=torch.randn(U, d_out, generator=g) * 0.1,
         const=torch.randn(U, d_out, generator=g) * 0.1,
     )
+    g = torch.Generator().manual_seed(seed)  # the data of this split
     labels = torch.arange(n) % n_classes
     dense = torch.randn(n, 1 + L, d_model, generator=g)
     heads = torch.randn(n, L, H, d_head, generator=g)
@@ -35,3 +36,9 @@ def make_source(n=300, L=2, H=3, d_model=12, d_head=4, d_out=24, seed=0, n_class
 @pytest.fixture
 def toy_source():
     return make_source()
+
+
+@pytest.fixture(scope="session")
+def make_toy_source():
+    """The :func:`make_source` factory, for tests that need several splits."""
+    return make_source

@@ -1,0 +1,271 @@
+"""Head specialization: rank attention heads by task relevance, keep the top ones, ablate the rest.
+
+Rankings (DESIGN.md §7), computed on a ranking split (validation or train — never the evaluated one):
+
+* ``S``: each head alone — zero-shot top-1 accuracy of its contribution with the task's classifier.
+* ``U|T``: correlation of the head with the sum of all heads, both projected on an orthonormal basis
+  of the class text centroids (the classifier rows): ``⟨x̃_h, ỹ⟩_F / (‖x̃_h‖_F ‖ỹ‖_F)`` over the
+  centred n × r projections — how much of the task-relevant variation of the heads this head carries.
+* ``U``: the same correlation against the model's full output, unprojected.
+* ``random``: uniformly random orders (one per seed).
+
+Ablation keeps the top-k heads of a ranking and replaces every other head's contribution with zero
+(``zero``) or with its mean over the *train* split (``mean``); all other units stay. Since the units
+sum to the model's output, the ablated embedding is ``output − Σ_{h ablated} (c_h − fill_h)``, so
+keeping every head reproduces the base accuracy exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from resi_dual.errors import ResiDualError
+
+FRACTIONS: tuple[float, ...] = (0.01, 0.05, 0.10, 0.25, 0.50, 0.75)
+METHODS: tuple[str, ...] = ("S", "U|T", "U", "random")
+MODES: tuple[str, ...] = ("zero", "mean")
+
+
+def keep_sizes(n_heads: int, fractions: Sequence[float] = FRACTIONS) -> list[int]:
+    """Numbers of heads kept: the top 1, then each fraction of ``n_heads`` (at least 1), then all."""
+    sizes = [1] + [max(1, int(round(f * n_heads))) for f in fractions] + [n_heads]
+    return sorted(set(sizes))
+
+
+def _head_indices(source) -> list[int]:
+    idx = source.composition.select("heads")
+    if not idx:
+        raise ResiDualError("the model has no attention heads to rank")
+    return idx
+
+
+def head_means(train_source, block_rows: int = 1024) -> torch.Tensor:
+    """(H, d_out) mean contribution of every head over the train split (float64)."""
+    idx = _head_indices(train_source)
+    total, n = None, 0
+    for start in range(0, len(train_source), block_rows):
+        c = train_source.contributions(idx, rows=slice(start, min(start + block_rows, len(train_source))),
+                                       dtype=torch.float64)
+        total = c.sum(0) if total is None else total + c.sum(0)
+        n += c.shape[0]
+    if not n:
+        raise ResiDualError("the train split is empty: no head means")
+    return total / n
+
+
+@dataclass
+class Ranking:
+    """A head order for one method. ``order``: positions into the composition's heads, best first;
+    ``scores``: (H,) per head (NaN for random)."""
+
+    method: str
+    order: list[int]
+    scores: np.ndarray
+    seed: int | None = None
+
+    @property
+    def name(self) -> str:
+        return self.method if self.seed is None else f"{self.method}[{self.seed}]"
+
+
+def rank_heads(source, classifier, methods: Sequence[str] = METHODS, seeds: Sequence[int] = range(10),
+               block_rows: int = 512) -> list[Ranking]:
+    """Rankings of the heads of ``source`` (the ranking split) for the task of ``classifier``.
+
+    Args:
+        source: EncodingSource of the ranking split. classifier: a ``ZeroShotHead`` (weights (C, d_out)).
+        methods: any of ``S``, ``U|T``, ``U``, ``random``. seeds: one random order per seed.
+    """
+    bad = [m for m in methods if m not in METHODS]
+    if bad:
+        raise ResiDualError(f"unknown ranking {bad[0]!r}; choose from {', '.join(METHODS)}")
+    idx = _head_indices(source)
+    H = len(idx)
+    w = classifier.weights.double()
+    q = torch.linalg.qr(w.T).Q  # (d_out, C) orthonormal basis of the class centroids
+    n = 0
+    correct = torch.zeros(H, dtype=torch.float64)
+    # running sums for the two correlations: x = head (projected / raw), y = sum of heads (projected) / output
+    mom = {key: dict(sx=0.0, sy=0.0, sxy=0.0, sxx=0.0, syy=0.0) for key in ("U|T", "U")}
+    labels = torch.as_tensor(np.asarray(source.labels), dtype=torch.long)
+    for start in range(0, len(source), block_rows):
+        rows = slice(start, min(start + block_rows, len(source)))
+        c = source.contributions(idx, rows=rows, dtype=torch.float64)  # (b, H, d_out)
+        y_out = source.output(rows, dtype=torch.float64)  # (b, d_out)
+        b = c.shape[0]
+        n += b
+        if "S" in methods:
+            pred = (F.normalize(c, dim=-1) @ w.T).argmax(-1)  # (b, H)
+            correct += (pred == labels[rows][:, None]).sum(0).double()
+        for key, x, y in (("U|T", c @ q, (c @ q).sum(1)), ("U", c, y_out)):
+            if key not in methods:
+                continue
+            m = mom[key]
+            m["sx"] = m["sx"] + x.sum(0)  # (H, r)
+            m["sy"] = m["sy"] + y.sum(0)  # (r,)
+            m["sxy"] = m["sxy"] + torch.einsum("bhr,br->h", x, y)
+            m["sxx"] = m["sxx"] + x.pow(2).sum((0, 2))
+            m["syy"] = m["syy"] + float(y.pow(2).sum())
+    out = []
+    for method in methods:
+        if method == "random":
+            for s in seeds:
+                order = np.random.default_rng(s).permutation(H).tolist()
+                out.append(Ranking("random", order, np.full(H, np.nan), seed=int(s)))
+            continue
+        if method == "S":
+            scores = (correct / max(n, 1)).numpy()
+        else:
+            m = mom[method]
+            mx, my = m["sx"] / n, m["sy"] / n
+            cov = m["sxy"] - n * (mx @ my)
+            vx = m["sxx"] - n * mx.pow(2).sum(1)
+            vy = m["syy"] - n * float(my.pow(2).sum())
+            scores = (cov / torch.sqrt(vx.clamp_min(1e-300) * max(vy, 1e-300))).numpy()
+        # stable sort on −score: ties keep composition order, so rankings are deterministic
+        order = np.argsort(-scores, kind="stable").tolist()
+        out.append(Ranking(method, order, scores))
+    return out
+
+
+@dataclass
+class AblationResult:
+    """Accuracy of the kept-head configurations on one evaluated split.
+
+    ``accuracy[name][mode]``: (len(sizes),) top-1 accuracy keeping the top ``sizes[i]`` heads of ranking
+    ``name``; ``base_accuracy``: the unablated model's accuracy on the same split.
+    """
+
+    sizes: list[int]
+    n_heads: int
+    base_accuracy: float
+    accuracy: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+
+
+def ablation_curves(eval_source, classifier, rankings: Sequence[Ranking], sizes: Sequence[int] | None = None,
+                    modes: Sequence[str] = MODES, means: torch.Tensor | None = None,
+                    block_rows: int = 256) -> AblationResult:
+    """Top-1 accuracy on ``eval_source`` keeping the top-k heads of each ranking.
+
+    Args:
+        means: (H, d_out) head means from the train split (required for ``mean`` mode; never computed
+            here from the evaluated split).
+    """
+    bad = [m for m in modes if m not in MODES]
+    if bad:
+        raise ResiDualError(f"unknown ablation {bad[0]!r}; choose zero or mean")
+    if "mean" in modes and means is None:
+        raise ResiDualError("mean ablation needs head means from the train split (head_means(train_source))")
+    idx = _head_indices(eval_source)
+    H = len(idx)
+    sizes = list(sizes or keep_sizes(H))
+    w = classifier.weights.double()
+    # ablation masks: (K, H), 1 where the head is ablated
+    configs = []
+    for r in rankings:
+        for s in sizes:
+            m = torch.ones(H, dtype=torch.float64)
+            m[r.order[:s]] = 0.0
+            configs.append(m)
+    masks = torch.stack(configs)  # (K, H)
+    fills = {"zero": torch.zeros(H, w.shape[1], dtype=torch.float64)}
+    if "mean" in modes:
+        if means.shape != (H, w.shape[1]):
+            raise ResiDualError(f"head means have shape {tuple(means.shape)}, expected {(H, w.shape[1])}")
+        fills["mean"] = means.double()
+    labels = torch.as_tensor(np.asarray(eval_source.labels), dtype=torch.long)
+    correct = {mode: torch.zeros(masks.shape[0], dtype=torch.float64) for mode in modes}
+    base_correct = 0.0
+    for start in range(0, len(eval_source), block_rows):
+        rows = slice(start, min(start + block_rows, len(eval_source)))
+        c = eval_source.contributions(idx, rows=rows, dtype=torch.float64)  # (b, H, d)
+        out = eval_source.output(rows, dtype=torch.float64)  # (b, d)
+        y = labels[rows]
+        base_correct += float(((F.normalize(out, dim=-1) @ w.T).argmax(-1) == y).sum())
+        for mode in modes:
+            removed = torch.einsum("kh,bhd->kbd", masks, c - fills[mode][None])  # (K, b, d)
+            pred = (F.normalize(out[None] - removed, dim=-1) @ w.T).argmax(-1)  # (K, b)
+            correct[mode] += (pred == y[None]).sum(1).double()
+    n = len(eval_source)
+    res = AblationResult(sizes, H, base_correct / n)
+    k = 0
+    for r in rankings:
+        res.accuracy[r.name] = {mode: (correct[mode][k : k + len(sizes)] / n).numpy() for mode in modes}
+        k += len(sizes)
+    return res
+
+
+def summarize_random(res: AblationResult) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """Per method and mode: (mean, std) over seeds for random rankings, (acc, 0) for the others."""
+    out: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+    groups: dict[str, list[dict[str, np.ndarray]]] = {}
+    for name, acc in res.accuracy.items():
+        groups.setdefault(name.split("[")[0], []).append(acc)
+    for method, accs in groups.items():
+        out[method] = {}
+        for mode in accs[0]:
+            stack = np.stack([a[mode] for a in accs])
+            out[method][mode] = (stack.mean(0), stack.std(0))
+    return out
+
+
+def jaccard(a: Sequence[int], b: Sequence[int]) -> float:
+    """|A ∩ B| / |A ∪ B| of two head sets (1 for two empty sets)."""
+    sa, sb = set(a), set(b)
+    return 1.0 if not sa and not sb else len(sa & sb) / len(sa | sb)
+
+
+def jaccard_table(rankings_by_dataset: dict[str, Sequence[Ranking]], sizes: Sequence[int]) -> list[dict]:
+    """Rows ``{method, n_heads, dataset_a, dataset_b, jaccard}`` for every non-random method and pair."""
+    names = list(rankings_by_dataset)
+    rows = []
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            ra = {r.name: r for r in rankings_by_dataset[a] if r.seed is None}
+            rb = {r.name: r for r in rankings_by_dataset[b] if r.seed is None}
+            for method in ra:
+                if method not in rb:
+                    continue
+                for s in sizes:
+                    rows.append(dict(method=method, n_heads=s, dataset_a=a, dataset_b=b,
+                                     jaccard=jaccard(ra[method].order[:s], rb[method].order[:s])))
+    return rows
+
+
+def plot_curves(res: AblationResult, title: str, path) -> None:
+    """Accuracy vs number of kept heads, one line per ranking (random: mean ± std band), one panel per mode."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summary = summarize_random(res)
+    modes = list(next(iter(summary.values())))
+    fig, axes = plt.subplots(1, len(modes), figsize=(5.2 * len(modes), 3.8), squeeze=False)
+    for ax, mode in zip(axes[0], modes):
+        for method, by_mode in summary.items():
+            mean, std = by_mode[mode]
+            ax.plot(res.sizes, mean, marker="o", label=method)
+            if method == "random":
+                ax.fill_between(res.sizes, mean - std, mean + std, alpha=0.2)
+        ax.axhline(res.base_accuracy, color="k", ls="--", lw=1, label="all heads")
+        ax.set_xscale("log")
+        ax.set_xlabel(f"heads kept (of {res.n_heads})")
+        ax.set_ylabel("top-1 accuracy")
+        ax.set_title(f"{title} — {mode} ablation")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def fraction_label(size: int, n_heads: int) -> str:
+    """``1 head`` / ``5 %`` style label of a kept-head count."""
+    return "1 head" if size == 1 else f"{100 * size / n_heads:.0f} %"
+

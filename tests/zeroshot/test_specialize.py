@@ -1,0 +1,86 @@
+"""Head rankings and ablation: all heads kept = base accuracy; S is per-head accuracy; mean fills from train."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from resi_dual.errors import ResiDualError
+from resi_dual.zeroshot import prototype_classifier
+from resi_dual.zeroshot.specialize import (ablation_curves, head_means, jaccard, jaccard_table, keep_sizes,
+                                           plot_curves, rank_heads, summarize_random)
+
+
+@pytest.fixture(scope="module")
+def splits(make_toy_source):
+    make_source = make_toy_source
+    train, val, test = make_source(n=240, seed=0), make_source(n=120, seed=1), make_source(n=150, seed=2)
+    return train, val, test, prototype_classifier(train)
+
+
+def test_keep_sizes():
+    assert keep_sizes(144) == [1, 7, 14, 36, 72, 108, 144]
+    assert keep_sizes(6) == [1, 2, 3, 4, 6]
+
+
+def test_rankings(splits):
+    train, val, test, head = splits
+    ranks = {r.name: r for r in rank_heads(val, head, seeds=range(3))}
+    assert set(ranks) == {"S", "U|T", "U", "random[0]", "random[1]", "random[2]"}
+    heads = val.composition.head_units
+    labels = torch.as_tensor(val.labels)
+    c = val.contributions("heads", dtype=torch.float64)
+    acc = ((F.normalize(c, dim=-1) @ head.weights.double().T).argmax(-1) == labels[:, None]).double().mean(0)
+    np.testing.assert_allclose(ranks["S"].scores, acc.numpy())
+    planted = [u.label for u in heads].index("L1H0")
+    for m in ("S", "U|T"):
+        assert ranks[m].order[0] == planted, m
+    assert sorted(ranks["random[1]"].order) == list(range(len(heads)))
+
+
+def test_all_heads_kept_is_base_accuracy(splits):
+    train, val, test, head = splits
+    ranks = rank_heads(val, head, seeds=range(2))
+    res = ablation_curves(test, head, ranks, means=head_means(train))
+    base = float(((F.normalize(test.output().double(), dim=-1) @ head.weights.double().T).argmax(-1)
+                  == torch.as_tensor(test.labels)).double().mean())
+    assert res.base_accuracy == pytest.approx(base)
+    assert res.sizes[-1] == res.n_heads
+    for name, by_mode in res.accuracy.items():
+        for mode, acc in by_mode.items():
+            assert acc[-1] == pytest.approx(base), (name, mode)
+    s = summarize_random(res)
+    assert set(s) == {"S", "U|T", "U", "random"}
+
+
+def test_mean_ablation_matches_explicit_sum(splits):
+    train, val, test, head = splits
+    ranks = [r for r in rank_heads(val, head, methods=["S"])]
+    means = head_means(train)
+    c_train = train.contributions("heads", dtype=torch.float64)
+    torch.testing.assert_close(means, c_train.mean(0))
+    res = ablation_curves(test, head, ranks, sizes=[2], means=means)
+    keep = ranks[0].order[:2]
+    c = test.contributions(dtype=torch.float64)
+    hidx = test.composition.select("heads")
+    emb = c.sum(1)
+    for pos, i in enumerate(hidx):
+        if pos not in keep:
+            emb = emb - c[:, i] + means[pos]
+    acc = float(((F.normalize(emb, dim=-1) @ head.weights.double().T).argmax(-1) == torch.as_tensor(test.labels)).double().mean())
+    assert res.accuracy["S"]["mean"][0] == pytest.approx(acc)
+
+
+def test_errors_and_jaccard(splits, tmp_path):
+    train, val, test, head = splits
+    ranks = rank_heads(val, head, methods=["S", "random"], seeds=[0])
+    with pytest.raises(ResiDualError, match="train split"):
+        ablation_curves(test, head, ranks, modes=["mean"])
+    with pytest.raises(ResiDualError, match="unknown ranking"):
+        rank_heads(val, head, methods=["X"])
+    assert jaccard([1, 2, 3], [2, 3, 4]) == 0.5
+    rows = jaccard_table({"a": ranks, "b": rank_heads(test, head, methods=["S"])}, [1, 3])
+    assert [r["method"] for r in rows] == ["S", "S"] and all(0 <= r["jaccard"] <= 1 for r in rows)
+    res = ablation_curves(test, head, ranks, modes=["zero"])
+    plot_curves(res, "toy", tmp_path / "curve.png")
+    assert (tmp_path / "curve.png").stat().st_size > 1000
