@@ -37,3 +37,36 @@ def make_source(n=300, n_layers=2, n_heads=3, d_model=8, d_head=4, d_out=16, see
 @pytest.fixture
 def source():
     return make_source()
+
+
+def _tiny_clip_spec(path, seed: int = 0) -> str:
+    """A tiny random CLIP vision tower saved as a local HF checkpoint (no hub)."""
+    import transformers
+
+    torch.manual_seed(seed)
+    cfg = transformers.CLIPVisionConfig(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64,
+                                        num_hidden_layers=2, num_attention_heads=2, projection_dim=16)
+    transformers.CLIPVisionModelWithProjection(cfg).save_pretrained(path)
+    return f"hf:{path}"
+
+
+@pytest.fixture(scope="session")
+def disk_stores(tmp_path_factory):
+    """Three small on-disk stores: tiny CLIP on digits and on animal-mnist, another CLIP on digits."""
+    import warnings
+
+    from resi_dual import load_model
+    from resi_dual.data import load_dataset
+    from resi_dual.store.writer import EncodeConfig, encode_store
+
+    root = tmp_path_factory.mktemp("spectral_stores")
+    cfg = EncodeConfig(limit=64, batch_size=64, chunk_rows=40, dtype="float32", progress=False)
+    out = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = load_model(_tiny_clip_spec(root / "clip0", 0))
+        other = load_model(_tiny_clip_spec(root / "clip1", 1))
+        for key, m, ds in (("digits", model, "digits"), ("animals", model, "animal-mnist"), ("other", other, "digits")):
+            encode_store(m, load_dataset(ds, "test"), root / key, cfg)
+            out[key] = root / key
+    return out
