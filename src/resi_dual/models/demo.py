@@ -89,17 +89,24 @@ def demo_info(path: str | Path | None = None) -> dict:
     return json.loads(p.read_text())
 
 
-def load_demo(path: str | Path | None = None):
+def load_demo(path: str | Path | None = None, convention: str = "paper"):
     """The bundled demo model as a ``TracedModel`` with ``spec == "demo"`` and ``.text_tower`` set.
 
     Args:
-        path: a checkpoint folder written by ``resi-dual pretrain-demo`` (default: the committed one).
+        path: a checkpoint folder written by ``resi-dual pretrain-demo`` (default: the committed one;
+            another folder gives spec ``demo:<folder>``).
+        convention: ``paper`` or ``centred`` (see ``resi_dual.models.units.Convention``).
     """
+    import dataclasses
+
     from resi_dual.models.loading import load_model
 
     folder = Path(path or DEMO_DIR)
     info = demo_info(folder)
-    model = load_model(f"hf:{folder}")
+    tower = DemoTextTower(logit_scale=float(info["logit_scale"]))  # first: a missing text package fails fast
+    model = load_model(f"hf:{folder}", convention=convention)
     model.spec = "demo" if path is None else f"demo:{folder}"
-    model.text_tower = DemoTextTower(logit_scale=float(info["logit_scale"]))
+    # the composition names the spec, not the install path, so stores written anywhere agree
+    model.composition = dataclasses.replace(model.composition, model_id=model.spec)
+    model.text_tower = tower
     return model
