@@ -16,6 +16,7 @@ from resi_dual.adapters import (
 )
 from resi_dual.adapters.modules import classify
 from resi_dual.errors import ResiDualError
+from resi_dual.spectral.pca import fit_bases
 
 
 @pytest.fixture(scope="module")
@@ -23,14 +24,17 @@ def world():
     comp, readout = make_model()
     train = make_source(comp, readout, 200, seed=1)
     test = make_source(comp, readout, 50, seed=2)
-    bases = direct_bases(train)
+    bases = fit_bases(train, progress=False)
     g = torch.Generator().manual_seed(5)
     classifier = torch.nn.functional.normalize(torch.randn(3, comp.d_out, generator=g), dim=1)
     return comp, readout, train, test, bases, classifier
 
 
-def test_full_components_give_back_each_centred_unit(world):
+@pytest.mark.parametrize("how", ["fit_bases", "direct"])
+def test_full_components_give_back_each_centred_unit(world, how):
     comp, _, train, test, bases, clf = world
+    if how == "direct":  # an independent SVD of the contributions
+        bases = direct_bases(train)
     ad = build_adapter(AdapterConfig("residual", units="all", variance=None), train, clf, 100.0, bases=bases)
     # square bases for emb/MLPs (10 components in 10 dims): Vᵀ instead of V would fail here
     assert ad.projection.n_components[0] == comp.d_out

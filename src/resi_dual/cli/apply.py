@@ -15,6 +15,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="model spec the adapter was trained on (hf:…, open_clip:…, demo …)")
     p.add_argument("--adapter", required=True, help="adapter .safetensors written by `resi-dual train`")
     p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("--basis", default=None, help="optional bases .safetensors: refuse the adapter unless it was trained against it")
     p.add_argument("--batch", type=int, default=32, help="images per forward pass (default 32)")
     p.add_argument("--top", type=int, default=1, help="classes listed per image (default 1)")
     p.add_argument("--json", action="store_true", help="one JSON object per image instead of TSV")
@@ -34,7 +35,12 @@ def run(args: argparse.Namespace) -> int:
 
     if args.batch < 1 or args.top < 1:
         raise ResiDualError("--batch and --top must be at least 1")
-    adapter = Adapter.load(args.adapter)
+    basis_hash = None
+    if args.basis:
+        from resi_dual.spectral.bases import UnitBases
+
+        basis_hash = UnitBases.load(args.basis).content_hash()
+    adapter = Adapter.load(args.adapter, basis_hash=basis_hash)
     if adapter.config["variant"] == "finetune":
         raise ResiDualError("a finetune run has no adapter file to apply")
     model = load_model(args.model, convention=adapter.composition.convention)
