@@ -172,7 +172,7 @@ a face in profile|a face looking at the camera|a face partly hidden|a bald head|
 curly hair|blond hair|red hair|gray hair|braided hair|a ponytail|a hand|two hands|a fist|
 a pointing finger|a thumbs up|bare feet|tattooed arms|an eye|a mouth|a nose|an ear|teeth""".replace("\n", "").split("|")
 
-ANIMAL_CONTEXTS = ["a photo of a {}", "a {} in the wild", "a close-up of a {}", "a drawing of a {}"]
+ANIMAL_CONTEXTS = ["a photo of {}", "{} in the wild", "a close-up of {}", "a drawing of {}"]
 
 COLOUR_OBJECTS = """car bicycle bus truck door house wall dress shirt hat shoe umbrella balloon flower rose
 apple ball chair sofa cup bowl bag boat kite bird fish butterfly sky sign light""".split()
@@ -256,10 +256,7 @@ def build() -> list[str]:
     lines: list[str] = []
     lines += [f"a photo of {_a(o)}" for o in objects]
     lines += [o for o in objects]
-    lines += [ctx.format(a) if "{}" in ctx and not ctx.startswith("a {}") else ctx.format(a)
-              for a in animals for ctx in ANIMAL_CONTEXTS]
-    lines = [ln.replace("a a", "an a").replace("a e", "an e").replace("a o", "an o").replace("a i", "an i")
-             .replace("a u", "an u") if ln.startswith(("a a", "a e", "a o", "a i", "a u")) else ln for ln in lines]
+    lines += [ctx.format(_a(a)) for a in animals for ctx in ANIMAL_CONTEXTS]
     lines += [f"a photo of {_a(s)}" for s in scenes] + [f"inside {_a(s)}" for s in scenes]
     lines += [c for c in colours] + [f"the color {c}" for c in colours] + [f"a mostly {c} image" for c in colours]
     lines += [f"{_a(c)} {o}" for c in colours[:24] for o in COLOUR_OBJECTS]
