@@ -46,9 +46,12 @@ def _principal_axes(x, linear_map, mean, variance_kept: float, min_dims: int, bl
     """(D', m) orthonormal top principal axes of the mapped points: enough for ``variance_kept`` of the variance."""
     d = mean.shape[0]
     cov = torch.zeros(d, d, dtype=torch.float64)
+    mean32 = mean.to(torch.float32)
     for s in range(0, x.shape[0], 8 * block_rows):
-        xb = (_mapped(x[s : s + 8 * block_rows], linear_map) - mean).to(torch.float32)
-        cov += (xb.T @ xb).to(torch.float64)  # float32 is plenty: any orthonormal axes give a valid bound
+        xb = x[s : s + 8 * block_rows]
+        # float32 is plenty here: any orthonormal axes give a valid bound, good ones a tight bound
+        xb = (xb.to(torch.float32) if linear_map is None else _mapped(xb, linear_map).to(torch.float32)) - mean32
+        cov += (xb.T @ xb).to(torch.float64)
     with lapack_single_thread():
         evals, evecs = torch.linalg.eigh(0.5 * (cov + cov.T))
     evals, evecs = evals.flip(0).clamp_min(0), evecs.flip(1)
@@ -69,7 +72,7 @@ def _refine(x: torch.Tensor, linear_map, q_idx: torch.Tensor, cand: torch.Tensor
 
 
 def two_nearest_neighbours(
-    x, block_rows: int = 1024, n_candidates: int = 8, variance_kept: float = 0.99, min_dims: int = 8,
+    x, block_rows: int = 1024, n_candidates: int = 5, variance_kept: float = 0.99, min_dims: int = 8,
     linear_map: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact distances to the first and second nearest neighbour of every point (self excluded by index).
@@ -102,7 +105,7 @@ def two_nearest_neighbours(
     ny = (y.double() ** 2).sum(1)  # (N,) float64
     y_norm_max = float(ny.max().sqrt())
     nr_max = float(ny.max())
-    ny32 = ny.to(torch.float32)
+    ny32 = ny.to(torch.float32)[None, :]
     gram_tol = (2 * m + 8) * _EPS32  # relative error of the float32 Gram-trick distance², conservative
     r1 = torch.empty(n, dtype=torch.float64)
     r2 = torch.empty(n, dtype=torch.float64)
@@ -110,16 +113,18 @@ def two_nearest_neighbours(
     for s in range(0, n, block_rows):
         e = min(s + block_rows, n)
         q = torch.arange(s, e)
-        d2 = ny32[s:e, None] + ny32[None, :] - 2.0 * (y[s:e] @ y.T)  # (b, N) lower bounds², float32
+        # lower bounds² minus the query's own ‖y_q‖² (constant per row: the order is the same), float32
+        d2 = torch.addmm(ny32, y[s:e], y.T, beta=1.0, alpha=-2.0)  # (b, N), one fused pass
         d2[torch.arange(e - s), q] = float("inf")  # exclude self by index: duplicates must stay at 0
         vals, idx = torch.topk(d2, k + 1, dim=1, largest=False, sorted=True)
+        vals = vals.double() + ny[s:e, None]
         if k + 1 == n - 1:  # tiny inputs: every other point is a candidate, nothing to certify
             srt, _ = _refine(x, linear_map, q, idx)
             r1[s:e], r2[s:e] = srt[:, 0], srt[:, 1]
             continue
         srt, _ = _refine(x, linear_map, q, idx[:, :k])
         r1[s:e], r2[s:e] = srt[:, 0], srt[:, 1]
-        bound2 = vals[:, k].double() - gram_tol * (ny[s:e] + nr_max)
+        bound2 = vals[:, k] - gram_tol * (ny[s:e] + nr_max)
         bound = bound2.clamp_min(0).sqrt() - _EPS32 * (ny[s:e].sqrt() + y_norm_max)
         ok = (srt[:, 1] == 0) | (bound >= srt[:, 1])  # r2 = 0 is exact whatever the bound
         todo.append(q[~ok])
@@ -182,7 +187,7 @@ class TwoNN:
     """
 
     def __init__(self, discard_fraction: float = 0.1, max_samples: int | None = 50_000, random_state: int = 0,
-                 block_rows: int = 1024, n_candidates: int = 8) -> None:
+                 block_rows: int = 1024, n_candidates: int = 5) -> None:
         self.discard_fraction = discard_fraction
         self.max_samples = max_samples
         self.random_state = random_state
