@@ -1,7 +1,6 @@
 """The on-disk store: file format, exact round trip, resume, refusals, bad images."""
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -15,18 +14,6 @@ from resi_dual.errors import ResiDualError
 from resi_dual.store import MemorySource
 from resi_dual.store.disk import MANIFEST, ShardReader, safetensors_bytes
 from resi_dual.store.writer import EncodeConfig, encode_store
-
-
-def store_bytes(path: Path) -> dict[str, bytes]:
-    """Every file of a store except the manifest, by relative path."""
-    return {p.relative_to(path).as_posix(): p.read_bytes() for p in sorted(path.rglob("*"))
-            if p.is_file() and p.name != MANIFEST}
-
-
-def stable_manifest(path: Path) -> dict:
-    m = json.loads((path / MANIFEST).read_text())
-    m.pop("timing"), m.pop("run")
-    return m
 
 
 def test_safetensors_bytes_fixed_and_readable(tmp_path):
@@ -104,7 +91,7 @@ def test_float16_store_is_close_and_small(tmp_path, tiny_model):
     assert size(tmp_path / "h") < 0.8 * size(tmp_path / "f")
 
 
-def test_resume_after_lost_chunk_is_byte_identical(tmp_path, tiny_model):
+def test_resume_after_lost_chunk_is_byte_identical(tmp_path, tiny_model, store_bytes, stable_manifest):
     ds = load_dataset("animal-mnist", "test")
     cfg = EncodeConfig(limit=30, batch_size=4, chunk_rows=8, progress=False)
     encode_store(tiny_model, ds, tmp_path / "ref", cfg)
@@ -129,7 +116,7 @@ def test_resume_after_lost_chunk_is_byte_identical(tmp_path, tiny_model):
     assert (s / MANIFEST).read_bytes() == before
 
 
-def test_refusals_leave_everything_untouched(tmp_path, tiny_model, save_tiny_clip):
+def test_refusals_leave_everything_untouched(tmp_path, tiny_model, save_tiny_clip, store_bytes):
     ds = load_dataset("digits", "val")
     cfg = EncodeConfig(limit=12, batch_size=4, chunk_rows=8, progress=False)
     encode_store(tiny_model, ds, tmp_path / "s", cfg)
@@ -191,7 +178,7 @@ def _image_folder(root: Path) -> dict[str, Path]:
     return bad
 
 
-def test_bad_images_fail_with_path_or_are_skipped(tmp_path, tiny_model):
+def test_bad_images_fail_with_path_or_are_skipped(tmp_path, tiny_model, store_bytes):
     bad = _image_folder(tmp_path / "imgs")
     ds = load_dataset(f"folder:{tmp_path / 'imgs'}", "train")
     assert ds.class_names == ["cat", "dog", "fox"] and len(ds) == 17  # 80 % of 21, stratified
