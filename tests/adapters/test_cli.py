@@ -127,3 +127,26 @@ def test_finetune_trains_the_vision_encoder_only(stores):
     assert m["trainable_parameters"] == n_all - n_pool
     assert 1 <= m["epochs"] <= 2 and m["n"]["train"] == 90 and 0 <= m["accuracy"]["test"] <= 1
     assert len(m["history"]) == m["epochs"] and m["history"][0]["loss"] > 0
+
+
+def test_basis_from_another_store_or_file(stores, capsys):
+    from resi_dual import open_store
+    from resi_dual.spectral.pca import fit_bases
+
+    rc, out = _train(stores, "spectral", "--basis", stores["val"])
+    m = json.loads((out / "data-spectral-seed1.json").read_text())
+    assert rc == 0 and m["basis_meta"]["n_samples"] == 30 and m["trainable_parameters"] == 29  # min(n − 1, d_out 32) on 30 samples
+    bases = fit_bases(open_store(stores["val"]), units="heads", progress=False)
+    path = bases.save(stores["root"] / "val-bases.safetensors")
+    rc, out = _train(stores, "residual-full", "--basis", str(path))
+    assert rc == 2 and "no PCA for units" in capsys.readouterr().err  # a heads-only basis cannot serve MLPs
+    rc, out = _train(stores, "residual", "--basis", str(path), "--variance", "1.0")
+    m = json.loads((out / "data-residual-seed1.json").read_text())
+    assert rc == 0 and m["basis_hash"] == bases.content_hash()
+    assert m["trainable_parameters"] == sum(bases.components[u].shape[0] for u in bases.labels)
+    other = fit_bases(open_store(stores["train"]), units="heads", progress=False).save(stores["root"] / "tr.safetensors")
+    img = str(stores["root"] / "data" / "test" / "red" / "0.png")
+    with pytest.warns(UserWarning):
+        assert main(["apply", "--model", stores["spec"], "--adapter", m["adapter_file"], "--basis", str(path), img]) == 0
+    assert main(["apply", "--model", stores["spec"], "--adapter", m["adapter_file"], "--basis", str(other), img]) == 2
+    assert "another basis" in capsys.readouterr().err

@@ -47,6 +47,7 @@ def train_and_evaluate(
     bases=None,
     train_config: TrainConfig = TrainConfig(),
     shots: int | None = None,
+    reference: EncodingSource | None = None,
 ) -> tuple[Adapter, dict]:
     """Build, train (on cached coefficients) and test one adapter.
 
@@ -55,6 +56,7 @@ def train_and_evaluate(
         classifier: (C, d_out) frozen class rows; logit_scale: float.
         bases: unit PCA bases (unit variants); train_config: optimiser and protocol settings.
         shots: K examples per class from ``train`` (seeded by ``train_config.seed``), or all.
+        reference: encodings for the spectral adapter's output PCA (default: the whole train split).
     Returns:
         (the trained adapter, a JSON-ready metrics dict).
     """
@@ -68,7 +70,7 @@ def train_and_evaluate(
         if shots < 1:
             raise ResiDualError("--shots must be at least 1")
         rows = few_shot_rows(train.labels, shots, train_config.seed)
-    adapter = build_adapter(config, train, classifier, logit_scale, bases=bases)
+    adapter = build_adapter(config, train, classifier, logit_scale, bases=bases, reference=reference)
     t_cache = time.perf_counter()
     tr = adapter.encode(train, rows, progress=train_config.progress)
     va = adapter.encode(val, progress=train_config.progress)

@@ -118,15 +118,21 @@ def run(args: argparse.Namespace) -> int:
     config = AdapterConfig(args.adapter, variance="preset" if args.variance is None else args.variance,
                            mean_mode=args.mean_mode, init=args.init)
     cfg = config.resolved()
-    bases = None
+    bases = reference = None
     if cfg["source"] == "units":
         bases = load_bases(args.basis, train, select_units(train.composition, cfg["units"]), progress=not args.quiet)
+    elif cfg["units"] == "output" and args.basis:  # spectral: the output PCA of the reference store
+        from resi_dual.adapters.cache import check_same_model
+
+        reference = open_store(args.basis)
+        check_same_model(train, reference, "train and basis stores")
     runs = []
     for seed in seeds:
         config.seed = seed
         tc = TrainConfig(lr=lr, batch_size=args.batch, max_epochs=args.epochs, patience=args.patience, seed=seed,
                          progress=not args.quiet)
-        adapter, metrics = train_and_evaluate(config, train, val, test, head.weights, head.logit_scale, bases, tc, args.shots)
+        adapter, metrics = train_and_evaluate(config, train, val, test, head.weights, head.logit_scale, bases, tc, args.shots,
+                                              reference)
         stem = out_dir / _stem(dataset, args.adapter, args.shots, seed)
         metrics["adapter_file"] = str(adapter.save(stem.with_suffix(".safetensors"), extra={"metrics": {
             k: metrics[k] for k in ("accuracy", "epochs", "best_epoch", "lr", "shots", "seed")}}))
