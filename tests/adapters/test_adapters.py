@@ -205,3 +205,29 @@ def test_lr_range_test_restores_the_adapter(world):
     lr, curve = lr_range_test(ad, ad.encode(train), steps=40)
     assert torch.equal(ad.module.lam, before)
     assert 1e-5 <= lr <= 1.0 and len(curve) >= 5 and curve[1][0] > curve[0][0]
+
+
+def test_explain_lists_extremes_and_ranks_coarse_heads(tmp_path, world, capsys):
+    import json
+
+    from resi_dual.cli import main
+
+    comp, _, train, _, bases, clf = world
+    ad = build_adapter(AdapterConfig("residual", variance=1.0), train, clf, 100.0, bases=bases)
+    with torch.no_grad():
+        ad.module.lam.copy_(torch.arange(ad.n_trainable, dtype=torch.float32))
+    path = ad.save(tmp_path / "r.safetensors")
+    capsys.readouterr()
+    assert main(["explain", str(path), "--top", "2", "--units", "L1H2", "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)["units"]
+    k, off = ad.projection.n_components[-1], ad.projection.offsets[-2]
+    assert row["unit"] == "L1H2" and [i for i, _, _ in row["largest"]] == [k - 1, k - 2]
+    assert [v for _, v, _ in row["smallest"]] == [float(off), float(off + 1)]
+    assert main(["explain", str(path), "--units", "emb"]) == 2
+
+    co = build_adapter(AdapterConfig("coarse"), train, clf, 100.0, bases=bases)
+    with torch.no_grad():
+        co.module.lam.copy_(torch.tensor([0.5, 3.0, 1.0, -1.0, 2.0, 0.0]))
+    assert main(["explain", str(co.save(tmp_path / "c.safetensors")), "--json"]) == 0
+    ranked = json.loads(capsys.readouterr().out)["units"]
+    assert [r["unit"] for r in ranked[:2]] == ["L0H1", "L1H1"] and ranked[-1] == {"unit": "L1H0", "lambda": -1.0}

@@ -87,6 +87,18 @@ def run(args: argparse.Namespace) -> int:
             raise ResiDualError(f"units not adapted by this {variant} adapter: {', '.join(unknown)}")
     desc = read_descriptions(args.descriptions) if args.descriptions else None
     rows = explain(adapter, desc, args.top, units)
+    if adapter.config.get("tied"):  # Coarse: one λ per unit, so rank the units instead
+        rows = sorted(({"unit": r["unit"], "lambda": r["mean"]} for r in rows), key=lambda r: -r["lambda"])
+        if args.json:
+            print(json.dumps({"variant": variant, "units": rows}, indent=1))
+            return 0
+        table = Table(title=f"{variant} adapter: one λ per unit, {len(rows)} units, largest first")
+        table.add_column("unit")
+        table.add_column("λ", justify="right")
+        for r in rows:
+            table.add_row(r["unit"], f"{r['lambda']:+.3f}")
+        Console(width=160).print(table)
+        return 0
     if args.json:
         print(json.dumps({"variant": variant, "units": rows}, indent=1))
         return 0
@@ -94,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
     def fmt(items):
         return "\n".join(f"pc{k} λ={v:+.3f}" + (f"  {t}" if t else "") for k, v, t in items)
 
-    table = Table(title=f"{variant} adapter: {adapter.n_trainable} weights on {len(rows)} units")
+    table = Table(title=f"{variant} adapter ({adapter.n_trainable} weights): {len(rows)} units")
     for col in ("unit", "k", "mean λ", "largest λ", "smallest λ"):
         table.add_column(col)
     for r in rows:
