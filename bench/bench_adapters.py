@@ -23,6 +23,7 @@ TITLE = "Adapters: cached-coefficient training vs. backbone-per-batch (ViT-B/32 
 
 N_TRAIN, N_VAL, BATCH, N_CLASSES = 50_000, 10_000, 64, 10
 L, H, D_MODEL, D_OUT = 12, 12, 768, 512
+FULL_FIT_BUDGET = 600.0  # s; above this the 30-epoch row is extrapolated from the measured epoch
 K_PER_HEAD = 16  # assumed 90 %-variance cut per head (random-weight heads say nothing about trained ones)
 
 
@@ -111,12 +112,16 @@ def run() -> list[dict]:
         note=f"baseline scaled from timed batches of {BATCH} at 224 px; adapter step excluded from baseline"))
 
     ad = _residual_adapter(comps, clf, K_PER_HEAD)
-    full = fit(ad, tr, va, TrainConfig(max_epochs=30, patience=30, progress=False))
+    if 30 * ours_epoch < FULL_FIT_BUDGET:
+        full = fit(ad, tr, va, TrainConfig(max_epochs=30, patience=30, progress=False))
+        secs, note = full.seconds, (f"{ad.n_trainable} λ, {full.epochs} epochs; best val acc "
+                                    f"{full.best_val_accuracy:.3f} at epoch {full.best_epoch}")
+    else:  # a loaded machine: do not spend half an hour, scale the measured epoch instead
+        secs, note = 30 * ours_epoch, f"{ad.n_trainable} λ; EXTRAPOLATED from one epoch (machine too loaded to run 30)"
     rows.append(dict(
-        what=f"full 30-epoch residual fit ({full.epochs} epochs, val {N_VAL // 1000}k every epoch)",
-        ours=full.seconds, baseline=30 * paper_epoch, baseline_name="30 epochs of backbone per batch (scaled)",
-        unit="s", ratio=30 * paper_epoch / full.seconds, target="< 60 s", met=full.seconds < 60,
-        note=f"{ad.n_trainable} λ; best val acc {full.best_val_accuracy:.3f} at epoch {full.best_epoch}"))
+        what=f"full 30-epoch residual fit, {N_TRAIN // 1000}k × {L * H} heads (val {N_VAL // 1000}k every epoch)",
+        ours=secs, baseline=30 * paper_epoch, baseline_name="30 epochs of backbone per batch (scaled)",
+        unit="s", ratio=30 * paper_epoch / secs, target="< 60 s", met=secs < 60, note=note))
 
     head_comp, mlp_comp = D_MODEL // H + 2, D_OUT  # all components: min(n−1, d_in+2, d_out)
     counts = {

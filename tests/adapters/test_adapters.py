@@ -231,3 +231,12 @@ def test_explain_lists_extremes_and_ranks_coarse_heads(tmp_path, world, capsys):
     assert main(["explain", str(co.save(tmp_path / "c.safetensors")), "--json"]) == 0
     ranked = json.loads(capsys.readouterr().out)["units"]
     assert [r["unit"] for r in ranked[:2]] == ["L0H1", "L1H1"] and ranked[-1] == {"unit": "L1H0", "lambda": -1.0}
+
+
+def test_lr_auto_runs_the_range_test_first(world):
+    comp, readout, train, _, bases, clf = world
+    val = make_source(comp, readout, 60, seed=7)
+    ad = build_adapter(AdapterConfig("residual"), train, clf, 100.0, bases=bases)
+    res = fit(ad, ad.encode(train), ad.encode(val), TrainConfig(lr="auto", max_epochs=2, progress=False))
+    expected, curve = lr_range_test(build_adapter(AdapterConfig("residual"), train, clf, 100.0, bases=bases), ad.encode(train))
+    assert res.lr == expected and len(res.lr_curve) == len(curve) and res.epochs >= 1
