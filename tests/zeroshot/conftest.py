@@ -42,3 +42,12 @@ def toy_source():
 def make_toy_source():
     """The :func:`make_source` factory, for tests that need several splits."""
     return make_source
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny tensors: one thread avoids OpenMP spin-waits that dominate on a shared, loaded CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

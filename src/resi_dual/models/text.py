@@ -140,23 +140,21 @@ def _blip_encoder(model, tokenizer) -> Callable[[list[str]], torch.Tensor]:
 
 
 def _library_kind(lib) -> str | None:
-    """Which text path a library model takes, by type (never by name strings)."""
-    try:
+    """Which text path a library model takes, by type (never by name strings). Only the library the
+    object comes from is imported (importing open_clip for an HF model costs seconds)."""
+    module = type(lib).__module__ or ""
+    if module.startswith("transformers"):
         from transformers import BlipForImageTextRetrieval, CLIPModel
 
         if isinstance(lib, CLIPModel):
             return "hf-clip"
         if isinstance(lib, BlipForImageTextRetrieval):
             return "blip"
-    except ImportError:  # pragma: no cover
-        pass
-    try:
+    elif module.startswith("open_clip"):
         import open_clip
 
         if isinstance(lib, (open_clip.CLIP, open_clip.CustomTextCLIP)):
             return "open_clip"
-    except ImportError:  # pragma: no cover
-        pass
     return None
 
 

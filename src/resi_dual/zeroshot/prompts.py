@@ -169,6 +169,8 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
 }
 TEMPLATES["cifar100"] = TEMPLATES["cifar10"]
 
+_WNID = re.compile(r"^n\d{8}$")
+
 _DIGITS = ("0", "1", "2", "3", "4", "5", "6", "7", "8", "9")
 
 CLASS_NAMES: dict[str, tuple[str, ...]] = {
@@ -287,6 +289,11 @@ def class_names_for(dataset: str | None, dataset_class_names: Sequence[str] | No
     if n_classes is not None and len(names) < n_classes:
         raise ResiDualError(
             f"class name missing for label {len(names)} of dataset {dataset or '?'}: {len(names)} names for {n_classes} labels"
+        )
+    if names and all(_WNID.match(n) for n in names):
+        raise ResiDualError(
+            f"the class names of {dataset or 'this dataset'} are WordNet ids ({names[0]} …), not words: "
+            "encode it with `resi-dual encode --class-names FILE` (one readable name per line, in label order)"
         )
     empty = [i for i, n in enumerate(names) if not n]
     if empty:
