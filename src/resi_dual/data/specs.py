@@ -89,6 +89,15 @@ def _derive(full: dict[str, ImageDataset], name: str, split: str) -> ImageDatase
     return train.subset(parts[split], split)
 
 
+def _needed(split: str, native) -> list[str]:
+    """Which native splits :func:`_derive` needs to produce ``split``."""
+    if split in native and split != "train":
+        return [split]
+    if "val" in native:
+        return ["train", "val"] if split == "train" else ["train"]
+    return ["train", "test"] if "test" in native else ["train"]
+
+
 def _canonical(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.strip().lower()).strip("-") or "dataset"
 
@@ -216,7 +225,7 @@ def _torchvision(spec: str, name: str, split: str, root, names: list[str] | None
             raise ResiDualError(f"{spec} not found under {root} ({e}); nothing is downloaded") from None
 
     # only build the native splits this request needs
-    need = [split] if split in native else (["train", "test"] if "test" in native else ["train"])
+    need = _needed(split, native)
     full = {}
     for ours in need:
         ds = build(native[ours])
@@ -241,8 +250,8 @@ def _tv_classes(ds) -> list[str] | None:
     classes = getattr(ds, "classes", None)
     if not classes:
         return None
-    # MNIST-style "0 - zero" -> "zero"
-    return [c.split(" - ", 1)[1] if re.match(r"^\d+ - ", str(c)) else str(c) for c in classes]
+    # MNIST-style "0 - zero" -> "0", as CLIP's MNIST prompts (and the bundled digits) spell them
+    return [c.split(" - ", 1)[0] if re.match(r"^\d+ - ", str(c)) else str(c) for c in classes]
 
 
 # -- Hugging Face datasets ----------------------------------------------------------------------
@@ -270,7 +279,7 @@ def _hf(spec: str, arg: str, split: str, names: list[str] | None) -> ImageDatase
                 break
     if not full_raw:
         raise ResiDualError(f"{spec} has splits {', '.join(parts)}; expected train (and optionally validation/test)")
-    need = [split] if split in full_raw else (["train", "test"] if "test" in full_raw else ["train"])
+    need = _needed(split, full_raw)
     full = {}
     for ours in need:
         ds = full_raw[ours]

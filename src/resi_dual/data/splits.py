@@ -7,7 +7,7 @@ and 80/10/10 train/val/test where there is no test split either (:data:`VAL_FRAC
 The split is written here rather than taken from ``sklearn.model_selection.train_test_split``
 because that one refuses classes with a single member and held-out sets smaller than the number of
 classes, which small folders and test fixtures hit. Per class, a seeded permutation picks the held-out
-rows; per-class counts are set by largest remainders so the total is ``round(fraction · n)``. Both
+rows; per-class counts are set by largest remainders so the total is ``round(fraction · n)`` (half up). Both
 parts keep the dataset's own order.
 """
 
@@ -34,11 +34,17 @@ def val_fraction(name: str) -> float:
     return VAL_FRACTION.get(name, DEFAULT_VAL_FRACTION)
 
 
-def _allocate(counts: np.ndarray, fraction: float) -> np.ndarray:
-    """Per-class held-out counts summing to round(fraction · Σ counts), by largest remainders."""
+def _round(x: float) -> int:
+    """Half-up rounding (Python's round() goes to even: 2.5 -> 2)."""
+    return int(np.floor(x + 0.5 + 1e-9))
+
+
+def _allocate(counts: np.ndarray, total: int) -> np.ndarray:
+    """Per-class held-out counts summing to ``total``, proportional to ``counts`` by largest remainders."""
+    fraction = total / max(int(counts.sum()), 1)
     quota = counts * fraction
-    take = np.floor(quota).astype(np.int64)
-    missing = int(round(fraction * counts.sum())) - int(take.sum())
+    take = np.floor(quota + 1e-9).astype(np.int64)
+    missing = int(total) - int(take.sum())
     if missing > 0:
         # largest fractional part first; ties go to the lower class index (stable sort)
         order = np.argsort(-(quota - take), kind="stable")
@@ -46,21 +52,27 @@ def _allocate(counts: np.ndarray, fraction: float) -> np.ndarray:
     return np.minimum(take, counts)
 
 
-def stratified_split(labels: np.ndarray, fraction: float, seed: int = SEED) -> tuple[np.ndarray, np.ndarray]:
+def stratified_split(labels: np.ndarray, fraction: float | None = None, seed: int = SEED,
+                     n_held: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Split row indices into (kept, held_out), stratified by label.
 
     Args:
         labels: (n,) int class labels.
-        fraction: share of rows held out, in [0, 1].
+        fraction: share of rows held out, in [0, 1] (held-out size ``round(fraction · n)``, half up);
+        n_held: or the held-out size itself.
     Returns:
         two sorted int64 index arrays partitioning ``range(n)``.
     """
     labels = np.asarray(labels, dtype=np.int64)
-    if not 0.0 <= fraction <= 1.0:
-        raise ResiDualError(f"split fraction must be in [0, 1], got {fraction}")
+    if n_held is None:
+        if fraction is None or not 0.0 <= fraction <= 1.0:
+            raise ResiDualError(f"split fraction must be in [0, 1], got {fraction}")
+        n_held = _round(fraction * len(labels))
+    if not 0 <= n_held <= len(labels):
+        raise ResiDualError(f"cannot hold out {n_held} of {len(labels)} rows")
     rng = np.random.default_rng(seed)
     classes, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
-    take = _allocate(counts, fraction)
+    take = _allocate(counts, n_held)
     held = []
     for c in range(len(classes)):
         rows = np.flatnonzero(inverse == c)
@@ -75,9 +87,9 @@ def three_way_split(labels: np.ndarray, val: float = NO_TEST_SPLIT[0], test: flo
                     seed: int = SEED) -> dict[str, np.ndarray]:
     """Train/val/test indices (sorted) for a dataset with a single split (80/10/10 by default)."""
     labels = np.asarray(labels, dtype=np.int64)
-    train, held = stratified_split(labels, val + test, seed)
-    rel_test = test / (val + test) if val + test > 0 else 0.0
-    val_rel, test_rel = stratified_split(labels[held], rel_test, seed + 1)
+    n_val, n_test = _round(val * len(labels)), _round(test * len(labels))
+    train, held = stratified_split(labels, seed=seed, n_held=n_val + n_test)
+    val_rel, test_rel = stratified_split(labels[held], seed=seed + 1, n_held=n_test)
     return {"train": train, "val": held[val_rel], "test": held[test_rel]}
 
 
