@@ -25,7 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(default: the full train store; PCA uses no labels)")
     p.add_argument("--lr", default=None, help="learning rate, or 'auto' for a range test (default: 0.8 ResiDual-type, 1e-3 linear/spectral, 1e-5 finetune)")
     p.add_argument("--shots", type=int, default=None, help="K training examples per class (stratified, seeded); default all")
-    p.add_argument("--seeds", default="1", help="comma-separated seeds, one run each (few-shot protocol: 1,2,3)")
+    p.add_argument("--seeds", default=None, help="comma-separated seeds, one run each (default 1,2,3 with --shots, else 1)")
     p.add_argument("--epochs", type=int, default=30, help="maximum epochs (default 30)")
     p.add_argument("--patience", type=int, default=5, help="early-stopping patience in epochs (default 5)")
     p.add_argument("--batch", type=int, default=64, help="batch size (default 64)")
@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     from resi_dual.errors import ResiDualError
 
     console = Console(stderr=True)
-    seeds = _parse_seeds(args.seeds)
+    seeds = _parse_seeds(args.seeds if args.seeds is not None else ("1,2,3" if args.shots else "1"))
     lr = args.lr if args.lr in (None, "auto") else _float(args.lr)
     if args.epochs < 1 or args.patience < 1 or args.batch < 1:
         raise ResiDualError("--epochs, --patience and --batch must be at least 1")
