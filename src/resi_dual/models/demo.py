@@ -101,6 +101,7 @@ def load_demo(path: str | Path | None = None, convention: str = "paper"):
 
     from resi_dual.models.loading import load_model
 
+    minilm_path()  # a missing text package is named before anything else is loaded
     folder = Path(path or DEMO_DIR)
     info = demo_info(folder)
     tower = DemoTextTower(logit_scale=float(info["logit_scale"]))  # first: a missing text package fails fast
