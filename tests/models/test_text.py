@@ -148,3 +148,34 @@ def test_demo_style_text_tower_is_wrapped():
     t = get_text_tower(Model())
     assert t.logit_scale == 20.0
     assert t.encode(["ab", "abcd"]).tolist() == [[2.0, 1.0], [4.0, 1.0]]
+
+
+def test_text_towers_of_loaded_models_match_library_logits(tmp_path, hf_clip):
+    """Through `resi_dual.load_model` (local checkpoints): the traced model's tower gives the library's logits."""
+    import open_clip
+    from tracing_models import save_open_clip_dir
+
+    from resi_dual import load_model
+
+    model, tok = hf_clip
+    model.save_pretrained(tmp_path / "hf")
+    tok.save_pretrained(tmp_path / "hf")
+    traced = load_model(f"hf:{tmp_path / 'hf'}")
+    pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    enc = tok(TEXTS, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        ref = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], pixel_values=pixels).logits_per_image
+    tower = get_text_tower(traced)
+    ours = tower.logit_scale * F.normalize(traced.embed(pixels), dim=-1) @ build_classifier(tower, TEXTS, ["{}"]).T
+    torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
+
+    cfg = {"embed_dim": 16, "quick_gelu": True,
+           "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "head_width": 16, "patch_size": 8},
+           "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2}}
+    lib = save_open_clip_dir(tmp_path / "oc", cfg, seed=5).eval()
+    traced = load_model(f"open_clip:{tmp_path / 'oc'}")
+    with torch.no_grad():
+        img, txt, scale = lib(pixels, open_clip.tokenize(TEXTS))
+    tower = get_text_tower(traced)
+    ours = tower.logit_scale * F.normalize(traced.embed(pixels), dim=-1) @ build_classifier(tower, TEXTS, ["{}"]).T
+    torch.testing.assert_close(ours, scale * img @ txt.T, rtol=1e-4, atol=1e-4)
