@@ -49,6 +49,7 @@ def test_contributions_sum_to_library_embedding(saved_models, kind, convention):
     assert _rel(c.sum(1), ref) <= TOL
     assert _rel(model.embed(px), ref) <= TOL  # the plain forward is the library's
     assert float(model.residual_error(enc, _resid(model, px)).max()) <= TOL
+    assert _rel(model.summed_contributions(enc), ref) <= TOL  # the fused runtime check agrees
     # per-head raw outputs are d_head wide; counts were read from the model
     assert enc.heads.shape == (5, L, H, comp.d_head) and comp.d_head * H == comp.d_model
     assert enc.dense.shape == (5, 1 + L, comp.d_model)

@@ -94,11 +94,11 @@ def _offline_error(spec: str, source: str, err: Exception) -> ResiDualError:
 
 
 def _load_hf(spec: str, source: str, convention: str):
+    if not source:
+        raise ResiDualError(f"model spec {spec!r} names no checkpoint after 'hf:'")
     import transformers
     from transformers import AutoConfig
 
-    if not source:
-        raise ResiDualError(f"model spec {spec!r} names no checkpoint after 'hf:'")
     try:
         config = AutoConfig.from_pretrained(source)
     except (OSError, ValueError, EnvironmentError) as e:

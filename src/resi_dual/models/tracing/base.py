@@ -333,7 +333,8 @@ class TracedModel:
         return enc
 
     def _check(self, enc: UnitEncodings, resid: torch.Tensor) -> None:
-        err = float(enc.relative_error().max())
+        out = enc.output.double()
+        err = float(((self.summed_contributions(enc) - out).norm(dim=-1) / out.norm(dim=-1).clamp_min(1e-30)).max())
         rerr = float(self.residual_error(enc, resid).max())
         if not (err <= self.tolerance and rerr <= self.tolerance):  # also catches NaN
             raise ResiDualError(
@@ -341,20 +342,29 @@ class TracedModel:
                 f"{rerr:.2e} in the residual (tolerance {self.tolerance:.0e})"
             )
 
+    def summed_contributions(self, enc: UnitEncodings) -> torch.Tensor:
+        """(n, d_out) Σ_u c_u without materialising the (n, U, d_out) tensor: the readout is linear,
+        so the units' raw terms are summed first (two float32 GEMMs; affine terms in float64).
+        This is the cheap runtime check; ``enc.relative_error()`` is the float64 per-unit reference."""
+        r = self.readout
+        lin = enc.dense.sum(dim=1) @ r.dense_weight.T  # (n, d_out)
+        lin = lin + torch.einsum("nlhd,lhod->no", enc.heads, r.head_weight)
+        sigma, mu = enc.sigma.double()[:, None], enc.mu.double()[:, None]
+        total = (lin.double() + r.inv_sigma.double().sum(0)) / sigma
+        return total + r.mu_over_sigma.double().sum(0) * (mu / sigma) + r.const.double().sum(0)
+
     def residual_error(self, enc: UnitEncodings, resid: torch.Tensor) -> torch.Tensor:
-        """(n,) ``‖Σ raw residual terms − captured pre-LN residual‖ / ‖residual‖`` in float64."""
+        """(n,) ``‖Σ raw residual terms − captured pre-LN residual‖ / ‖residual‖`` (float32 sums)."""
         lay = self.layout
-        total = enc.dense.double().sum(dim=1)  # (n, D)
+        total = enc.dense.sum(dim=1)  # (n, D)
         for layer in range(lay.n_layers):
             lin = lay.attn_out[layer]
-            z = enc.heads[:, layer].double().flatten(1)  # (n, H·dh)
-            term = z @ lin.weight.detach().double().T
-            if lin.bias is not None:
-                term = term + lin.bias.detach().double()
+            term = torch.nn.functional.linear(enc.heads[:, layer].flatten(1), lin.weight, lin.bias)
             if lay.attn_scale[layer] is not None:
-                term = term * lay.attn_scale[layer].detach().double()
-            total += term
-        return (total - resid).norm(dim=-1) / resid.norm(dim=-1).clamp_min(1e-30)
+                term = term * lay.attn_scale[layer]
+            total = total + term
+        resid = resid.double()
+        return (total.double() - resid).norm(dim=-1) / resid.norm(dim=-1).clamp_min(1e-30)
 
     def weights_hash(self) -> str:
         """sha256 (hex) of the tensors that determine the image embedding; cached."""

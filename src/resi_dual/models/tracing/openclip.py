@@ -126,10 +126,10 @@ class OpenClipTraced(TracedModel):
 
 def load_open_clip(spec: str, rest: str, convention: str) -> OpenClipTraced:
     """Build an open_clip model from ``<arch>[@<tag or file>]``, ``<dir>`` or ``hf-hub:<repo>``."""
-    import open_clip
-
     if not rest:
         raise ResiDualError(f"model spec {spec!r} names no architecture after 'open_clip:'")
+    import open_clip
+
     arch, _, pretrained = rest.partition("@")
     kwargs: dict = {}
     if Path(arch).is_dir():

@@ -1,0 +1,101 @@
+"""Tracing overhead: ``model.trace(pixels)`` vs the library's own plain image forward, same batch.
+
+ViT-B/32-sized random-weight models (12 layers, 12 heads, width 768, 224 px, output 512), batch 32:
+an HF ``CLIPVisionModelWithProjection`` and open_clip ``ViT-B-32`` (PyPI's ``nn.MultiheadAttention``
+blocks, which the tracer reroutes per instance). Repeats are interleaved (plain, trace, trace without
+check, plain, …) and medians compared, because these machines are shared and noisy.
+Target from issue 2: trace / plain ≤ 1.05.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+import warnings
+
+import torch
+
+TITLE = "Tracing overhead (trace vs the library's plain image forward, ViT-B/32 size, batch 32)"
+REPEATS = 5
+BATCH = 32
+
+
+def _time(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def _hf_clip_b32(root: str):
+    import transformers as tf
+
+    from resi_dual.models.loading import load_model
+
+    torch.manual_seed(0)
+    cfg = tf.CLIPVisionConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                              image_size=224, patch_size=32, projection_dim=512)
+    tf.CLIPVisionModelWithProjection(cfg).save_pretrained(root)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = load_model(f"hf:{root}")
+    lib = traced.library_model
+
+    def plain(px):
+        return lib(pixel_values=px).image_embeds
+
+    return traced, plain
+
+
+def _open_clip_b32(root: str):
+    import open_clip
+    from safetensors.torch import save_file
+
+    from resi_dual.models.loading import load_model
+
+    torch.manual_seed(0)
+    model = open_clip.create_model("ViT-B-32")
+    path = f"{root}/vit-b-32.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = load_model(f"open_clip:ViT-B-32@{path}")
+    lib = traced.library_model
+    return traced, lib.encode_image
+
+
+def _measure(name: str, traced, plain) -> list[dict]:
+    px = torch.randn(BATCH, 3, traced.image_size, traced.image_size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        plain(px), traced.trace(px)  # warm-up (allocator, kernels)
+        err = float(traced.trace(px).relative_error().max())
+        t_plain, t_trace, t_nocheck = [], [], []
+        for _ in range(REPEATS):
+            t_plain.append(_time(lambda: plain(px)))
+            t_trace.append(_time(lambda: traced.trace(px)))
+            t_nocheck.append(_time(lambda: traced.trace(px, check=False)))
+    base = statistics.median(t_plain)
+    rows = []
+    for what, times in ((f"{name}: trace (with check)", t_trace), (f"{name}: trace(check=False)", t_nocheck)):
+        ours = statistics.median(times)
+        rows.append({
+            "what": what, "ours": ours, "baseline": base, "baseline_name": "plain library forward", "unit": "s",
+            "ratio": ours / base, "target": "≤ 1.05", "met": ours / base <= 1.05,
+            "note": f"median of {REPEATS} interleaved; batch {BATCH}; decomposition rel. error {err:.1e}",
+        })
+    return rows
+
+
+def run() -> list[dict]:
+    rows = []
+    with tempfile.TemporaryDirectory() as root:
+        for name, build in (("HF CLIPVisionModelWithProjection B/32", _hf_clip_b32), ("open_clip ViT-B-32 (MHA)", _open_clip_b32)):
+            traced, plain = build(root)
+            rows += _measure(name, traced, plain)
+            del traced, plain
+    return rows
+
+
+if __name__ == "__main__":  # pragma: no cover
+    for r in run():
+        print(r)
