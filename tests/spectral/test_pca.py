@@ -110,3 +110,13 @@ def test_constant_unit_has_zero_variance_not_nan():
     assert bases.total_variance["L0H1"] == 0.0
     assert torch.all(bases.explained_variance_ratio("L0H1") == 0)
     assert bases.total_variance["L0H0"] > 0
+
+
+def test_unit_chunking_gives_the_same_bases(monkeypatch):
+    src = make_source(n=300)
+    whole = fit_bases(src, block_rows=50, progress=False)
+    monkeypatch.setattr(UnitMoments, "CHUNK_ELEMENTS", 10)  # one unit per chunk
+    chunked = fit_bases(src, block_rows=50, progress=False)
+    for lab in whole.labels:
+        torch.testing.assert_close(chunked.explained_variance[lab], whole.explained_variance[lab], rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(chunked.means[lab], whole.means[lab], rtol=1e-12, atol=1e-14)

@@ -66,10 +66,15 @@ class _GroupMoments:
         if b == 0:
             return
         mean_b = f.mean(0)  # (k, p)
-        fc = f - mean_b  # (b, k, p)
-        fc_t = fc.permute(1, 2, 0)  # (k, p, b)
-        m2_b = fc_t @ fc_t.transpose(1, 2)  # (k, p, p): one batched matmul for every unit of the group
+        fc_t = (f - mean_b).permute(1, 2, 0)  # (k, p, b)
+        m2_b = fc_t @ fc_t.transpose(1, 2)  # (k, p, p): one batched matmul for every unit of the chunk
         self.merge(_GroupMoments(b, mean_b, m2_b))
+
+    def update_slice(self, j0: int, f: torch.Tensor) -> None:
+        """Merge a block ``f`` (b, k', p) of units ``j0 … j0+k'`` only (all slices of a block share b)."""
+        part = _GroupMoments(self.n, self.mean[j0 : j0 + f.shape[1]].clone(), self.m2[j0 : j0 + f.shape[1]].clone())
+        part.update(f)
+        self.mean[j0 : j0 + f.shape[1]], self.m2[j0 : j0 + f.shape[1]] = part.mean, part.m2
 
     def merge(self, other: "_GroupMoments") -> None:
         if other.n == 0:
@@ -100,6 +105,9 @@ class UnitMoments:
         unit_indices: indices into ``composition.units``; heads and emb/MLP units may be mixed.
     """
 
+    #: float64 elements of one chunk of features (b · k' · p); temporaries stay a few times 64 MB
+    CHUNK_ELEMENTS = 8_000_000
+
     def __init__(self, composition: Composition, unit_indices: list[int]) -> None:
         self.composition = composition
         self.unit_indices = list(unit_indices)
@@ -125,16 +133,23 @@ class UnitMoments:
         inv_s = (1.0 / sigma)[:, None, None]  # (b, 1, 1)
         mos = (block.mu.to(dt) / sigma)[:, None, None]
         b = sigma.shape[0]
-        for group, xs in (
-            (self.heads, block.heads[:, self._head_l, self._head_h] if self._heads else None),  # (b, k, d_head)
-            (self.dense, block.dense[:, self._dense_slot] if self._dense else None),  # (b, k, d_model)
+        for group, src, first, second in (
+            (self.heads, block.heads, self._head_l, self._head_h),  # (b, L, H, d_head)
+            (self.dense, block.dense, self._dense_slot, None),  # (b, 1+L, d_model)
         ):
-            if xs is None:
+            k_all = len(first)
+            if k_all == 0:
                 continue
-            k = xs.shape[1]
-            f = torch.cat([xs.to(dt) * inv_s, inv_s.expand(b, k, 1), mos.expand(b, k, 1)], dim=2)  # (b, k, p)
-            _check_finite(f, "a block of rows")
-            group.update(f)
+            p = group.mean.shape[1]
+            step = max(1, self.CHUNK_ELEMENTS // (b * p))  # bound the float64 temporaries per chunk of units
+            for j0 in range(0, k_all, step):
+                sl = slice(j0, j0 + step)
+                xs = src[:, first[sl], second[sl]] if second is not None else src[:, first[sl]]  # (b, k', d_in)
+                k = xs.shape[1]
+                f = torch.cat([xs.to(dt) * inv_s, inv_s.expand(b, k, 1), mos.expand(b, k, 1)], dim=2)  # (b, k', p)
+                _check_finite(f, "a block of rows")
+                group.update_slice(j0, f)
+            group.n += b
         return self
 
     def merge(self, other: "UnitMoments") -> "UnitMoments":
