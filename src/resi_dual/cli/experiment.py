@@ -14,6 +14,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--status", action="store_true", help="only show how many cells are done and left")
     parser.add_argument("--store-dtype", default="float32", choices=("float16", "float32"),
                         help="storage of the raw encodings in the stores (float16 halves the disk)")
+    parser.add_argument("--models", default="", help="comma-separated model names: run only these (split a grid across GPUs)")
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader processes decoding images for the stores")
+    parser.add_argument("--encode-commands", type=int, default=0, metavar="K",
+                        help="only print `torchrun --nproc_per_node=K -m resi_dual encode …` for the missing stores")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--quiet", action="store_true", help="no progress view")
 
@@ -30,6 +34,9 @@ def run(args) -> int:
         torch.set_num_threads(args.threads)
     config = load_config(args.config)
     summary = run_experiment(args.name, config, args.out, progress=not args.quiet, status_only=args.status,
-                             store_dtype=args.store_dtype)
-    print(json.dumps(summary))
+                             store_dtype=args.store_dtype, workers=args.workers,
+                             models=[m.strip() for m in args.models.split(",") if m.strip()] or None,
+                             print_encode=args.encode_commands)
+    if not args.encode_commands:
+        print(json.dumps(summary))
     return 0

@@ -73,6 +73,7 @@ class Grid:
     out: Path
     store_dtype: str = "float32"
     progress: bool = True
+    workers: int = 0  # DataLoader processes for the stores (not part of any cell's settings)
     _models: dict = field(default_factory=dict)
     _cells: dict = field(default_factory=dict)
 
@@ -114,7 +115,8 @@ class Grid:
                 from resi_dual.data import load_dataset
 
                 ds = load_dataset(dataset.spec, split, root=dataset.root)
-            cfg = EncodeConfig(limit=limit, batch_size=self.config.batch_size, dtype=self.store_dtype, progress=self.progress)
+            cfg = EncodeConfig(limit=limit, batch_size=self.config.batch_size, dtype=self.store_dtype,
+                               workers=self.workers, progress=self.progress)
             manifest = encode_store(tm, ds, work / STORE_DIR, cfg)
             return {"n": int(manifest.get("n_samples", manifest.get("n_planned", 0)) or 0)}
 

@@ -398,15 +398,62 @@ PLANNERS = {
 }
 
 
+def encode_commands(cells, nproc: int) -> list[str]:
+    """``torchrun … -m resi_dual encode`` commands that write the missing stores of ``cells`` in place.
+
+    A store written this way has the plan the experiment expects (same model, dataset, split, limit,
+    batch size, dtype, convention), so the experiment's store cell then finds it complete. The
+    noise-control stores are synthetic and left to the experiment itself.
+    """
+    import shlex
+
+    from resi_dual.experiments.cells import topological
+    from resi_dual.experiments.grid import STORE_DIR
+
+    out = []
+    for c in topological(cells):
+        st = c.settings
+        if c.kind != "store" or c.done() or st.get("noise"):
+            continue
+        args = ["torchrun", f"--nproc_per_node={nproc}", "-m", "resi_dual", "encode", "--model", st["model"],
+                "--dataset", st["dataset"], "--split", st["split"], "--out", str(c.path / STORE_DIR),
+                "--batch-size", str(st["batch_size"]), "--dtype", st["dtype"], "--convention", st["convention"]]
+        if st["limit"]:
+            args += ["--limit", str(st["limit"])]
+        if st["root"]:
+            args += ["--data-root", st["root"]]
+        out.append(" ".join(shlex.quote(a) for a in args))
+    return out
+
+
 def run_experiment(name: str, config: GridConfig, out: str | Path, progress: bool = True, status_only: bool = False,
-                   store_dtype: str = "float32") -> dict:
-    """Plan, compute (resuming) and lay out one experiment. Returns ``summary.json``'s content."""
+                   store_dtype: str = "float32", models: list[str] | None = None, workers: int = 0,
+                   print_encode: int = 0) -> dict:
+    """Plan, compute (resuming) and lay out one experiment. Returns ``run.json``'s content.
+
+    Args:
+        models: run only these models of the grid (to split a grid across machines or GPUs; tables then
+            cover these models only — a final run without the filter gathers everything from the cache).
+        workers: DataLoader processes decoding images for the stores.
+        print_encode: only print the ``torchrun --nproc_per_node=<print_encode>`` commands of the missing stores.
+    """
+    import dataclasses
+
     if name not in PLANNERS:
         raise ResiDualError(f"unknown experiment {name!r}; choose one of {', '.join(EXPERIMENTS)}")
+    if models:
+        unknown = [m for m in models if m not in {e.name for e in config.models}]
+        if unknown:
+            raise ResiDualError(f"--models: {unknown[0]!r} is not a model of {config.source or 'the grid'}")
+        config = dataclasses.replace(config, models=tuple(e for e in config.models if e.name in models))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    grid = Grid(config, out, store_dtype=store_dtype, progress=progress)
+    grid = Grid(config, out, store_dtype=store_dtype, progress=progress, workers=workers)
     cells, finalize = PLANNERS[name](grid)
+    if print_encode:
+        cmds = encode_commands(cells, print_encode)
+        print("\n".join(cmds))
+        return {"encode_commands": len(cmds)}
     if status_only:
         from rich.console import Console
 
@@ -421,7 +468,7 @@ def run_experiment(name: str, config: GridConfig, out: str | Path, progress: boo
     results = out / name
     results.mkdir(parents=True, exist_ok=True)
     extra = finalize(results)
-    summary = {"experiment": name, "config": config.source, **counts, "seconds": round(time.perf_counter() - t0, 1),
-               **(extra or {})}
+    summary = {"experiment": name, "config": config.source, "models": [m.name for m in config.models], **counts,
+               "seconds": round(time.perf_counter() - t0, 1), **(extra or {})}
     write_json_atomic(results / "run.json", summary)
     return summary
