@@ -84,3 +84,20 @@ def test_errors_and_jaccard(splits, tmp_path):
     res = ablation_curves(test, head, ranks, modes=["zero"])
     plot_curves(res, "toy", tmp_path / "curve.png")
     assert (tmp_path / "curve.png").stat().st_size > 1000
+
+
+def test_correlation_rankings_match_explicit_formula(splits):
+    """U|T and U: mean over coordinates of the Pearson correlation (paper's score_unit_correlation)."""
+    train, val, test, head = splits
+    ranks = {r.name: r for r in rank_heads(val, head, methods=["U|T", "U"], block_rows=37)}
+    c = val.contributions("heads", dtype=torch.float64)  # (n, H, d)
+    q = torch.linalg.qr(head.weights.double().T).Q
+
+    def score(units, out):
+        out = out - out.mean(0)
+        units = units - units.mean(0, keepdim=True)
+        cov = (out[:, None, :] * units).mean(0)
+        return (cov / (out.std(0)[None] * units.std(0))).mean(-1)
+
+    np.testing.assert_allclose(ranks["U|T"].scores, score(c @ q, (c @ q).sum(1)).numpy(), rtol=1e-9)
+    np.testing.assert_allclose(ranks["U"].scores, score(c, val.output(dtype=torch.float64)).numpy(), rtol=1e-9)

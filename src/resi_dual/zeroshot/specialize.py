@@ -4,9 +4,10 @@ Rankings (DESIGN.md §7), computed on a ranking split (validation or train — n
 
 * ``S``: each head alone — zero-shot top-1 accuracy of its contribution with the task's classifier.
 * ``U|T``: correlation of the head with the sum of all heads, both projected on an orthonormal basis
-  of the class text centroids (the classifier rows): ``⟨x̃_h, ỹ⟩_F / (‖x̃_h‖_F ‖ỹ‖_F)`` over the
-  centred n × r projections — how much of the task-relevant variation of the heads this head carries.
-* ``U``: the same correlation against the model's full output, unprojected.
+  of the class text centroids (the classifier rows): the Pearson correlation over samples of each
+  projected coordinate, averaged over the r coordinates — as the paper's ``score_unit_correlation``
+  (covariance with divisor n, standard deviations with divisor n − 1, kept for reproduction).
+* ``U``: the same correlation against the model's full output, per output coordinate, unprojected.
 * ``random``: uniformly random orders (one per seed).
 
 Ablation keeps the top-k heads of a ranking and replaces every other head's contribution with zero
@@ -108,9 +109,9 @@ def rank_heads(source, classifier, methods: Sequence[str] = METHODS, seeds: Sequ
             m = mom[key]
             m["sx"] = m["sx"] + x.sum(0)  # (H, r)
             m["sy"] = m["sy"] + y.sum(0)  # (r,)
-            m["sxy"] = m["sxy"] + torch.einsum("bhr,br->h", x, y)
-            m["sxx"] = m["sxx"] + x.pow(2).sum((0, 2))
-            m["syy"] = m["syy"] + float(y.pow(2).sum())
+            m["sxy"] = m["sxy"] + torch.einsum("bhr,br->hr", x, y)
+            m["sxx"] = m["sxx"] + x.pow(2).sum(0)  # (H, r)
+            m["syy"] = m["syy"] + y.pow(2).sum(0)  # (r,)
     out = []
     for method in methods:
         if method == "random":
@@ -122,11 +123,11 @@ def rank_heads(source, classifier, methods: Sequence[str] = METHODS, seeds: Sequ
             scores = (correct / max(n, 1)).numpy()
         else:
             m = mom[method]
-            mx, my = m["sx"] / n, m["sy"] / n
-            cov = m["sxy"] - n * (mx @ my)
-            vx = m["sxx"] - n * mx.pow(2).sum(1)
-            vy = m["syy"] - n * float(my.pow(2).sum())
-            scores = (cov / torch.sqrt(vx.clamp_min(1e-300) * max(vy, 1e-300))).numpy()
+            mx, my = m["sx"] / n, m["sy"] / n  # (H, r), (r,)
+            cov = (m["sxy"] - n * mx * my) / n
+            sdx = ((m["sxx"] - n * mx.pow(2)) / (n - 1)).clamp_min(0).sqrt()
+            sdy = ((m["syy"] - n * my.pow(2)) / (n - 1)).clamp_min(0).sqrt()
+            scores = (cov / (sdx * sdy).clamp_min(1e-300)).mean(1).numpy()
         # stable sort on −score: ties keep composition order, so rankings are deterministic
         order = np.argsort(-scores, kind="stable").tolist()
         out.append(Ranking(method, order, scores))
