@@ -172,7 +172,9 @@ def somp(data, dictionary, k: int = 64, basis=None, texts: Sequence[str] | None 
     picks: list[int] = []
     explained: list[float] = []
     removed = 0.0
-    scores = corr.abs().sum(0)
+    scores = torch.zeros(m, dtype=torch.float64)
+    for s in range(0, n, block_rows):  # blockwise: no second n × m temporary
+        scores += corr[s : s + block_rows].abs().sum(0)
     with _one_thread():
         for _ in range(k):
             scores[used] = -torch.inf
