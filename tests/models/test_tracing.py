@@ -173,3 +173,5 @@ def test_dinov2_accepts_other_patch_multiples(saved_models):
     with torch.no_grad():
         ref = own(px)
     assert _rel(model.trace(px).contributions().sum(1), ref) <= TOL
+    with pytest.raises(ResiDualError, match=r"H, W multiples of 7"):
+        model.trace(torch.randn(2, 3, 22, 28))

@@ -94,7 +94,8 @@ OPEN_CLIP_VARIANTS = {
     "mha": ({}, False),  # PyPI default: nn.MultiheadAttention blocks
     "mha_quickgelu_ls": ({"ls_init_value": 0.5, "layers": 3, "width": 32, "head_width": 16}, True),  # OpenAI-style
     "custom_attention": ({"block_type": "custom", "scale_heads": True, "qk_norm": True, "ls_init_value": 0.3}, False),
-    "custom_no_ln_pre": ({"block_type": "custom", "no_ln_pre": True, "layers": 1, "width": 36, "head_width": 12}, True),
+    "custom_no_ln_pre": ({"block_type": "custom", "no_ln_pre": True, "final_ln_after_pool": True, "layers": 1,
+                          "width": 36, "head_width": 12}, True),
 }
 
 
