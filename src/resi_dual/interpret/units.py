@@ -82,14 +82,18 @@ def decompose_units(source, dictionary: torch.Tensor, texts: Sequence[str], meth
     if dictionary.shape[1] != comp.d_out:
         raise ResiDualError(f"dictionary is {dictionary.shape[1]}-d but the model's output is {comp.d_out}-d")
     rows = sample_rows(len(source), max_samples, seed)
-    raw = source.raw(rows, torch.float64)
+    # a store reads one unit's columns at a time; in-memory sources are already in memory
+    cached = None if hasattr(source, "iter_units") else source.raw(rows, torch.float64)
     readout = source.readout.to(torch.float64)
     out: dict[str, Decomposition] = {}
     bar = _progress(progress, len(idx), f"{method} on {len(idx)} units")
     with bar as prog:
         task = prog.add_task(f"{method}", total=len(idx)) if prog else None
         for i in idx:
-            f = unit_features(comp, i, raw.dense, raw.heads, raw.mu, raw.sigma)
+            if cached is None:
+                f = source.features(i, rows=rows, dtype=torch.float64)
+            else:
+                f = unit_features(comp, i, cached.dense, cached.heads, cached.mu, cached.sigma)
             a, const = readout.affine(comp, i)
             data = torch.cat([f, torch.ones(f.shape[0], 1, dtype=f.dtype)], 1)
             basis = torch.cat([a, const[:, None]], 1)
