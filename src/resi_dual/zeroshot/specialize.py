@@ -251,11 +251,13 @@ def plot_curves(res: AblationResult, title: str, path) -> None:
     for ax, mode in zip(axes[0], modes):
         for method, by_mode in summary.items():
             mean, std = by_mode[mode]
-            ax.plot(res.sizes, mean, marker="o", label=method)
+            (line,) = ax.plot(res.sizes, mean, marker="o", label=method)
             if method == "random":
-                ax.fill_between(res.sizes, mean - std, mean + std, alpha=0.2)
+                ax.fill_between(res.sizes, mean - std, mean + std, alpha=0.2, color=line.get_color())
         ax.axhline(res.base_accuracy, color="k", ls="--", lw=1, label="all heads")
         ax.set_xscale("log")
+        ax.set_xticks(res.sizes, [fraction_label(s, res.n_heads) for s in res.sizes], rotation=45, fontsize=8)
+        ax.minorticks_off()
         ax.set_xlabel(f"heads kept (of {res.n_heads})")
         ax.set_ylabel("top-1 accuracy")
         ax.set_title(f"{title} — {mode} ablation")
