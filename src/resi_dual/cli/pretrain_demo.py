@@ -21,7 +21,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, default=None, help="cap on training images per dataset (smoke runs)")
     p.add_argument("--eval-limit", type=int, default=C.eval_limit,
                    help="images per zero-shot set at each log row (default %(default)s)")
-    p.add_argument("--final-eval-limit", type=int, default=None, help="images per set in the final evaluation (default: all)")
+    p.add_argument("--final-eval-limit", type=int, default=C.final_eval_limit,
+                   help="images per set in the final evaluation (default %(default)s; 0 for all)")
+    p.add_argument("--evals-per-epoch", type=int, default=C.evals_per_epoch,
+                   help="log rows (zero-shot on the subsets) per epoch (default %(default)s)")
     p.add_argument("--threads", type=int, default=C.threads, help="torch threads (default %(default)s)")
 
 
@@ -30,7 +33,8 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = PretrainConfig(out=args.out, epochs=args.epochs, seed=args.seed, batch_size=args.batch_size, lr=args.lr,
                          max_minutes=args.max_minutes, limit=args.limit, eval_limit=args.eval_limit,
-                         final_eval_limit=args.final_eval_limit, threads=args.threads)
+                         final_eval_limit=args.final_eval_limit or None,
+                         evals_per_epoch=args.evals_per_epoch, threads=args.threads)
     info = pretrain_demo(cfg)
     zs = ", ".join(f"{k} {v:.3f}" for k, v in info["final_zero_shot"].items())
     print(f"zero-shot top-1: {zs}; {info['wall_minutes']:.1f} min")
