@@ -343,6 +343,8 @@ def plan_adaptation(grid: Grid) -> tuple[list, callable]:
             for method in methods:
                 needs_bases = method in ("residual", "residual-full", "coarse")
                 seeds = cfg.seeds[:1] if method == "zeroshot" else cfg.seeds
+                if method == "finetune" and s.finetune_seeds is not None:
+                    seeds = s.finetune_seeds
                 for seed in seeds:
                     settings = {"method": method, "seed": seed, "init": s.init, "max_epochs": s.max_epochs,
                                 "patience": s.patience, "batch_size": s.batch_size}
