@@ -1,0 +1,214 @@
+"""Spectral engine vs. the paper's methods, side by side on the same synthetic data in one run.
+
+* PCA of all 144 heads of a ViT-B-sized store (12 × 12 heads, d_head 64, d_out 512, N = 20k,
+  float16 raw encodings like a real store): ours (moments of the 66 head features in one streaming
+  pass, thin QR + 66×66 eigh per head) vs. the paper's per-head ``torch.linalg.svd`` of the centred
+  projected vectors (n × 512, float32). To keep the run short the baseline is timed on
+  ``BASELINE_HEADS`` heads and scaled to 144 (per-head work is identical across heads).
+* TwoNN on N = 20k points in d = 768 (a curved 8-dim manifold: a random tanh MLP of 8 latent
+  Gaussians, plus small isotropic noise): ours (blocked exact 2-NN with a PCA lower bound) vs. a full
+  ``torch.cdist`` matrix + ``topk`` (the paper's approach; ``topk`` rather than a full sort favours the
+  baseline) and vs. scikit-dimension's ``TwoNN``.
+* TwoNN on one head of the ViT-B-sized store: ours in d_head+2 coordinates (``‖R(f_i − f_j)‖``) vs.
+  the full distance matrix of the materialised 512-d contributions.
+
+Peak memory is the resident-set high-water mark above the level before the call
+(``/proc/self/clear_refs`` resets it), so it counts torch's allocations too.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+import warnings
+
+import numpy as np
+import torch
+
+TITLE = "Spectral engine: per-unit PCA and TwoNN"
+
+N = 20_000
+L, H, D_HEAD, D_MODEL, D_OUT = 12, 12, 64, 768, 512
+BASELINE_HEADS = 3
+TWONN_D = 768
+
+
+def _status_kb(key: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def measure(fn):
+    """(result, seconds, peak MB above the resident set before the call)."""
+    gc.collect()
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset VmHWM to the current RSS
+    except OSError:  # pragma: no cover - not Linux
+        pass
+    base = _status_kb("VmRSS")
+    t0 = time.perf_counter()
+    out = fn()
+    dt = time.perf_counter() - t0
+    peak = _status_kb("VmHWM")
+    return out, dt, max(0, peak - base) / 1024.0
+
+
+def vitb_store(n: int, seed: int = 0):
+    """A ViT-B-sized MemorySource: random readout, anisotropic float16 head encodings, no dense memory."""
+    from resi_dual.models.encodings import Readout, UnitEncodings
+    from resi_dual.models.units import Composition
+    from resi_dual.store.base import MemorySource
+
+    g = torch.Generator().manual_seed(seed)
+    comp = Composition("bench:vit-b", "bench", n_layers=L, n_heads=H, d_model=D_MODEL, d_head=D_HEAD, d_out=D_OUT)
+    U = len(comp)
+    readout = Readout(
+        torch.randn(D_OUT, D_MODEL, generator=g) / D_MODEL**0.5,
+        torch.randn(L, H, D_OUT, D_HEAD, generator=g) / D_HEAD**0.5,
+        0.1 * torch.randn(U, D_OUT, generator=g), 0.01 * torch.randn(U, D_OUT, generator=g),
+        0.01 * torch.randn(U, D_OUT, generator=g),
+    )
+    scale = torch.logspace(0, -2, D_HEAD)  # decaying spectrum per head, like real heads
+    heads = torch.empty(n, L, H, D_HEAD, dtype=torch.float16)
+    for s in range(0, n, 2048):
+        b = min(2048, n - s)
+        heads[s : s + b] = (torch.randn(b, L, H, D_HEAD, generator=g) * scale).to(torch.float16)
+    dense = torch.zeros(1, 1 + L, D_MODEL, dtype=torch.float16).expand(n, -1, -1)  # heads-only bench: no memory
+    mu = 0.05 * torch.randn(n, generator=g)
+    sigma = 1.0 + 0.2 * torch.rand(n, generator=g)
+    enc = UnitEncodings(comp, readout, dense, heads, mu, sigma, torch.zeros(1, D_OUT).expand(n, -1))
+    return MemorySource(enc, np.zeros(n, dtype=np.int64), ["x"], meta={"model_spec": "bench:vit-b"})
+
+
+def paper_pca(source, labels):
+    """The paper's PCA: materialise each head's contributions, centre, torch.linalg.svd (float32)."""
+    out = {}
+    for lab in labels:
+        x = source.contributions([lab])[:, 0]  # (n, d_out) float32
+        x = x - x.mean(0)
+        _, s, vt = torch.linalg.svd(x, full_matrices=False)
+        out[lab] = (s**2 / (x.shape[0] - 1), vt)
+    return out
+
+
+def manifold_points(n: int, d: int, latent: int = 8, seed: int = 0) -> torch.Tensor:
+    """(n, d) float32 points on a curved ``latent``-dim manifold plus small noise."""
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, latent, generator=g)
+    w1 = torch.randn(latent, 64, generator=g) / latent**0.5
+    w2 = torch.randn(64, d, generator=g) / 8.0
+    x = torch.tanh(z @ w1) @ w2
+    return x + 1e-3 * torch.randn(n, d, generator=g)
+
+
+def full_matrix_twonn(x: torch.Tensor, discard: float = 0.1) -> float:
+    """The paper's TwoNN: the full N × N ``torch.cdist`` matrix, then the two smallest per row."""
+    from resi_dual.spectral.twonn import twonn_fit
+
+    d = torch.cdist(x, x)
+    d.fill_diagonal_(float("inf"))
+    v = torch.topk(d, 2, dim=1, largest=False).values.double()
+    del d
+    return twonn_fit(v[:, 0], v[:, 1], discard)[0]
+
+
+def _row(what, ours, baseline, baseline_name, unit, ratio, target, met, note=""):
+    return dict(what=what, ours=float(ours), baseline=float(baseline), baseline_name=baseline_name, unit=unit,
+                ratio=float(ratio), target=target, met=bool(met), note=note)
+
+
+def bench_pca() -> list[dict]:
+    from resi_dual.spectral.pca import fit_bases
+
+    rows = []
+    src = vitb_store(N)
+    bases, t_ours, mem_ours = measure(lambda: fit_bases(src, units="heads", block_rows=4096, progress=False))
+    labels = [f"L{l}H{h}" for l, h in [(0, 0), (3, 5), (5, 11), (7, 2), (9, 9), (11, 7)][:BASELINE_HEADS]]
+    ref, t_base, mem_base = measure(lambda: paper_pca(src, labels))
+    t_base_all = t_base / len(labels) * 144
+    # agreement: explained variance of the components holding 99.9 % of the variance
+    rel = 0.0
+    for lab in labels:
+        ev_ref = ref[lab][0].double()
+        k = int((torch.cumsum(ev_ref, 0) / ev_ref.sum() < 0.999).sum()) + 1
+        rel = max(rel, float(((bases.explained_variance[lab][:k] - ev_ref[:k]).abs() / ev_ref[:k]).max()))
+    ratio = t_base_all / t_ours
+    rows.append(_row("PCA, 144 heads, N=20k, d_out 512", t_ours, t_base_all, "per-head torch.linalg.svd (paper)", "s",
+                     ratio, "≥ 20× faster", ratio >= 20,
+                     f"baseline timed on {len(labels)} heads ({t_base:.2f} s) and scaled to 144; max rel. diff of "
+                     f"explained variance (99.9 % of variance, float32 baseline vs float64 ours) {rel:.1e}"))
+    del src
+    gc.collect()
+    small = vitb_store(N // 4)
+    _, t_small, mem_small = measure(lambda: fit_bases(small, units="heads", block_rows=4096, progress=False))
+    del small
+    gc.collect()
+    rows.append(_row("PCA peak memory, N=20k vs N=5k", mem_ours, mem_small, "ours at N=5k", "MB",
+                     mem_ours / max(mem_small, 1e-9), "flat in N (ratio ≈ 1)", mem_ours / max(mem_small, 1e-9) < 1.5,
+                     f"peak RSS above the data already in memory; the baseline's {len(labels)} heads peaked at {mem_base:.0f} MB"))
+    return rows
+
+
+def bench_twonn() -> list[dict]:
+    from resi_dual.spectral.twonn import TwoNN
+
+    rows = []
+    x = manifold_points(N, TWONN_D)
+    est, t_ours, mem_ours = measure(lambda: TwoNN(max_samples=None).fit(x))
+    d_full, t_full, mem_full = measure(lambda: full_matrix_twonn(x))
+    gc.collect()
+    agree = abs(est.dimension_ - d_full) / d_full
+    ratio = t_full / t_ours
+    rows.append(_row("TwoNN, N=20k, d=768", t_ours, t_full, "full torch.cdist matrix (paper)", "s", ratio,
+                     "≥ 5× faster, ≤ 500 MB, estimates within 1 %", ratio >= 5 and mem_ours <= 500 and agree <= 0.01,
+                     f"ID ours {est.dimension_:.3f} vs {d_full:.3f} (rel. diff {agree:.1e}); peak {mem_ours:.0f} MB vs "
+                     f"{mem_full:.0f} MB; curved 8-dim manifold + 1e-3 noise"))
+    try:
+        import skdim
+    except ImportError:  # pragma: no cover
+        skdim = None
+    if skdim is not None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            sk, t_sk, mem_sk = measure(lambda: skdim.id.TwoNN().fit(x.numpy()))
+        agree_sk = abs(est.dimension_ - sk.dimension_) / sk.dimension_
+        ratio = t_sk / t_ours
+        rows.append(_row("TwoNN, N=20k, d=768", t_ours, t_sk, "scikit-dimension TwoNN", "s", ratio,
+                         "faster, estimates within 1 %", ratio > 1 and agree_sk <= 0.01,
+                         f"ID ours {est.dimension_:.3f} vs skdim {sk.dimension_:.3f} (rel. diff {agree_sk:.1e}); "
+                         f"peak {mem_ours:.0f} MB vs {mem_sk:.0f} MB"))
+    rows.append(_row("TwoNN peak memory, N=20k, d=768", mem_ours, mem_full, "full torch.cdist matrix (paper)", "MB",
+                     mem_full / max(mem_ours, 1e-9), "≤ 500 MB", mem_ours <= 500, "ratio: baseline MB / ours MB"))
+    del x
+    gc.collect()
+    # one head of the ViT-B-sized store: 66 coordinates instead of 512
+    from resi_dual.spectral.intrinsic_dim import distance_map
+
+    src = vitb_store(N, seed=1)
+    i = src.composition.index("L5H3")
+    f = src.features(i)  # (N, 66) float64
+    rmap = distance_map(src, i)
+    est_h, t_h, mem_h = measure(lambda: TwoNN(max_samples=None).fit(f, linear_map=rmap))
+    c = src.contributions([i])[:, 0].contiguous()
+    del src
+    gc.collect()
+    d_h, t_hfull, mem_hfull = measure(lambda: full_matrix_twonn(c))
+    agree_h = abs(est_h.dimension_ - d_h) / d_h
+    ratio = t_hfull / t_h
+    rows.append(_row("TwoNN, one head, N=20k (66 coords vs 512-d)", t_h, t_hfull, "full torch.cdist on 512-d contributions",
+                     "s", ratio, "≥ 5× faster, estimates within 1 %", ratio >= 5 and agree_h <= 0.01,
+                     f"ID ours {est_h.dimension_:.3f} vs {d_h:.3f} (rel. diff {agree_h:.1e}); peak {mem_h:.0f} MB vs {mem_hfull:.0f} MB"))
+    return rows
+
+
+def run() -> list[dict]:
+    return bench_pca() + bench_twonn()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    for r in run():
+        print(r)
