@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import torch
 
 from resi_dual.errors import ResiDualError
 from resi_dual.interpret import somp, text_span

@@ -1,6 +1,5 @@
 """Per-unit decomposition on an EncodingSource, per-PC descriptions, dictionary and reports."""
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F

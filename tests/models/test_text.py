@@ -1,6 +1,5 @@
 """Text towers reproduce the libraries' own CLIP logits (random weights, offline tokenizers)."""
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -179,3 +178,14 @@ def test_text_towers_of_loaded_models_match_library_logits(tmp_path, hf_clip):
     tower = get_text_tower(traced)
     ours = tower.logit_scale * F.normalize(traced.embed(pixels), dim=-1) @ build_classifier(tower, TEXTS, ["{}"]).T
     torch.testing.assert_close(ours, scale * img @ txt.T, rtol=1e-4, atol=1e-4)
+
+
+def test_mismatched_tokenizer_is_a_clear_error():
+    import open_clip
+    from open_clip.model import CLIPTextCfg, CLIPVisionCfg
+
+    m = open_clip.CLIP(embed_dim=8, vision_cfg=CLIPVisionCfg(layers=1, width=16, head_width=8, patch_size=8, image_size=16),
+                       text_cfg=CLIPTextCfg(context_length=16, vocab_size=64, width=16, heads=2, layers=1))
+    clear_cache()
+    with pytest.raises(ResiDualError, match="tokenizer and checkpoint do not match"):
+        get_text_tower(m).encode(["a photo of a dog"])

@@ -7,7 +7,6 @@ through `resi-dual encode` (digits, 60 train + 60 test images).
 import csv
 import json
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F

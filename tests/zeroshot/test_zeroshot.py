@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from resi_dual.errors import ResiDualError
 from resi_dual.zeroshot import (accuracy_report, build_classifier, class_names_for, classifier_for_source,
-                                prototype_classifier, source_logits, templates_for)
+                                source_logits, templates_for)
 from resi_dual.zeroshot.prompts import CLASS_NAMES, TEMPLATES, clean_class_name
 
 

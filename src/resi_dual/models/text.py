@@ -94,6 +94,16 @@ def clear_cache() -> None:
 
 # -- per-family encoders ----------------------------------------------------------------------
 
+def _check_ids(ids: torch.Tensor, vocab_size: int | None) -> torch.Tensor:
+    """A tokenizer that does not belong to the checkpoint would index past the embedding table."""
+    if vocab_size is not None and ids.numel() and int(ids.max()) >= vocab_size:
+        raise ResiDualError(
+            f"the tokenizer produced token id {int(ids.max())} but the text tower has {vocab_size} tokens: "
+            "tokenizer and checkpoint do not match"
+        )
+    return ids
+
+
 def _hf_clip_encoder(model, tokenizer) -> Callable[[list[str]], torch.Tensor]:
     if tokenizer is None:
         raise ResiDualError("HF CLIP model has no tokenizer: load it from a checkpoint directory with tokenizer files")
@@ -102,7 +112,8 @@ def _hf_clip_encoder(model, tokenizer) -> Callable[[list[str]], torch.Tensor]:
 
     def encode(batch: list[str]) -> torch.Tensor:
         tok = tokenizer(batch, padding=True, truncation=True, max_length=max_len, return_tensors="pt")
-        out = model.get_text_features(input_ids=tok["input_ids"].to(device), attention_mask=tok["attention_mask"].to(device))
+        ids = _check_ids(tok["input_ids"], int(model.config.text_config.vocab_size))
+        out = model.get_text_features(input_ids=ids.to(device), attention_mask=tok["attention_mask"].to(device))
         # transformers ≥ 5 returns a model output whose pooler_output is the projected embedding
         return out if isinstance(out, torch.Tensor) else out.pooler_output
 
@@ -115,9 +126,11 @@ def _open_clip_encoder(model, tokenizer) -> Callable[[list[str]], torch.Tensor]:
 
         tokenizer = SimpleTokenizer(context_length=int(getattr(model, "context_length", 77)))
     device = next(model.parameters()).device
+    table = getattr(model, "token_embedding", None)
+    vocab = int(table.num_embeddings) if isinstance(table, torch.nn.Embedding) else None
 
     def encode(batch: list[str]) -> torch.Tensor:
-        return model.encode_text(tokenizer(batch).to(device), normalize=False)
+        return model.encode_text(_check_ids(tokenizer(batch), vocab).to(device), normalize=False)
 
     return encode
 
@@ -131,9 +144,8 @@ def _blip_encoder(model, tokenizer) -> Callable[[list[str]], torch.Tensor]:
     def encode(batch: list[str]) -> torch.Tensor:
         tok = tokenizer(batch, padding=True, truncation=True, max_length=max_len, return_tensors="pt")
         # ITC mode: text encoder without image cross-attention, projection of the CLS token
-        hidden = model.text_encoder(
-            input_ids=tok["input_ids"].to(device), attention_mask=tok["attention_mask"].to(device)
-        ).last_hidden_state
+        ids = _check_ids(tok["input_ids"], int(model.config.text_config.vocab_size))
+        hidden = model.text_encoder(input_ids=ids.to(device), attention_mask=tok["attention_mask"].to(device)).last_hidden_state
         return model.text_proj(hidden[:, 0, :])
 
     return encode
