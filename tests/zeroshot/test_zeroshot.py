@@ -82,6 +82,8 @@ def test_class_names_and_templates(make_toy_source):
     assert len(CLASS_NAMES["dtd"]) == 47 and len(CLASS_NAMES["resisc45"]) == 45
     assert class_names_for("sun397", ["/a/abbey", "/a/apartment_building/outdoor"]) == ["abbey", "apartment building outdoor"]
     assert clean_class_name("tench, Tinca tinca") == "tench"
+    assert clean_class_name(("great white shark", "white shark")) == "great white shark"
+    assert clean_class_name(str(("great white shark", "white shark"))) == "great white shark"
     assert templates_for("no-such-dataset") == templates_for(None)
     for key in ("imagenet", "cifar10", "cifar100", "mnist", "svhn", "eurosat", "gtsrb", "dtd", "resisc45", "sun397",
                 "stanford-cars", "imagenet-sketch", "pacs", "fashion-mnist", "digits", "animal-mnist", "textiles"):

@@ -257,11 +257,16 @@ def templates_for(dataset: str | None) -> tuple[str, ...]:
 def clean_class_name(raw: str) -> str:
     """A readable class name from a dataset's raw label name.
 
-    ``n01440764``-style WordNet lists keep the first synonym (``"tench, Tinca tinca"`` → ``tench``);
+    Synonym lists keep the first synonym (``"tench, Tinca tinca"`` or torchvision's
+    ``("tench", "Tinca tinca")`` → ``tench``);
     SUN397 paths drop their prefix and reorder qualifiers (``/b/bedroom`` → ``bedroom``,
     ``/a/apartment_building/outdoor`` → ``apartment building outdoor``); underscores become spaces.
     """
+    if isinstance(raw, (tuple, list)) and raw:  # torchvision ImageNet: a tuple of synonyms
+        raw = raw[0]
     name = str(raw).strip()
+    if name.startswith(("(", "[")):  # the str() of such a tuple
+        name = name.lstrip("([").split(",")[0].strip().strip("'\"")
     if "," in name:
         name = name.split(",")[0]
     if name.startswith("/"):
