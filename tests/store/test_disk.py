@@ -110,6 +110,9 @@ def test_resume_after_lost_chunk_is_byte_identical(tmp_path, tiny_model, store_b
     m = encode_store(tiny_model, ds, s, cfg)
     assert m["run"]["resumed"] and m["timing"]["images_traced_this_run"] == 22
     assert store_bytes(s) == ref and stable_manifest(s) == stable_manifest(tmp_path / "ref")
+    # DataLoader worker processes change nothing either
+    encode_store(tiny_model, ds, tmp_path / "w", EncodeConfig(limit=30, batch_size=4, chunk_rows=8, workers=2, progress=False))
+    assert store_bytes(tmp_path / "w") == ref
     # complete: a rerun changes nothing
     before = (s / MANIFEST).read_bytes()
     encode_store(tiny_model, ds, s, cfg)

@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
 
             model = load_model(args.model)
         cfg = EncodeConfig(limit=args.limit, batch_size=args.batch_size, dtype=args.dtype, chunk_rows=args.chunk_rows,
-                           workers=args.workers, skip_bad=args.skip_bad,
+                           workers=args.workers, skip_bad=args.skip_bad, data_root=args.data_root,
                            progress=not args.no_progress and sys.stderr.isatty())
 
         def log(msg: str) -> None:

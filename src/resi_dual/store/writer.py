@@ -49,7 +49,7 @@ STORE_DTYPES = {"float16": np.float16, "float32": np.float32}
 
 @dataclass
 class EncodeConfig:
-    """How to encode; everything except ``workers``, ``skip_bad`` and ``progress`` is part of the plan."""
+    """How to encode; everything except ``workers``, ``skip_bad``, ``progress`` and ``data_root`` is part of the plan."""
 
     limit: int | None = None  # first N of the class-proportional order (data.splits.stratified_limit)
     batch_size: int = 64  # images per forward pass; fixed per plan because it can change low-order bits
@@ -58,6 +58,7 @@ class EncodeConfig:
     workers: int = 0  # DataLoader worker processes for decoding and preprocessing
     skip_bad: bool = False  # leave unreadable images out (listed in the manifest) instead of failing
     progress: bool = True  # rich progress bar (rank 0 only)
+    data_root: str | None = None  # recorded in the manifest (run.data_root) so later stages can reload the data
 
 
 # -- process group ------------------------------------------------------------------------------
@@ -480,6 +481,7 @@ def encode_store(model, dataset: ImageDataset, out: str | Path, cfg: EncodeConfi
                            "seconds": round(seconds, 3), "images_traced_this_run": traced,
                            "images_per_second": round(traced / seconds, 2) if seconds > 0 else None},
                 "run": {"world_size": group.world_size, "workers": cfg.workers, "skip_bad": cfg.skip_bad,
+                        "data_root": str(Path(cfg.data_root).expanduser().resolve()) if cfg.data_root else None,
                         "resumed": status == "resume", "argv": sys.argv[1:]},
             })
             status = "ok"
