@@ -45,6 +45,8 @@ def test_short_names_resolve_to_the_paper_checkpoints():
         ("open_clip:", "names no architecture"),
         ("open_clip:No-Such-Arch", "unknown open_clip architecture 'No-Such-Arch'"),
         ("open_clip:ViT-B-32@not-a-tag", "neither a checkpoint file nor a pretrained tag of ViT-B-32"),
+        ("hf:/no/such/dir", "no such checkpoint directory /no/such/dir"),
+        ("open_clip:/no/such/dir", "no such directory /no/such/dir"),
     ],
 )
 def test_bad_specs_give_one_line_errors(spec, message):

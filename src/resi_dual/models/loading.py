@@ -83,8 +83,15 @@ def load_model(spec: str, convention: str = "paper", device: str | torch.device 
 
 
 # -- Hugging Face ------------------------------------------------------------------------------
+def looks_like_path(source: str) -> bool:
+    """True for strings that can only be a filesystem path (not an ``org/name`` hub id)."""
+    return source.startswith(("/", "./", "../", "~")) or source.count("/") > 1 or "\\" in source
+
+
 def _offline_error(spec: str, source: str, err: Exception) -> ResiDualError:
     reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    if not Path(source).exists() and looks_like_path(source):
+        return ResiDualError(f"{spec!r}: no such checkpoint directory {source}")
     if Path(source).exists():
         return ResiDualError(f"could not load {spec!r} from {source}: {reason}")
     return ResiDualError(
@@ -96,6 +103,9 @@ def _offline_error(spec: str, source: str, err: Exception) -> ResiDualError:
 def _load_hf(spec: str, source: str, convention: str):
     if not source:
         raise ResiDualError(f"model spec {spec!r} names no checkpoint after 'hf:'")
+    if looks_like_path(source) and not Path(source).expanduser().exists():
+        raise ResiDualError(f"{spec!r}: no such checkpoint directory {source}")
+    source = str(Path(source).expanduser()) if source.startswith("~") else source
     import transformers
     from transformers import AutoConfig
 

@@ -342,6 +342,7 @@ class TracedModel:
                 f"{rerr:.2e} in the residual (tolerance {self.tolerance:.0e})"
             )
 
+    @torch.no_grad()
     def summed_contributions(self, enc: UnitEncodings) -> torch.Tensor:
         """(n, d_out) Σ_u c_u without materialising the (n, U, d_out) tensor: the readout is linear,
         so the units' raw terms are summed first (two float32 GEMMs; affine terms in float64).
@@ -353,6 +354,7 @@ class TracedModel:
         total = (lin.double() + r.inv_sigma.double().sum(0)) / sigma
         return total + r.mu_over_sigma.double().sum(0) * (mu / sigma) + r.const.double().sum(0)
 
+    @torch.no_grad()
     def residual_error(self, enc: UnitEncodings, resid: torch.Tensor) -> torch.Tensor:
         """(n,) ``‖Σ raw residual terms − captured pre-LN residual‖ / ‖residual‖`` (float32 sums)."""
         lay = self.layout

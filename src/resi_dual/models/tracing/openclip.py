@@ -139,6 +139,10 @@ def load_open_clip(spec: str, rest: str, convention: str) -> OpenClipTraced:
     elif arch.startswith("hf-hub:"):
         name = tokenizer_name = arch
     else:
+        from resi_dual.models.loading import looks_like_path
+
+        if looks_like_path(arch) and not Path(arch).exists():
+            raise ResiDualError(f"{spec!r}: no such directory {arch}")
         if arch not in open_clip.list_models():
             raise ResiDualError(f"{spec!r}: unknown open_clip architecture {arch!r} (see open_clip.list_models())")
         name, tokenizer_name = arch, arch
