@@ -205,3 +205,21 @@ def test_bad_images_fail_with_path_or_are_skipped(tmp_path, tiny_model, store_by
     store = open_store(tmp_path / "s")
     assert len(store) == 18 and not set(store.sample_ids) & {s["sample_id"] for s in m["skipped"]}
     assert store.sample_ids[0] == "cat/00.png"
+
+
+def test_cli_encode_errors_are_one_line_and_change_nothing(tmp_path, tiny_spec, capsys):
+    from resi_dual.cli import main
+
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "keep.bin").write_bytes(b"\x00")
+    args = ["encode", "--model", tiny_spec, "--dataset", "digits", "--split", "val", "--limit", "8", "--no-progress"]
+    assert main([*args, "--out", str(other)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and "not a resi-dual store" in err[-1] and "Traceback" not in "".join(err)
+    assert [p.name for p in other.iterdir()] == ["keep.bin"]
+    assert main([*args, "--out", str(tmp_path / "s"), "--chunk-rows", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "8 samples of digits/val (0 skipped), 2 chunks, float16" in out
+    assert main(["encode", "--model", tiny_spec, "--dataset", "folder:/nonexistent", "--out", str(tmp_path / "t")]) == 2
+    assert "does not exist" in capsys.readouterr().err
