@@ -29,6 +29,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--class-names", default=None, help="file with one class name per line, for sources without names")
     p.add_argument("--convention", default="paper", choices=("paper", "centred"), help="how LN centring and biases are shared")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images (listed in the manifest) instead of failing")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads per process (default: torch's; on a busy shared machine 1 is often fastest)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -49,6 +51,10 @@ def run(args: argparse.Namespace) -> int:
     from resi_dual.data import load_dataset
     from resi_dual.store.writer import EncodeConfig, Group, encode_store
 
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(max(1, args.threads))
     dist = _init_distributed()
     try:
         group = Group()
