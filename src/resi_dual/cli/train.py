@@ -32,6 +32,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--variance", type=float, default=None, help="explained-variance cut per unit (default: the variant's, 0.9 for residual)")
     p.add_argument("--mean-mode", choices=["drop", "add", "scale"], default=None, help="adapted units' means: drop (paper), add back, scale")
     p.add_argument("--init", choices=["ones", "paper"], default="ones", help="λ init: ones, or 1+N(0,1) as the paper's code")
+    p.add_argument("--logit-scale", type=float, default=None,
+                   help="temperature of the frozen classifier during training (default: the text tower's; 100 for "
+                        "class-mean prototypes, whose own scale of 1 leaves cross-entropy almost flat)")
     p.add_argument("--out", default="adapters", help="output directory (default ./adapters)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -115,6 +118,9 @@ def run(args: argparse.Namespace) -> int:
     from resi_dual.zeroshot import classifier_for_source
 
     head = classifier_for_source(train, train_source=train)
+    scale = args.logit_scale if args.logit_scale is not None else (head.logit_scale if head.kind == "text" else 100.0)
+    if not scale > 0:
+        raise ResiDualError("--logit-scale must be positive")
     config = AdapterConfig(args.adapter, variance="preset" if args.variance is None else args.variance,
                            mean_mode=args.mean_mode, init=args.init)
     cfg = config.resolved()
@@ -131,12 +137,12 @@ def run(args: argparse.Namespace) -> int:
         config.seed = seed
         tc = TrainConfig(lr=lr, batch_size=args.batch, max_epochs=args.epochs, patience=args.patience, seed=seed,
                          progress=not args.quiet)
-        adapter, metrics = train_and_evaluate(config, train, val, test, head.weights, head.logit_scale, bases, tc, args.shots,
+        adapter, metrics = train_and_evaluate(config, train, val, test, head.weights, scale, bases, tc, args.shots,
                                               reference)
         stem = out_dir / _stem(dataset, args.adapter, args.shots, seed)
         metrics["adapter_file"] = str(adapter.save(stem.with_suffix(".safetensors"), extra={"metrics": {
             k: metrics[k] for k in ("accuracy", "epochs", "best_epoch", "lr", "shots", "seed")}}))
-        metrics["classifier_kind"] = head.kind
+        metrics["classifier_kind"], metrics["logit_scale"] = head.kind, scale
         stem.with_suffix(".json").write_text(json.dumps(metrics, indent=1))
         runs.append(metrics)
         a = metrics["accuracy"]
