@@ -182,3 +182,12 @@ def test_cli_trace_prints_units_and_error(saved_models, capsys):
     worst = float(out.split("‖/‖y‖ = ")[1].split()[0])
     assert 0 <= worst <= 1e-5
     assert cli_main(["trace", "--model", saved_models["vit"][0], "--batch", "0"]) == 2
+
+
+def test_demo_specs_pass_folder_and_convention(monkeypatch):
+    import resi_dual.models.demo as demo
+
+    calls = []
+    monkeypatch.setattr(demo, "load_demo", lambda path=None, convention="paper": calls.append((path, convention)) or "m")
+    assert load_model("demo") == "m" and load_model("demo:/some/ckpt", convention="centred") == "m"
+    assert calls == [(None, "paper"), ("/some/ckpt", "centred")]

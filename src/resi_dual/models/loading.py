@@ -10,7 +10,8 @@ Specs:
 * ``open_clip:<architecture>[@<pretrained tag or checkpoint file>]``, or ``open_clip:<directory>``
   holding ``open_clip_config.json`` and weights (open_clip's own ``local-dir:`` layout), or
   ``open_clip:hf-hub:<org/repo>``.
-* the paper's seven models by short name (:data:`SHORT_NAMES`), and ``demo`` (the bundled model).
+* the paper's seven models by short name (:data:`SHORT_NAMES`), and ``demo`` (the bundled model) or
+  ``demo:<folder>`` (a checkpoint written by ``resi-dual pretrain-demo``).
 
 The loaded object carries the checkpoint's own preprocessing (HF image processor, open_clip's
 validation transform). Every failure is a one-line :class:`~resi_dual.errors.ResiDualError`.
@@ -62,10 +63,11 @@ def load_model(spec: str, convention: str = "paper", device: str | torch.device 
     if not isinstance(spec, str) or not spec.strip():
         raise ResiDualError("empty model spec")
     original = spec.strip()
-    if original == "demo":
+    if original == "demo" or original.startswith("demo:"):
         from resi_dual.models.demo import load_demo
 
-        return load_demo()
+        folder = original[len("demo:"):] if original.startswith("demo:") else ""
+        return load_demo(folder or None, convention=convention)
     full = resolve_spec(original)
     if full.startswith("hf:"):
         model = _load_hf(original, full[3:], convention)
