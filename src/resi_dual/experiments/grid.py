@@ -79,9 +79,14 @@ class Grid:
 
     def model(self, entry: ModelEntry):
         if entry.name not in self._models:
-            from resi_dual import load_model
+            if entry.spec.startswith("demo:"):  # a demo checkpoint folder other than the bundled one
+                from resi_dual.models.demo import load_demo
 
-            self._models[entry.name] = load_model(entry.spec, convention=self.config.convention)
+                self._models[entry.name] = load_demo(entry.spec[len("demo:"):])
+            else:
+                from resi_dual import load_model
+
+                self._models[entry.name] = load_model(entry.spec, convention=self.config.convention)
         return self._models[entry.name]
 
     def _unique(self, cell: Cell) -> Cell:
