@@ -196,3 +196,29 @@ def test_hf_saved_dataset(tmp_path):
     names.write_text("first\nsecond\n")
     ds = load_dataset(f"hf:{tmp_path / 'plain'}", "test", class_names=str(names))
     assert ds.class_names == ["first", "second"] and len(ds) == 1  # 80/10/10 of 10
+
+
+def test_torchvision_cifar10_read_without_plain_pickle(tmp_path):
+    import pickle  # only to write the fixture in CIFAR's own format
+
+    rng = np.random.default_rng(0)
+    base = tmp_path / "cifar-10-batches-py"
+    base.mkdir()
+    names = [f"c{k}" for k in range(10)]
+    (base / "batches.meta").write_bytes(pickle.dumps({b"label_names": [n.encode() for n in names]}))
+    for f, n in [(f"data_batch_{i}", 20) for i in range(1, 6)] + [("test_batch", 10)]:
+        batch = {b"data": rng.integers(0, 255, (n, 3072), dtype=np.uint8), b"labels": [i % 10 for i in range(n)]}
+        (base / f).write_bytes(pickle.dumps(batch))
+    tr, va, te = (load_dataset("torchvision:CIFAR10", s, root=tmp_path) for s in ("train", "val", "test"))
+    assert (len(tr), len(va), len(te)) == (90, 10, 10) and tr.class_names == names and tr.name == "cifar10"
+    img, label = te[3]
+    raw = pickle.loads((base / "test_batch").read_bytes())[b"data"][3].reshape(3, 32, 32).transpose(1, 2, 0)
+    assert img.mode == "RGB" and label == 3 and np.array_equal(np.asarray(img), raw)
+    # a batch file that would run code is refused
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    (base / "test_batch").write_bytes(pickle.dumps({b"data": Evil(), b"labels": []}))
+    with pytest.raises(ResiDualError, match="not a CIFAR batch file"):
+        load_dataset("torchvision:CIFAR10", "test", root=tmp_path)

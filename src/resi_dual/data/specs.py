@@ -197,6 +197,44 @@ def _tv_paths(ds) -> list[str] | None:
     return None
 
 
+#: CIFAR's "python version" folders: torchvision reads them with a plain pickle.load; we read the same
+#: files with bundled.py's restricted unpickler (numpy arrays, dicts, lists, bytes — nothing executable).
+CIFAR = {
+    "CIFAR10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "batches.meta",
+                "label_names", "labels"),
+    "CIFAR100": ("cifar-100-python", ["train"], ["test"], "meta", "fine_label_names", "fine_labels"),
+}
+
+
+def _cifar(spec: str, name: str, split: str, root: Path, names: list[str] | None) -> ImageDataset:
+    import io
+
+    from resi_dual.data.bundled import _NumpyArrayUnpickler
+
+    folder, train_files, test_files, meta_file, names_key, labels_key = CIFAR[name]
+    base = root / folder
+
+    def load(fname: str) -> dict:
+        path = base / fname
+        if not path.is_file():
+            raise ResiDualError(f"{spec} not found under {root} ({path} missing); nothing is downloaded")
+        try:
+            obj = _NumpyArrayUnpickler(io.BytesIO(path.read_bytes()), encoding="latin1").load()
+        except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file
+            raise ResiDualError(f"{path} is not a CIFAR batch file ({e})") from None
+        return {(k.decode() if isinstance(k, bytes) else k): v for k, v in obj.items()}
+
+    classes = names or [c.decode() if isinstance(c, bytes) else str(c) for c in load(meta_file)[names_key]]
+    key = name.lower()
+    full = {}
+    for ours in _needed(split, {"train": 1, "test": 1}):
+        batches = [load(f) for f in (train_files if ours == "train" else test_files)]
+        images = np.concatenate([np.asarray(b["data"], np.uint8).reshape(-1, 3, 32, 32) for b in batches])
+        labels = np.concatenate([np.asarray(b[labels_key], np.int64) for b in batches])
+        full[ours] = ArrayDataset(spec, key, ours, images.transpose(0, 2, 3, 1), labels, classes, id_prefix=ours)
+    return _derive(full, key, split)
+
+
 def _torchvision(spec: str, name: str, split: str, root, names: list[str] | None) -> ImageDataset:
     import torchvision.datasets as tvd
 
@@ -206,6 +244,8 @@ def _torchvision(spec: str, name: str, split: str, root, names: list[str] | None
     if root is None:
         raise ResiDualError(f"{spec} needs --data-root: the folder where the dataset already is (nothing is downloaded)")
     root = Path(root).expanduser()
+    if name in CIFAR:
+        return _cifar(spec, name, split, root, names)
     key = _canonical(name).replace("-", "")
     params = inspect.signature(cls.__init__).parameters
     if "split" in params:
