@@ -39,7 +39,7 @@ def heatmap(
     if m.ndim != 2:
         raise ValueError(f"heatmap needs a 2-d matrix, got shape {m.shape}")
     rows, cols = m.shape
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.45 * cols + 2.0), max(3.0, 0.35 * rows + 1.5)))
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.45 * cols + 2.0, 0.09 * len(title) + 1.0), max(3.0, 0.35 * rows + 1.5)))
     im = ax.imshow(np.ma.masked_invalid(m), cmap=cmap, aspect="auto", vmin=vmin, vmax=vmax, interpolation="nearest")
     cb = fig.colorbar(im, ax=ax)
     if colorbar_label:
@@ -53,7 +53,9 @@ def heatmap(
         annotate = rows <= 16 and cols <= 16
     if annotate:
         finite = m[np.isfinite(m)]
-        mid = (finite.max() + finite.min()) / 2 if finite.size else 0.0
+        lo = vmin if vmin is not None else (finite.min() if finite.size else 0.0)
+        hi = vmax if vmax is not None else (finite.max() if finite.size else 0.0)
+        mid = (lo + hi) / 2
         for i in range(rows):
             for j in range(cols):
                 if np.isfinite(m[i, j]):
