@@ -19,6 +19,7 @@ import torch
 TITLE = "Tracing overhead (trace vs the library's plain image forward, ViT-B/32 size, batch 32)"
 REPEATS = 5
 BATCH = 32
+THREADS = 1
 
 
 def _time(fn) -> float:
@@ -81,18 +82,24 @@ def _measure(name: str, traced, plain) -> list[dict]:
         rows.append({
             "what": what, "ours": ours, "baseline": base, "baseline_name": "plain library forward", "unit": "s",
             "ratio": ours / base, "target": "≤ 1.05", "met": ours / base <= 1.05,
-            "note": f"median of {REPEATS} interleaved; batch {BATCH}; decomposition rel. error {err:.1e}",
+            "note": f"median of {REPEATS} interleaved; batch {BATCH}; {THREADS} thread; decomposition rel. error {err:.1e}",
         })
     return rows
 
 
 def run() -> list[dict]:
     rows = []
-    with tempfile.TemporaryDirectory() as root:
-        for name, build in (("HF CLIPVisionModelWithProjection B/32", _hf_clip_b32), ("open_clip ViT-B-32 (MHA)", _open_clip_b32)):
-            traced, plain = build(root)
-            rows += _measure(name, traced, plain)
-            del traced, plain
+    threads = torch.get_num_threads()
+    # one thread: on a shared CPU, multi-threaded timings swing by 10× with other jobs' load
+    torch.set_num_threads(THREADS)
+    try:
+        with tempfile.TemporaryDirectory() as root:
+            for name, build in (("HF CLIPVisionModelWithProjection B/32", _hf_clip_b32), ("open_clip ViT-B-32 (MHA)", _open_clip_b32)):
+                traced, plain = build(root)
+                rows += _measure(name, traced, plain)
+                del traced, plain
+    finally:
+        torch.set_num_threads(threads)
     return rows
 
 
