@@ -51,6 +51,33 @@ def render(results: dict) -> str:
     return "\n".join(lines)
 
 
+def _read() -> dict:
+    return json.loads(RESULTS_JSON.read_text()) if RESULTS_JSON.exists() else {}
+
+
+def _merge(area: str, entry: dict) -> dict:
+    """Re-read results.json and replace one area under a file lock, so concurrent runs of other
+    areas (``--only``) never overwrite each other's rows; the write is atomic (rename)."""
+    import fcntl
+    import os
+
+    with open(RESULTS_JSON.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        results = _read()
+        results[area] = entry
+        tmp = RESULTS_JSON.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(results, indent=1))
+        os.replace(tmp, RESULTS_JSON)
+    return results
+
+
+def _load_note() -> str:
+    """The 1-minute load average at the end of an area: a busy machine explains noisy absolute times."""
+    import os
+
+    return f", load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", default="BENCHMARKS.md")
@@ -60,7 +87,7 @@ def main(argv=None) -> int:
     if args.only:
         wanted = {a.strip() for a in args.only.split(",")}
         areas = [a for a in areas if a in wanted]
-    results = json.loads(RESULTS_JSON.read_text()) if RESULTS_JSON.exists() else {}
+    results = _read()
     machine = f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
     for area in areas:
         mod = importlib.import_module(f"bench.bench_{area}")
@@ -69,15 +96,15 @@ def main(argv=None) -> int:
         rows = mod.run()
         for row in rows:
             print("  ", {k: _fmt(v) for k, v in row.items()}, flush=True)
-        results[area] = {
+        entry = {
             "title": mod.TITLE,
             "rows": rows,
             "when": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "machine": machine,
+            "machine": machine + _load_note(),
             "seconds": time.perf_counter() - t0,
         }
-        RESULTS_JSON.write_text(json.dumps(results, indent=1))
-    Path(args.out).write_text(render(results))
+        _merge(area, entry)
+    Path(args.out).write_text(render(_read()))  # every area, including those written meanwhile by other runs
     print(f"wrote {args.out}")
     return 0
 
