@@ -87,7 +87,6 @@ def main(argv=None) -> int:
     if args.only:
         wanted = {a.strip() for a in args.only.split(",")}
         areas = [a for a in areas if a in wanted]
-    results = _read()
     machine = f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
     for area in areas:
         mod = importlib.import_module(f"bench.bench_{area}")
