@@ -89,7 +89,7 @@ def test_class_names_and_templates(make_toy_source):
                 "stanford-cars", "imagenet-sketch", "pacs", "fashion-mnist", "digits", "animal-mnist", "textiles"):
         assert all("{}" in t for t in templates_for(key)), key
     with pytest.raises(ResiDualError, match="WordNet ids"):
-        class_names_for("imagenet", ["n01440764", "n01443537"])
+        class_names_for("imagenet-21k", ["n01440764", "n01443537"])
     with pytest.raises(ResiDualError, match="class name missing for label 3"):
         class_names_for("toy", ["a", "b", "c"], n_classes=4)
     with pytest.raises(ResiDualError, match="class name missing"):

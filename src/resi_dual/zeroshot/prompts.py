@@ -1,14 +1,27 @@
 """Class names and prompt templates for zero-shot classification, written for this project.
 
 Keys are canonical dataset names (``ImageDataset.name``). ``{}`` in a template is replaced by the
-class name. For datasets whose label set is large and already human-readable in the dataset itself
-(ImageNet and ImageNet-Sketch, SUN397, Stanford Cars) the names come from the dataset's own label
-names, cleaned by :func:`clean_class_name`; the small label sets are spelled out here.
+class name. Every dataset of the paper has a class-name list shipped with the project: the small
+label sets are spelled out here (:data:`CLASS_NAMES`); ImageNet (and ImageNet-Sketch, same 1000
+labels), SUN397 and Stanford Cars are package data in ``resi_dual/assets/classnames/*.json``
+(curated MIT lists, sources in the README there; :data:`CURATED`), each stored with the dataset's
+raw label names (WordNet ids and synonyms, SUN397's ``ClassName.txt`` entries, ``cars_meta.mat``
+names) in the label order of our torchvision loaders. When the dataset's own label names are known
+(a torchvision, HF or folder dataset) the list is aligned to them through those raw names, so a
+different order or a subset of the labels still gets the right names; names that match none of them (a
+``--class-names FILE`` of the user's, another label set) are used as given, cleaned by
+:func:`clean_class_name`, as are the names of datasets without a list here (bundled ``textiles``,
+folders of other data).
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import re
+from collections import Counter
+from dataclasses import dataclass
+from importlib import resources
 from typing import Sequence
 
 from resi_dual.errors import ResiDualError
@@ -231,8 +244,75 @@ CLASS_NAMES: dict[str, tuple[str, ...]] = {
     "animal-mnist": ("bear", "bird", "cat", "cow", "dog", "elephant", "giraffe", "horse", "sheep", "zebra"),
 }
 
-#: datasets whose own label names are used (after cleaning) rather than a list written here
-DATASET_NAMED: tuple[str, ...] = ("imagenet", "imagenet-sketch", "sun397", "stanford-cars", "textiles")
+#: datasets whose own label names are used (after cleaning) rather than a list shipped with the project
+DATASET_NAMED: tuple[str, ...] = ("textiles",)
+
+#: canonical dataset name -> its class-name file in ``resi_dual/assets/classnames`` (without ``.json``)
+CURATED: dict[str, str] = {
+    "imagenet": "imagenet", "imagenet-sketch": "imagenet", "sun397": "sun397", "stanford-cars": "stanford-cars",
+}
+
+
+@dataclass(frozen=True)
+class CuratedNames:
+    """A shipped class-name list: ``names[i]`` names label ``i``; ``keys[kind][i]`` is that label's raw name."""
+
+    dataset: str
+    names: tuple[str, ...]
+    keys: dict[str, tuple[str, ...]]
+
+
+@functools.lru_cache(maxsize=None)
+def curated_names(dataset: str | None) -> CuratedNames | None:
+    """The shipped class-name list of ``dataset`` (aliases folded), or None when it has none."""
+    stem = CURATED.get(canonical(dataset))
+    if stem is None:
+        return None
+    path = resources.files("resi_dual") / "assets" / "classnames" / f"{stem}.json"
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        names = tuple(doc["names"])
+        keys = {k: tuple(v) for k, v in doc["keys"].items()}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ResiDualError(f"class-name list {path} of the package is missing or broken ({e})") from None
+    bad = [k for k, v in keys.items() if len(v) != len(names)]
+    if bad or not names:
+        raise ResiDualError(f"class-name list {path} is inconsistent: {len(names)} names, keys {bad} of other lengths")
+    return CuratedNames(canonical(dataset), names, keys)
+
+
+def _match_key(raw) -> str:
+    """What two spellings of one raw label name have in common (case, ``_``, ``/``, synonyms after the first)."""
+    return re.sub(r"[\s_/]+", " ", clean_class_name(raw)).strip().lower()
+
+
+def align_curated(curated: CuratedNames, dataset_class_names: Sequence) -> list[str] | None:
+    """The shipped names in the order of ``dataset_class_names``, or None when those are not its labels.
+
+    Tries each kind of raw key (then the shipped names themselves) on its own; a kind fits when every
+    dataset name matches one of its keys. A key that names several labels (ImageNet's two ``crane``
+    and two ``maillot`` synsets share their first synonym) is taken in order of occurrence when the
+    dataset has all of them; when it has fewer, which one it has is unknown and such a label keeps the
+    dataset's own (cleaned) name.
+    """
+    wanted = [_match_key(c) for c in dataset_class_names]
+    counts = Counter(wanted)
+    for keys in (*curated.keys.values(), curated.names):
+        where: dict[str, list[int]] = {}
+        for i, k in enumerate(keys):
+            where.setdefault(_match_key(k), []).append(i)
+        total = {k: len(v) for k, v in where.items()}
+        out: list[str] = []
+        for raw, k in zip(dataset_class_names, wanted):
+            hits = where.get(k)
+            if not hits:
+                break
+            i = hits.pop(0)
+            out.append(curated.names[i] if total[k] == 1 or counts[k] == total[k] else clean_class_name(raw))
+        else:
+            return out
+    return None
+
 
 _ALIASES = {
     "cifar-10": "cifar10", "cifar-100": "cifar100", "euro-sat": "eurosat", "cars": "stanford-cars",
@@ -287,10 +367,25 @@ def class_names_for(dataset: str | None, dataset_class_names: Sequence[str] | No
         ResiDualError: a label has no name.
     """
     key = canonical(dataset)
-    names = list(CLASS_NAMES[key]) if key in CLASS_NAMES else [clean_class_name(c) for c in (dataset_class_names or [])]
-    if key in CLASS_NAMES and dataset_class_names and len(dataset_class_names) != len(names):
-        # a subset or re-ordering of the dataset: trust the dataset's own names
-        names = [clean_class_name(c) for c in dataset_class_names]
+    own = list(dataset_class_names or [])
+    curated = curated_names(key)
+    if key in CLASS_NAMES:
+        names = list(CLASS_NAMES[key])
+        if own and len(own) != len(names):
+            # a subset or re-ordering of the dataset: trust the dataset's own names
+            names = [clean_class_name(c) for c in own]
+    elif curated is not None and own:
+        # the shipped list, aligned to the dataset's labels; else (a names file, another label set) its own
+        names = align_curated(curated, own) or [clean_class_name(c) for c in own]
+    elif curated is not None:
+        if n_classes is not None and n_classes != len(curated.names):
+            raise ResiDualError(
+                f"dataset {dataset} has {n_classes} labels but no label names, and the project's {key} list names "
+                f"{len(curated.names)}: encode it with `resi-dual encode --class-names FILE` (one name per line)"
+            )
+        names = list(curated.names)
+    else:
+        names = [clean_class_name(c) for c in own]
     if n_classes is not None and len(names) < n_classes:
         raise ResiDualError(
             f"class name missing for label {len(names)} of dataset {dataset or '?'}: {len(names)} names for {n_classes} labels"
