@@ -27,6 +27,9 @@ def test_defaults_and_types():
     assert cfg.seeds == (0, 1, 2) and cfg.reference_split == "train"
     assert cfg.intrinsic_dim.variance == 0.99 and cfg.similarity.variance == 0.9
     assert "finetune" in cfg.adaptation.methods
+    assert cfg.device == "cpu"
+    # the string is validated; whether the machine has the device is checked when the grid runs
+    assert parse_config(base(grid={"device": "cuda:1"})).device == "cuda:1"
 
 
 @pytest.mark.parametrize("doc, message", [
@@ -35,6 +38,9 @@ def test_defaults_and_types():
     (base(limits={"train": 2.5}), "limits.train: expected an integer"),
     (base(grid={"seeds": []}), "grid.seeds"),
     (base(grid={"convention": "odd"}), "grid.convention"),
+    (base(grid={"device": "gpu"}), "grid.device: 'gpu' is not a device; use cpu, cuda, cuda:N or mps"),
+    (base(grid={"device": "cuda:x"}), "grid.device: 'cuda:x' is not a device"),
+    (base(grid={"device": 0}), "grid.device: expected a non-empty string"),
     ({"models": [{"spec": "demo"}], "datasets": [{"spec": "digits"}]}, "reference: missing section"),
     (base(models=[{"name": "a"}]), "models[0].spec: missing"),
     (base(models=[{"spec": "demo"}, {"spec": "demo"}]), "models[1].name: duplicate"),

@@ -188,6 +188,7 @@ def test_demo_specs_pass_folder_and_convention(monkeypatch):
     import resi_dual.models.demo as demo
 
     calls = []
-    monkeypatch.setattr(demo, "load_demo", lambda path=None, convention="paper": calls.append((path, convention)) or "m")
+    monkeypatch.setattr(demo, "load_demo", lambda path=None, convention="paper", device="cpu":
+                        calls.append((path, convention, device)) or "m")
     assert load_model("demo") == "m" and load_model("demo:/some/ckpt", convention="centred") == "m"
-    assert calls == [(None, "paper"), ("/some/ckpt", "centred")]
+    assert calls == [(None, "paper", torch.device("cpu")), ("/some/ckpt", "centred", torch.device("cpu"))]

@@ -4,7 +4,9 @@ Unlike the other adapters this reruns the backbone on every step, so it needs th
 images: the model spec and dataset spec recorded in the stores' manifests, and the same samples
 (matched by sample id). The classifier (text prompts or class-mean prototypes) is built once from the
 frozen model and stays frozen. Schedule-Free AdamW, lr 1e-5, gradient clipping at norm 1.0, batch
-64, early stopping on validation accuracy (DESIGN.md §8).
+64, early stopping on validation accuracy (DESIGN.md §8). The backbone trains on the model's device
+(``device=`` of :func:`finetune_from_stores`); pixel batches, the classifier and the labels are moved
+there, and the saved weights and metrics are CPU values.
 """
 
 from __future__ import annotations
@@ -68,9 +70,11 @@ def finetune(
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     lib = model.library_model
+    device = model.device
+    classifier = classifier.to(device)
     params = vision_parameters(model, model.preprocess(train_images[:2]))
     opt = schedulefree.AdamWScheduleFree(params, lr=lr)
-    y_train = torch.as_tensor(np.asarray(train_labels), dtype=torch.int64)
+    y_train = torch.as_tensor(np.asarray(train_labels), dtype=torch.int64).to(device)
     n, steps = len(train_images), math.ceil(len(train_images) / batch_size)
     best, best_epoch, best_state, bad, history = -1.0, 0, None, 0, []
     with Progress(transient=True, disable=not progress) as bar:
@@ -81,8 +85,8 @@ def finetune(
             total = 0.0
             perm = torch.randperm(n, generator=gen)
             for s in range(0, n, batch_size):
-                b = perm[s : s + batch_size]
-                px = model.preprocess([train_images[i] for i in b.tolist()])
+                b = perm[s : s + batch_size].to(device)
+                px = model.preprocess([train_images[i] for i in b.tolist()])  # CPU; check_pixels moves it
                 loss = F.cross_entropy(classify(model._forward(model.check_pixels(px)).float(), classifier, logit_scale), y_train[b])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -117,9 +121,10 @@ def accuracy(model, images: list, labels: np.ndarray, classifier: torch.Tensor, 
     if not images:
         return float("nan")
     hits = 0
+    classifier = classifier.to(model.device)
     for s in range(0, len(images), batch_size):
         px = model.preprocess(images[s : s + batch_size])
-        pred = classify(model._forward(model.check_pixels(px)).float(), classifier, logit_scale).argmax(1)
+        pred = classify(model._forward(model.check_pixels(px)).float(), classifier, logit_scale).argmax(1).cpu()
         hits += int((pred == torch.as_tensor(np.asarray(labels[s : s + batch_size]))).sum())
     return hits / len(images)
 
@@ -140,8 +145,11 @@ def _images_of(store, model_spec: str) -> list:
 
 
 def finetune_from_stores(train, val, test, shots: int | None = None, seed: int = 1, lr: float = 1e-5, epochs: int = 30,
-                         patience: int = 5, batch_size: int = 64, progress: bool = True, weights_out=None) -> dict:
-    """The ``finetune`` row of the protocol: same samples, classifier and selection rule as the adapters."""
+                         patience: int = 5, batch_size: int = 64, progress: bool = True, weights_out=None,
+                         device: str = "cpu") -> dict:
+    """The ``finetune`` row of the protocol: same samples, classifier and selection rule as the adapters.
+
+    ``device`` (``cpu``, ``cuda``, ``cuda:N``, ``mps``) is where the backbone is trained."""
     from resi_dual import load_model
     from resi_dual.adapters.protocol import check_splits
     from resi_dual.zeroshot import classifier_for_source
@@ -150,7 +158,7 @@ def finetune_from_stores(train, val, test, shots: int | None = None, seed: int =
     spec = train.meta.get("model_spec")
     if not spec:
         raise ResiDualError("finetune needs the model spec recorded in the store manifest")
-    model = load_model(spec, convention=train.composition.convention)
+    model = load_model(spec, convention=train.composition.convention, device=device)
     head = classifier_for_source(train, model=model, train_source=train)
     rows = np.arange(len(train)) if shots is None else few_shot_rows(train.labels, shots, seed)
     tr_images = _images_of(train, spec)
@@ -163,7 +171,7 @@ def finetune_from_stores(train, val, test, shots: int | None = None, seed: int =
     if weights_out is not None:
         from safetensors.torch import save_file
 
-        save_file({k: v.detach().contiguous() for k, v in model.library_model.state_dict().items()}, str(weights_out),
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.library_model.state_dict().items()}, str(weights_out),
                   metadata={"model_spec": spec, "variant": "finetune"})
     return {"variant": "finetune", "trainable_parameters": res["trainable_parameters"],
             "accuracy": {"val": res["best_val_accuracy"], "test": test_acc, "zeroshot_test": zs_test},

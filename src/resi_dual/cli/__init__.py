@@ -32,6 +32,13 @@ COMMANDS = {
 }
 
 
+def add_device_argument(p: argparse.ArgumentParser, default: str | None = "cpu", extra: str = "") -> None:
+    """The shared ``--device`` option of the commands that run a model (checked when the command runs)."""
+    p.add_argument("--device", default=default, metavar="DEVICE",
+                   help="where the model runs: cpu, cuda, cuda:N or mps (default: " + (default or "cpu") + ")"
+                        + extra + "; results on disk are CPU tensors either way")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from resi_dual import __version__
 

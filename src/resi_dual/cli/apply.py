@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+from resi_dual.cli import add_device_argument
+
 HELP = "classify images with a base model plus a trained adapter file"
 
 
@@ -19,6 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=32, help="images per forward pass (default 32)")
     p.add_argument("--top", type=int, default=1, help="classes listed per image (default 1)")
     p.add_argument("--json", action="store_true", help="one JSON object per image instead of TSV")
+    add_device_argument(p, extra="; the adapter itself is applied on the CPU")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -31,10 +34,12 @@ def run(args: argparse.Namespace) -> int:
     from resi_dual import load_model
     from resi_dual.adapters.adapter import Adapter
     from resi_dual.errors import ResiDualError
+    from resi_dual.models.loading import resolve_device
     from resi_dual.store.base import MemorySource
 
     if args.batch < 1 or args.top < 1:
         raise ResiDualError("--batch and --top must be at least 1")
+    device = resolve_device(args.device)
     basis_hash = None
     if args.basis:
         from resi_dual.spectral.bases import UnitBases
@@ -43,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     adapter = Adapter.load(args.adapter, basis_hash=basis_hash)
     if adapter.config["variant"] == "finetune":
         raise ResiDualError("a finetune run has no adapter file to apply")
-    model = load_model(args.model, convention=adapter.composition.convention)
+    model = load_model(args.model, convention=adapter.composition.convention, device=device)
     mine, theirs = adapter.provenance.get("weights_hash"), model.weights_hash()
     if mine and theirs != mine:
         raise ResiDualError(f"adapter {args.adapter} was trained on other weights "

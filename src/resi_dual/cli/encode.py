@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from resi_dual.cli import add_device_argument
+
 HELP = "encode a dataset split through a traced model into an on-disk store (resumable, torchrun-able)"
 
 
@@ -32,6 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads per process (default: torch's; on a busy shared machine 1 is often fastest)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_device_argument(p, extra="; under torchrun, cuda means cuda:LOCAL_RANK")
 
 
 def _init_distributed():
@@ -49,8 +52,14 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from resi_dual.data import load_dataset
+    from resi_dual.models.loading import load_model, resolve_device
     from resi_dual.store.writer import EncodeConfig, Group, encode_store
 
+    device = resolve_device(args.device)
+    if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
+        import torch
+
+        device = resolve_device(f"cuda:{int(os.environ['LOCAL_RANK']) % max(1, torch.cuda.device_count())}")
     if args.threads is not None:
         import torch
 
@@ -59,14 +68,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         group = Group()
         dataset = load_dataset(args.dataset, args.split, root=args.data_root, class_names=args.class_names)
-        if args.convention != "paper":
-            from resi_dual.models.loading import load_model
-
-            model = load_model(args.model, convention=args.convention)
-        else:
-            from resi_dual import load_model
-
-            model = load_model(args.model)
+        model = load_model(args.model, convention=args.convention, device=device)
         cfg = EncodeConfig(limit=args.limit, batch_size=args.batch_size, dtype=args.dtype, chunk_rows=args.chunk_rows,
                            workers=args.workers, skip_bad=args.skip_bad, data_root=args.data_root,
                            progress=not args.no_progress and sys.stderr.isatty())

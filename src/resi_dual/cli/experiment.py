@@ -20,6 +20,9 @@ def add_arguments(parser) -> None:
                         help="only print `torchrun --nproc_per_node=K -m resi_dual encode …` for the missing stores")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--quiet", action="store_true", help="no progress view")
+    parser.add_argument("--device", default=None, metavar="DEVICE",
+                        help="where models run: cpu, cuda, cuda:N or mps (default: the grid's [grid] device, else cpu); "
+                             "not part of the cache keys, results on disk are CPU tensors")
 
 
 def run(args) -> int:
@@ -36,7 +39,7 @@ def run(args) -> int:
     summary = run_experiment(args.name, config, args.out, progress=not args.quiet, status_only=args.status,
                              store_dtype=args.store_dtype, workers=args.workers,
                              models=[m.strip() for m in args.models.split(",") if m.strip()] or None,
-                             print_encode=args.encode_commands)
+                             print_encode=args.encode_commands, device=args.device)
     if not args.encode_commands:
         print(json.dumps(summary))
     return 0

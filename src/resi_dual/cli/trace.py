@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 
+from resi_dual.cli import add_device_argument
+
 HELP = "load a model, trace a batch of noise (or given) images, print the units and the decomposition error"
 
 
@@ -21,6 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--convention", choices=["paper", "centred"], default="paper", help="bias / LayerNorm-mean sharing (default: paper)")
     p.add_argument("--seed", type=int, default=0, help="seed of the noise images")
     p.add_argument("--units", default="all", help="units to list: all, heads, mlps, emb or comma-separated labels")
+    add_device_argument(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -33,11 +36,12 @@ def run(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from resi_dual.errors import ResiDualError
-    from resi_dual.models.loading import load_model
+    from resi_dual.models.loading import load_model, resolve_device
 
     if args.batch < 1:
         raise ResiDualError("--batch must be at least 1")
-    model = load_model(args.model, convention=args.convention)
+    device = resolve_device(args.device)
+    model = load_model(args.model, convention=args.convention, device=device)
     if args.images:
         images = []
         for path in args.images:
@@ -71,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
     c = comp
     console.print(
         f"[bold]{model.spec}[/bold]  family={c.family}  layers={c.n_layers} heads={c.n_heads} d_model={c.d_model} "
-        f"d_head={c.d_head} d_out={c.d_out}  units={len(c)}  convention={c.convention}  input={model.image_size}px"
+        f"d_head={c.d_head} d_out={c.d_out}  units={len(c)}  convention={c.convention}  input={model.image_size}px  "
+        f"device={model.device}"
     )
     table = Table(title=f"units on {source}")
     for col in ("unit", "kind", "layer", "head", "mean ‖c_u‖", "mean cos(c_u, y)"):

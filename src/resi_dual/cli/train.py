@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 
+from resi_dual.cli import add_device_argument
+
 HELP = "train an adapter (residual, residual-full, coarse, spectral, linear, finetune, zeroshot) on stores"
 
 
@@ -37,6 +39,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "class-mean prototypes, whose own scale of 1 leaves cross-entropy almost flat)")
     p.add_argument("--out", default="adapters", help="output directory (default ./adapters)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_device_argument(p, extra="; only finetune reruns the model, the other adapters train on cached "
+                                  "coefficients on the CPU")
 
 
 def _parse_seeds(text: str) -> list[int]:
@@ -89,7 +93,10 @@ def run(args: argparse.Namespace) -> int:
     from resi_dual.adapters.training import TrainConfig
     from resi_dual.errors import ResiDualError
 
+    from resi_dual.models.loading import resolve_device
+
     console = Console(stderr=True)
+    device = resolve_device(args.device)
     seeds = _parse_seeds(args.seeds if args.seeds is not None else ("1,2,3" if args.shots else "1"))
     lr = args.lr if args.lr in (None, "auto") else _float(args.lr)
     if args.epochs < 1 or args.patience < 1 or args.batch < 1:
@@ -108,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
             stem = out_dir / _stem(dataset, "finetune", args.shots, seed)
             metrics = finetune_from_stores(train, val, test, shots=args.shots, seed=seed, lr=1e-5 if lr is None else lr,
                                            epochs=args.epochs, patience=args.patience, batch_size=args.batch,
-                                           progress=not args.quiet, weights_out=None)
+                                           progress=not args.quiet, weights_out=None, device=device)
             stem.with_suffix(".json").write_text(json.dumps(metrics, indent=1))
             runs.append(metrics)
             console.print(f"finetune seed {seed}: val {metrics['accuracy']['val']:.4f}  test {metrics['accuracy']['test']:.4f}")

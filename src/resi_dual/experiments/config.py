@@ -92,6 +92,7 @@ class GridConfig:
     seeds: tuple[int, ...] = (0,)  # training seeds (adaptation); mean ± std over them
     convention: str = "paper"  # bias / LayerNorm sharing convention of the decomposition
     batch_size: int = 64  # images per traced batch when encoding
+    device: str = "cpu"  # where models run (cpu, cuda, cuda:N, mps); not part of any cell's key (see grid.py)
     intrinsic_dim: IntrinsicDimSettings = field(default_factory=IntrinsicDimSettings)
     similarity: SimilaritySettings = field(default_factory=SimilaritySettings)
     specialization: SpecializationSettings = field(default_factory=SpecializationSettings)
@@ -199,7 +200,7 @@ def parse_config(data: dict, source: str = "") -> GridConfig:
     for required in ("models", "datasets", "reference"):
         if required not in data:
             raise ResiDualError(f"{required}: missing section")
-    grid = _check_keys("grid", data.get("grid", {}), {"seeds", "convention", "batch-size"})
+    grid = _check_keys("grid", data.get("grid", {}), {"seeds", "convention", "batch-size", "device"})
     models = _entries("models", data["models"], ModelEntry)
     datasets = _entries("datasets", data["datasets"], DatasetEntry)
     ref = _check_keys("reference", data["reference"], {"name", "spec", "root", "split"})
@@ -238,9 +239,14 @@ def parse_config(data: dict, source: str = "") -> GridConfig:
     convention = grid.get("convention", "paper")
     if convention not in ("paper", "centred"):
         raise ResiDualError(f"grid.convention: {convention!r} is not one of paper, centred")
+    from resi_dual.models.loading import check_device_string
+
+    # the string is checked here; whether this machine has the device is checked when a model loads,
+    # so --status and --encode-commands work on a machine without it
+    device = check_device_string(_typed("grid", "device", grid.get("device", "cpu"), "str"), "grid.device")
     return GridConfig(
         models=models, datasets=datasets, reference=reference, reference_split=ref_split, limits=limits,
-        seeds=seeds, convention=convention,
+        seeds=seeds, convention=convention, device=device,
         batch_size=_typed("grid", "batch-size", grid.get("batch-size", 64), "posint"),
         intrinsic_dim=intrinsic, similarity=similarity, specialization=spec_, adaptation=adaptation, source=source,
     )

@@ -4,6 +4,12 @@ Cell graph: ``store`` cells (model × dataset × split × limit) → ``bases`` c
 store) → experiment cells (``intrinsic-dim``, ``similarity``, ``specialization``, ``adaptation``),
 whose rows are gathered into the experiment's tables and figures. Two experiments run with the
 same ``--out`` share their stores and bases (same settings, same key).
+
+The device models run on (``GridConfig.device`` or ``--device``) is deliberately *not* part of any
+cell's key, like the number of DataLoader workers: a cell's result is the same computation wherever
+it runs (encodings agree to float32 rounding and every traced batch is checked against the model's
+own embedding), so a grid can be encoded on GPUs and analysed, resumed or extended on a CPU machine
+from the same cache.
 """
 
 from __future__ import annotations
@@ -74,6 +80,7 @@ class Grid:
     store_dtype: str = "float32"
     progress: bool = True
     workers: int = 0  # DataLoader processes for the stores (not part of any cell's settings)
+    device: str = "cpu"  # where models run: cpu, cuda, cuda:N, mps (not part of any cell's settings)
     _models: dict = field(default_factory=dict)
     _cells: dict = field(default_factory=dict)
 
@@ -82,11 +89,11 @@ class Grid:
             if entry.spec.startswith("demo:"):  # a demo checkpoint folder other than the bundled one
                 from resi_dual.models.demo import load_demo
 
-                self._models[entry.name] = load_demo(entry.spec[len("demo:"):])
+                self._models[entry.name] = load_demo(entry.spec[len("demo:"):], device=self.device)
             else:
                 from resi_dual import load_model
 
-                self._models[entry.name] = load_model(entry.spec, convention=self.config.convention)
+                self._models[entry.name] = load_model(entry.spec, convention=self.config.convention, device=self.device)
         return self._models[entry.name]
 
     def _unique(self, cell: Cell) -> Cell:

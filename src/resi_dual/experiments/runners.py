@@ -310,7 +310,7 @@ def adaptation_rows(grid: Grid, m, d, method: str, seed: int, stores: dict, base
         from resi_dual.adapters.finetune import finetune_from_stores
 
         res = finetune_from_stores(train, val, test, seed=seed, epochs=s.finetune_max_epochs, patience=s.patience,
-                                   batch_size=s.batch_size, progress=grid.progress)
+                                   batch_size=s.batch_size, progress=grid.progress, device=grid.device)
     else:
         from resi_dual.adapters.protocol import train_and_evaluate
 
@@ -400,7 +400,7 @@ PLANNERS = {
 }
 
 
-def encode_commands(cells, nproc: int) -> list[str]:
+def encode_commands(cells, nproc: int, device: str = "cpu") -> list[str]:
     """``torchrun … -m resi_dual encode`` commands that write the missing stores of ``cells`` in place.
 
     A store written this way has the plan the experiment expects (same model, dataset, split, limit,
@@ -424,13 +424,15 @@ def encode_commands(cells, nproc: int) -> list[str]:
             args += ["--limit", str(st["limit"])]
         if st["root"]:
             args += ["--data-root", st["root"]]
+        if device != "cpu":  # under torchrun, `cuda` is each process's cuda:LOCAL_RANK
+            args += ["--device", device]
         out.append(" ".join(shlex.quote(a) for a in args))
     return out
 
 
 def run_experiment(name: str, config: GridConfig, out: str | Path, progress: bool = True, status_only: bool = False,
                    store_dtype: str = "float32", models: list[str] | None = None, workers: int = 0,
-                   print_encode: int = 0) -> dict:
+                   print_encode: int = 0, device: str | None = None) -> dict:
     """Plan, compute (resuming) and lay out one experiment. Returns ``run.json``'s content.
 
     Args:
@@ -438,6 +440,8 @@ def run_experiment(name: str, config: GridConfig, out: str | Path, progress: boo
             cover these models only — a final run without the filter gathers everything from the cache).
         workers: DataLoader processes decoding images for the stores.
         print_encode: only print the ``torchrun --nproc_per_node=<print_encode>`` commands of the missing stores.
+        device: where models run (``cpu``, ``cuda``, ``cuda:N``, ``mps``); default the grid's ``device``.
+            Checked to exist before any cell is computed (not for ``status_only`` / ``print_encode``).
     """
     import dataclasses
 
@@ -448,12 +452,17 @@ def run_experiment(name: str, config: GridConfig, out: str | Path, progress: boo
         if unknown:
             raise ResiDualError(f"--models: {unknown[0]!r} is not a model of {config.source or 'the grid'}")
         config = dataclasses.replace(config, models=tuple(e for e in config.models if e.name in models))
+    from resi_dual.models.loading import check_device_string, resolve_device
+
+    device = check_device_string(config.device if device is None else device, "--device")
+    if not (status_only or print_encode):
+        resolve_device(device, "--device" if device != config.device else f"{config.source or 'grid'}: grid.device")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    grid = Grid(config, out, store_dtype=store_dtype, progress=progress, workers=workers)
+    grid = Grid(config, out, store_dtype=store_dtype, progress=progress, workers=workers, device=device)
     cells, finalize = PLANNERS[name](grid)
     if print_encode:
-        cmds = encode_commands(cells, print_encode)
+        cmds = encode_commands(cells, print_encode, device)
         print("\n".join(cmds))
         return {"encode_commands": len(cmds)}
     if status_only:
@@ -470,7 +479,7 @@ def run_experiment(name: str, config: GridConfig, out: str | Path, progress: boo
     results = out / name
     results.mkdir(parents=True, exist_ok=True)
     extra = finalize(results)
-    summary = {"experiment": name, "config": config.source, "models": [m.name for m in config.models], **counts,
+    summary = {"experiment": name, "config": config.source, "models": [m.name for m in config.models], "device": device, **counts,
                "seconds": round(time.perf_counter() - t0, 1), **(extra or {})}
     write_json_atomic(results / "run.json", summary)
     return summary

@@ -89,13 +89,15 @@ def demo_info(path: str | Path | None = None) -> dict:
     return json.loads(p.read_text())
 
 
-def load_demo(path: str | Path | None = None, convention: str = "paper"):
+def load_demo(path: str | Path | None = None, convention: str = "paper", device: str | torch.device = "cpu"):
     """The bundled demo model as a ``TracedModel`` with ``spec == "demo"`` and ``.text_tower`` set.
 
     Args:
         path: a checkpoint folder written by ``resi-dual pretrain-demo`` (default: the committed one;
             another folder gives spec ``demo:<folder>``).
         convention: ``paper`` or ``centred`` (see ``resi_dual.models.units.Convention``).
+        device: where the vision tower runs (``cpu``, ``cuda``, ``cuda:N``, ``mps``); the frozen
+            MiniLM text tower stays on the CPU (its class embeddings are computed once).
     """
     import dataclasses
 
@@ -105,7 +107,7 @@ def load_demo(path: str | Path | None = None, convention: str = "paper"):
     folder = Path(path or DEMO_DIR)
     info = demo_info(folder)
     tower = DemoTextTower(logit_scale=float(info["logit_scale"]))  # first: a missing text package fails fast
-    model = load_model(f"hf:{folder}", convention=convention)
+    model = load_model(f"hf:{folder}", convention=convention, device=device)
     model.spec = "demo" if path is None else f"demo:{folder}"
     # the composition names the spec, not the install path, so stores written anywhere agree
     model.composition = dataclasses.replace(model.composition, model_id=model.spec)

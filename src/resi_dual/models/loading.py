@@ -20,6 +20,7 @@ validation transform). Every failure is a one-line :class:`~resi_dual.errors.Res
 from __future__ import annotations
 
 import json
+import re
 import warnings
 from pathlib import Path
 
@@ -46,6 +47,37 @@ _ATTN_POOL_TYPES = {"siglip", "siglip_vision_model", "siglip2", "siglip2_vision_
 _CNN_HINTS = ("resnet", "convnext", "regnet", "efficientnet", "mobilenet", "bit", "vgg", "densenet", "levit", "poolformer")
 
 
+#: device strings accepted by ``--device`` and the grid's ``device`` key
+DEVICE_PATTERN = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
+
+
+def check_device_string(device: str, where: str = "--device") -> str:
+    """``device`` stripped if it is ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` (no availability check)."""
+    text = str(device).strip() if isinstance(device, (str, torch.device)) else ""
+    if not DEVICE_PATTERN.match(text):
+        raise ResiDualError(f"{where}: {device!r} is not a device; use cpu, cuda, cuda:N or mps")
+    return text
+
+
+def resolve_device(device: str | torch.device | None = "cpu", where: str = "--device") -> torch.device:
+    """The torch device named by ``device`` (default cpu), checked to exist on this machine.
+
+    Raises:
+        ResiDualError: a malformed string, or a device this machine (or this torch build) does not have.
+    """
+    text = check_device_string("cpu" if device is None else device, where)
+    dev = torch.device(text)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ResiDualError(f"{where}: {text} is not available on this machine (torch {torch.__version__} sees no CUDA GPU)")
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise ResiDualError(f"{where}: {text} is not available on this machine (it has {count} CUDA device(s))")
+    elif dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ResiDualError(f"{where}: {text} is not available on this machine (torch {torch.__version__} sees no Apple MPS device)")
+    return dev
+
+
 def resolve_spec(spec: str) -> str:
     """Expand a short name; other specs pass through unchanged."""
     spec = spec.strip()
@@ -58,16 +90,19 @@ def load_model(spec: str, convention: str = "paper", device: str | torch.device 
     Args:
         spec: ``hf:…``, ``open_clip:…``, a short name (``clip_b`` …) or ``demo``.
         convention: ``paper`` (default) or ``centred``, see ``resi_dual.models.tracing.base``.
-        device: where the weights live (CPU here).
+        device: where the weights live and the forward runs (``cpu``, ``cuda``, ``cuda:N``, ``mps``);
+            checked by :func:`resolve_device`. Traced encodings, embeddings and the readout are
+            returned on the CPU whatever the device.
     """
     if not isinstance(spec, str) or not spec.strip():
         raise ResiDualError("empty model spec")
     original = spec.strip()
+    device = resolve_device(device, where="device")  # before any weights are read
     if original == "demo" or original.startswith("demo:"):
         from resi_dual.models.demo import load_demo
 
         folder = original[len("demo:"):] if original.startswith("demo:") else ""
-        return load_demo(folder or None, convention=convention)
+        return load_demo(folder or None, convention=convention, device=device)
     full = resolve_spec(original)
     if full.startswith("hf:"):
         model = _load_hf(original, full[3:], convention)
@@ -80,8 +115,7 @@ def load_model(spec: str, convention: str = "paper", device: str | torch.device 
             f"unknown model spec {original!r}: expected hf:<hub id or dir>, open_clip:<arch>[@<tag or file>], "
             f"demo, or one of {', '.join(SHORT_NAMES)}"
         )
-    model.library_model.to(device)
-    return model
+    return model.to(device)
 
 
 # -- Hugging Face ------------------------------------------------------------------------------

@@ -14,6 +14,11 @@ Protocol (the reason a SIGKILL at any point loses nothing and a rerun gives the 
    after all ranks report, rank 0 writes ``manifest.json`` (atomically, last). Its presence marks
    the store complete.
 
+Device: the model runs wherever its weights are (``load_model(..., device=...)``, ``--device``);
+pixel batches are moved there just before the forward and the encodings come back to the CPU
+before anything is written. The device is recorded in the manifest (``run.device``) but is not part
+of the plan, like the number of workers.
+
 Bad images: by default the first unreadable image aborts the run with its path before its chunk is
 written (chunks already written are complete and kept); with ``skip_bad`` such images are left out
 of their chunk and listed in the manifest. ``skip_bad`` is not part of the plan, so a failed run can be
@@ -311,8 +316,8 @@ def _encode_batch(model, items, dataset, indices, ids, cfg, comp) -> tuple[dict 
     if not good:
         return None, skipped
     pos = [p for p, _ in good]
-    pixels = torch.cat([x for _, x in good])
-    enc = model.trace(pixels, check=True)
+    pixels = torch.cat([x for _, x in good]).to(_device(model), non_blocking=True)  # (b, 3, S, S)
+    enc = model.trace(pixels, check=True)  # encodings on the CPU
     np_dtype = STORE_DTYPES[cfg.dtype]
     dense = enc.dense.detach().cpu().numpy().astype(np_dtype)
     heads = enc.heads.detach().cpu().numpy().astype(np_dtype)
@@ -355,6 +360,11 @@ def _progress(enabled: bool, total: int, description: str):
     return p, p.add_task(description, total=total)
 
 
+def _device(model) -> torch.device:
+    """Where ``model`` runs (a traced model's ``device``; CPU for objects without one)."""
+    return torch.device(getattr(model, "device", None) or "cpu")
+
+
 def _run_chunks(model, dataset, indices, ids, out: Path, cfg: EncodeConfig, group: Group, plan: dict) -> int:
     """Encode this rank's missing chunks; returns the number of images traced."""
     comp = model.composition
@@ -366,6 +376,7 @@ def _run_chunks(model, dataset, indices, ids, out: Path, cfg: EncodeConfig, grou
     loader = torch.utils.data.DataLoader(
         _Items(dataset, indices), batch_sampler=batches, num_workers=cfg.workers,
         collate_fn=_Preprocess(dataset, indices, model.preprocess), persistent_workers=False,
+        pin_memory=_device(model).type == "cuda",  # page-locked batches copy to the GPU asynchronously
     )
     total = sum(len(b) for b in batches)
     progress, task = _progress(cfg.progress and group.rank == 0, total,
@@ -481,6 +492,7 @@ def encode_store(model, dataset: ImageDataset, out: str | Path, cfg: EncodeConfi
                            "seconds": round(seconds, 3), "images_traced_this_run": traced,
                            "images_per_second": round(traced / seconds, 2) if seconds > 0 else None},
                 "run": {"world_size": group.world_size, "workers": cfg.workers, "skip_bad": cfg.skip_bad,
+                        "device": str(_device(model)),
                         "data_root": str(Path(cfg.data_root).expanduser().resolve()) if cfg.data_root else None,
                         "resumed": status == "resume", "argv": sys.argv[1:]},
             })

@@ -221,6 +221,21 @@ class TracedModel:
     def convention(self) -> str:
         return self.composition.convention
 
+    @property
+    def device(self) -> torch.device:
+        """Where the library model's weights are (and so where its forward runs)."""
+        p = next(self.library_model.parameters(), None)
+        return p.device if p is not None else torch.device("cpu")
+
+    def to(self, device: str | torch.device) -> "TracedModel":
+        """Move the library model (vision and any text tower) to ``device``; returns self.
+
+        Only the forward pass runs there: pixels are moved in by :meth:`check_pixels`, and every
+        result (encodings, embeddings, the readout) comes back as CPU tensors.
+        """
+        self.library_model.to(device)
+        return self
+
     def preprocess(self, images: list) -> torch.Tensor:
         """(n, 3, H, W) float pixels from PIL images, with the checkpoint's own preprocessing (RGB)."""
         if not isinstance(images, (list, tuple)):
@@ -228,7 +243,8 @@ class TracedModel:
         return self._preprocess([im.convert("RGB") for im in images])
 
     def check_pixels(self, pixels) -> torch.Tensor:
-        """Validate a pixel batch; returns it as float32. Raises ResiDualError naming the problem."""
+        """Validate a pixel batch; returns it as float32 on the model's device. Raises ResiDualError
+        naming the problem."""
         if not isinstance(pixels, torch.Tensor):
             raise ResiDualError(f"pixel values must be a torch tensor, got {type(pixels).__name__}")
         s = self.image_size
@@ -244,12 +260,12 @@ class TracedModel:
             raise ResiDualError(f"pixel tensor has shape {shape}; {self.spec} expects {want}")
         if not pixels.is_floating_point():
             raise ResiDualError(f"pixel tensor has dtype {pixels.dtype}; expected float (use model.preprocess)")
-        return pixels.float()
+        return pixels.to(self.device, torch.float32, non_blocking=True)
 
     @torch.no_grad()
     def embed(self, pixels: torch.Tensor) -> torch.Tensor:
-        """(n, d_out) the library's own plain image forward (no hooks), unnormalised."""
-        return self._forward(self.check_pixels(pixels)).float()
+        """(n, d_out) the library's own plain image forward (no hooks), unnormalised, on the CPU."""
+        return self._forward(self.check_pixels(pixels)).float().cpu()
 
     @contextmanager
     def capture(self) -> Iterator[dict]:
@@ -321,9 +337,11 @@ class TracedModel:
                 f"{self.family} tracer: hooks never fired for {', '.join(missing[:4])}"
                 f"{' …' if len(missing) > 4 else ''} (unsupported library version or model variant)"
             )
-        dense = torch.stack([store["emb"], *store["mlp"]], dim=1).float()  # (n, 1+L, D)
-        heads = torch.stack(store["z"], dim=1).float()  # (n, L, H, dh)
-        resid = store["resid"].double()  # (n, D)
+        # results live on the CPU whatever the device (the readout is a CPU tensor too)
+        dense = torch.stack([store["emb"], *store["mlp"]], dim=1).float().cpu()  # (n, 1+L, D)
+        heads = torch.stack(store["z"], dim=1).float().cpu()  # (n, L, H, dh)
+        resid = store["resid"].double().cpu()  # (n, D)
+        output = output.float().cpu()
         eps = float(getattr(self.layout.final_norm, "eps", 1e-5))
         mu = resid.mean(dim=-1)
         sigma = (resid.var(dim=-1, unbiased=False) + eps).sqrt()
@@ -361,9 +379,10 @@ class TracedModel:
         total = enc.dense.sum(dim=1)  # (n, D)
         for layer in range(lay.n_layers):
             lin = lay.attn_out[layer]
-            term = torch.nn.functional.linear(enc.heads[:, layer].flatten(1), lin.weight, lin.bias)
+            w, b = lin.weight.detach().cpu(), None if lin.bias is None else lin.bias.detach().cpu()
+            term = torch.nn.functional.linear(enc.heads[:, layer].flatten(1), w, b)
             if lay.attn_scale[layer] is not None:
-                term = term * lay.attn_scale[layer]
+                term = term * lay.attn_scale[layer].detach().cpu()
             total = total + term
         resid = resid.double()
         return (total.double() - resid).norm(dim=-1) / resid.norm(dim=-1).clamp_min(1e-30)
