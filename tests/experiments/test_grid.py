@@ -109,3 +109,45 @@ def test_killed_run_resumes_to_the_same_tables(grid_dir, tmp_path):
     changed = run_experiment("intrinsic-dim", load_config(grid_dir / "grid2.toml"), out, progress=False)
     assert changed["computed"] == 2 and changed["cached"] == 4
     assert tables(out) != tables(tmp_path / "ref")
+
+
+def test_data_version_recomputes_the_stores_and_what_reads_them(grid_dir, tmp_path, monkeypatch):
+    """Bumping resi_dual.data.DATA_VERSION re-keys every store cell and, through the dependency keys,
+    the bases and ID cells that read them; it salts nothing else, and the old cells stay valid."""
+    import warnings
+
+    import resi_dual.data as data
+    from resi_dual.experiments.cells import topological
+    from resi_dual.experiments.grid import Grid
+    from resi_dual.experiments.runners import plan_intrinsic_dim
+
+    warnings.simplefilter("ignore")
+    config = load_config(grid_dir / "grid.toml")
+
+    def plan():
+        grid = Grid(config, tmp_path, progress=False)
+        cells, _ = plan_intrinsic_dim(grid)
+        unrelated = grid.analysis("intrinsic-dim", "no-store", {"k": 1}, [], lambda: [])
+        return {c.label: c for c in topological(cells)}, unrelated
+
+    first = run_experiment("intrinsic-dim", config, tmp_path, progress=False)
+    assert first["computed"] == 6
+    old, old_unrelated = plan()
+    monkeypatch.setattr(data, "DATA_VERSION", data.DATA_VERSION + 1)
+    new, new_unrelated = plan()
+    assert new.keys() == old.keys() and len(new) == 6
+    for label, cell in new.items():
+        assert cell.key != old[label].key and not cell.done(), label  # stores, bases and ID cells all re-keyed
+        if cell.kind == "store":  # only the data version differs in the store settings
+            assert {k: v for k, v in cell.settings.items() if k != "data_version"} == \
+                   {k: v for k, v in old[label].settings.items() if k != "data_version"}
+            assert cell.settings["data_version"] == old[label].settings["data_version"] + 1
+        else:  # the others change through their dependencies' keys only
+            assert cell.settings == old[label].settings
+    assert new_unrelated.key == old_unrelated.key  # a cell that reads no store keeps its key
+    bumped = run_experiment("intrinsic-dim", config, tmp_path, progress=False)
+    assert bumped["computed"] == 6 and bumped["cached"] == 0
+    assert all(c.done() for c in new.values()) and all(c.done() for c in old.values())
+
+    monkeypatch.setattr(data, "DATA_VERSION", data.DATA_VERSION - 1)  # back: the old cells are found again
+    assert run_experiment("intrinsic-dim", config, tmp_path, progress=False)["computed"] == 0

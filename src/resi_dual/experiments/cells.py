@@ -24,7 +24,9 @@ from resi_dual.errors import ResiDualError
 
 CELL_FILE = "cell.json"
 
-#: bumped when the computation of a kind of cell changes, so old cached results are not reused
+#: bumped when the computation of a kind of cell changes, so old cached results are not reused.
+#: A change of what a dataset yields (loaders, splits, limits) bumps ``resi_dual.data.DATA_VERSION``
+#: instead, which is in every store cell's settings.
 CELL_VERSIONS = {"store": 1, "bases": 1, "intrinsic-dim": 2, "similarity": 1, "specialization": 1, "adaptation": 1}
 
 

@@ -111,8 +111,11 @@ class Grid:
     def store(self, model: ModelEntry, dataset: DatasetEntry, split: str, limit: int | None = None,
               noise: tuple[int, int] | None = None) -> Cell:
         """Encodings of one model × dataset × split (``noise=(n, seed)`` for the noise control)."""
+        from resi_dual.data import DATA_VERSION
+
         settings = {
             "model": model.spec, "weights": model_fingerprint(model.spec), "convention": self.config.convention,
+            "data_version": DATA_VERSION,  # a loader/split change re-encodes the stores (see resi_dual.data)
             "dataset": dataset.spec, "root": dataset.root, "split": split, "limit": limit, "noise": noise,
             "batch_size": self.config.batch_size, "dtype": self.store_dtype,
         }
