@@ -28,11 +28,6 @@ def saved_models(tmp_path_factory):
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models: one thread avoids OpenMP spin-waits that dominate (~50×) on a shared, loaded CPU."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _single_thread(one_torch_thread):
+    """One torch thread for every module here (tests/conftest.py)."""
     yield
-    torch.set_num_threads(before)

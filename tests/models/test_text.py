@@ -12,18 +12,8 @@ TEXTS = ["a photo of a dog.", "a red car", "an aerial view of a harbor", "stripe
 
 
 @pytest.fixture(scope="module")
-def hf_clip():
-    from transformers import CLIPConfig, CLIPModel
-
-    torch.manual_seed(0)
-    cfg = CLIPConfig(
-        text_config=dict(vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, max_position_embeddings=77, eos_token_id=49407),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                           image_size=32, patch_size=8),
-        projection_dim=16,
-    )
-    return CLIPModel(cfg).eval(), clip_tokenizer_from_open_clip_bpe()
+def hf_clip(tiny_clip_model):
+    return tiny_clip_model(), clip_tokenizer_from_open_clip_bpe()
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ from resi_dual.errors import ResiDualError
 from resi_dual.spectral.bases import UnitBases
 from resi_dual.spectral.pca import UnitMoments, UnitPCA, fit_bases, svd_flip_rows
 
-from conftest import make_source
+from spectral_sources import make_source
 
 
 def _direct(source, label):

@@ -10,7 +10,7 @@ from resi_dual.spectral.pca import fit_bases
 from resi_dual.spectral.similarity import similarity_matrix, similarity_table, spectral_cosine
 from resi_dual.spectral.twonn import TwoNN
 
-from conftest import make_source
+from spectral_sources import make_source
 
 
 def test_spectral_cosine_identity_symmetry_and_orthogonality():

@@ -15,23 +15,13 @@ from resi_dual.cli import main
 
 
 @pytest.fixture(scope="module")
-def stores(tmp_path_factory):
-    from transformers import CLIPConfig, CLIPModel
-
+def stores(tmp_path_factory, tiny_clip_model):
     from resi_dual.models.text import clip_tokenizer_from_open_clip_bpe
 
     root = tmp_path_factory.mktemp("zs_cli")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    torch.manual_seed(0)
-    cfg = CLIPConfig(
-        text_config=dict(vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, max_position_embeddings=77, eos_token_id=49407),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                           image_size=32, patch_size=8),
-        projection_dim=16,
-    )
-    CLIPModel(cfg).save_pretrained(root / "clip")
+    tiny_clip_model().save_pretrained(root / "clip")
     clip_tokenizer_from_open_clip_bpe().save_pretrained(root / "clip")
     from transformers import CLIPImageProcessor
 
