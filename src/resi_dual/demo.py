@@ -60,11 +60,11 @@ def _read_tsv(path: Path) -> list[dict]:
 
 def _spectra_figure(bases, labels: list[str], path: Path) -> Path:
     """Cumulative explained variance of a few units' PCA (log-x), one line each."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
+
+    from resi_dual.report.plots import pyplot, save_figure
+
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
     for lab in labels:
@@ -77,19 +77,14 @@ def _spectra_figure(bases, labels: list[str], path: Path) -> Path:
     ax.set_ylabel("cumulative explained variance")
     ax.set_title("Spectra of the top heads (dashed: 90 %, dotted: 99 %)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=None)  # the figure's own dpi (110)
 
 
 def _params_figure(summary: list[dict], path: Path) -> Path:
     """Test accuracy against trainable parameters (log-x), one marker per method, per dataset."""
-    import matplotlib
+    from resi_dual.report.plots import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
     markers = {"animal-mnist": "o", "fashion-mnist": "s"}
@@ -109,11 +104,7 @@ def _params_figure(summary: list[dict], path: Path) -> Path:
     ax.set_ylabel("test top-1 accuracy (%)")
     ax.set_title("Accuracy against trainable parameters")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=None)  # the figure's own dpi (110)
 
 
 def _pretraining_log() -> list[dict]:

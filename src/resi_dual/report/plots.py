@@ -8,13 +8,24 @@ from typing import Iterable, Mapping
 import numpy as np
 
 
-def _plt():
+def pyplot():
+    """matplotlib.pyplot on the Agg backend: files only, never a window."""
     import matplotlib
 
-    matplotlib.use("Agg")  # files only; never opens a window
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def save_figure(fig, path: str | Path, dpi: int | None = 120) -> Path:
+    """Lay out, write ``fig`` as PNG at ``path`` (parents created) and close it; returns the path."""
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi if dpi is not None else "figure")
+    pyplot().close(fig)
+    return path
 
 
 def heatmap(
@@ -34,7 +45,7 @@ def heatmap(
     NaN cells are drawn blank. ``annotate`` writes values in cells (default: when ≤ 16 × 16).
     Returns the path written.
     """
-    plt = _plt()
+    plt = pyplot()
     m = np.asarray(matrix, dtype=np.float64)
     if m.ndim != 2:
         raise ValueError(f"heatmap needs a 2-d matrix, got shape {m.shape}")
@@ -62,12 +73,7 @@ def heatmap(
                     v = m[i, j]
                     txt = f"{v:.0f}" if float(v).is_integer() and abs(v) >= 1 else f"{v:.2g}"
                     ax.text(j, i, txt, ha="center", va="center", fontsize=7, color="white" if v < mid else "black")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def layer_head_matrix(values: Mapping[tuple[int, int], float], n_layers: int, n_heads: int) -> np.ndarray:
@@ -80,7 +86,7 @@ def layer_head_matrix(values: Mapping[tuple[int, int], float], n_layers: int, n_
 
 def bar_chart(labels: Iterable[str], values: Iterable[float], title: str, path: str | Path, ylabel: str = "") -> Path:
     """A simple bar chart PNG (e.g. per-layer MLP values)."""
-    plt = _plt()
+    plt = pyplot()
     labels, values = list(labels), list(values)
     fig, ax = plt.subplots(figsize=(max(4.0, 0.4 * len(labels) + 2.0), 3.2))
     ax.bar(range(len(values)), values)
@@ -88,9 +94,4 @@ def bar_chart(labels: Iterable[str], values: Iterable[float], title: str, path: 
     ax.set_xticklabels(labels, rotation=60, ha="right", fontsize=7)
     ax.set_title(title)
     ax.set_ylabel(ylabel)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
