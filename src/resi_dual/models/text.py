@@ -104,16 +104,27 @@ def _check_ids(ids: torch.Tensor, vocab_size: int | None) -> torch.Tensor:
     return ids
 
 
-def _hf_clip_encoder(model, tokenizer) -> Callable[[list[str]], torch.Tensor]:
+def _hf_tokenizer(model, tokenizer, family: str) -> Callable[[list[str]], tuple[torch.Tensor, torch.Tensor]]:
+    """texts -> (input_ids, attention_mask) on the model's device, checked against its vocabulary."""
     if tokenizer is None:
-        raise ResiDualError("HF CLIP model has no tokenizer: load it from a checkpoint directory with tokenizer files")
-    max_len = int(model.config.text_config.max_position_embeddings)
+        raise ResiDualError(f"{family} model has no tokenizer: load it from a checkpoint directory with tokenizer files")
+    text_cfg = model.config.text_config
+    max_len, vocab = int(text_cfg.max_position_embeddings), int(text_cfg.vocab_size)
     device = next(model.parameters()).device
 
-    def encode(batch: list[str]) -> torch.Tensor:
+    def tokenize(batch: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         tok = tokenizer(batch, padding=True, truncation=True, max_length=max_len, return_tensors="pt")
-        ids = _check_ids(tok["input_ids"], int(model.config.text_config.vocab_size))
-        out = model.get_text_features(input_ids=ids.to(device), attention_mask=tok["attention_mask"].to(device))
+        return _check_ids(tok["input_ids"], vocab).to(device), tok["attention_mask"].to(device)
+
+    return tokenize
+
+
+def _hf_clip_encoder(model, tokenizer) -> Callable[[list[str]], torch.Tensor]:
+    tokenize = _hf_tokenizer(model, tokenizer, "HF CLIP")
+
+    def encode(batch: list[str]) -> torch.Tensor:
+        ids, mask = tokenize(batch)
+        out = model.get_text_features(input_ids=ids, attention_mask=mask)
         # transformers ≥ 5 returns a model output whose pooler_output is the projected embedding
         return out if isinstance(out, torch.Tensor) else out.pooler_output
 
@@ -136,16 +147,12 @@ def _open_clip_encoder(model, tokenizer) -> Callable[[list[str]], torch.Tensor]:
 
 
 def _blip_encoder(model, tokenizer) -> Callable[[list[str]], torch.Tensor]:
-    if tokenizer is None:
-        raise ResiDualError("BLIP model has no tokenizer: load it from a checkpoint directory with tokenizer files")
-    max_len = int(model.config.text_config.max_position_embeddings)
-    device = next(model.parameters()).device
+    tokenize = _hf_tokenizer(model, tokenizer, "BLIP")
 
     def encode(batch: list[str]) -> torch.Tensor:
-        tok = tokenizer(batch, padding=True, truncation=True, max_length=max_len, return_tensors="pt")
+        ids, mask = tokenize(batch)
         # ITC mode: text encoder without image cross-attention, projection of the CLS token
-        ids = _check_ids(tok["input_ids"], int(model.config.text_config.vocab_size))
-        hidden = model.text_encoder(input_ids=ids.to(device), attention_mask=tok["attention_mask"].to(device)).last_hidden_state
+        hidden = model.text_encoder(input_ids=ids, attention_mask=mask).last_hidden_state
         return model.text_proj(hidden[:, 0, :])
 
     return encode
