@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from resi_dual.adapters.adapter import DEFAULT_LR, Adapter
 from resi_dual.adapters.cache import CachedSplit
+from resi_dual.adapters.modules import ComponentScaling
 from resi_dual.errors import ResiDualError
 
 
@@ -33,6 +34,9 @@ class TrainConfig:
         seed: seeds the shuffling (and nothing else: the λ init has its own seed).
         weight_decay: AdamW decoupled weight decay.
         progress: show a rich progress bar with loss and validation accuracy.
+        hand_gradient: for `ComponentScaling` adapters, the hand-written λ-gradient and the
+            arg-max validation shortcut (same quantities as autograd, a fraction of the time);
+            ``False`` runs the plain autograd loop (the reference the tests compare against).
     """
 
     lr: float | str | None = None
@@ -42,6 +46,7 @@ class TrainConfig:
     seed: int = 0
     weight_decay: float = 0.0
     progress: bool = True
+    hand_gradient: bool = True
 
 
 @dataclass
@@ -68,8 +73,175 @@ def resolve_lr(adapter: Adapter, train: CachedSplit, config: TrainConfig) -> tup
     return lr, []
 
 
+class ScalingObjective:
+    """Cross-entropy of the frozen classifier on a `ComponentScaling` embedding, with its gradient in λ
+    written out by hand (no autograd graph per step; every large intermediate in a preallocated buffer).
+
+    Forward, as ``F.cross_entropy(adapter(coef, fixed), labels)`` computes it::
+
+        w = λ (or λ[group])   a = coef ⊙ w   y = fixed + a V (+ Σ m_u | + λ M)
+        r = ‖y‖   u = y / max(r, ε)   z = s u Cᵀ   loss = mean(logsumexp z − z[label])
+
+    Backward: ``g_z = (softmax z − onehot) / b``; ``g_u = s g_z C``;
+    ``g_y = (g_u − u (u·g_u)·[r > ε]) / max(r, ε)``; ``g_a = g_y Vᵀ``; ``g_w = Σ_b coef ⊙ g_a``;
+    ``g_λ = g_w`` (or summed per group), ``+ M Σ_b g_y`` for the ``scale`` mean mode. The two
+    (b × K) × (K × d) products are the whole cost of a step; ``coef ⊙ w`` is formed once.
+
+    Args:
+        adapter: an :class:`Adapter` whose module is a :class:`ComponentScaling` (any dtype: tests run
+            it in float64 against autograd).
+        batch_size: the largest batch it will be called with (buffer size).
+    """
+
+    def __init__(self, adapter: Adapter, batch_size: int) -> None:
+        m = adapter.module
+        if not isinstance(m, ComponentScaling):
+            raise TypeError("ScalingObjective needs a ComponentScaling adapter")
+        self.lam = m.lam
+        self.V = m.components  # (K, d)
+        self.C = adapter.classifier  # (n_classes, d)
+        self.scale = float(adapter.logit_scale)
+        self.group = None if m._per_component else m.group
+        self.const = m.means.sum(0) if m.mean_mode == "add" and m.means.shape[0] else None
+        self.M = m.means if m.mean_mode == "scale" else None
+        K, d = self.V.shape
+        dt = self.V.dtype
+        self.a = torch.empty(batch_size, K, dtype=dt)
+        self.y = torch.empty(batch_size, d, dtype=dt)
+        self.g_a = torch.empty(batch_size, K, dtype=dt)
+
+    @staticmethod
+    def supports(adapter: Adapter, split: CachedSplit) -> bool:
+        m = adapter.module
+        return isinstance(m, ComponentScaling) and split.coef.dtype == m.components.dtype and adapter.logit_scale > 0
+
+    @torch.no_grad()
+    def __call__(self, coef: torch.Tensor, fixed: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """coef (b, K), fixed (b, d), labels (b,) -> (loss (), gradient in λ (P,))."""
+        b = coef.shape[0]
+        lam = self.lam.detach()
+        w = lam if self.group is None else lam[self.group]
+        a, y, g_a = self.a[:b], self.y[:b], self.g_a[:b]
+        torch.mul(coef, w, out=a)
+        torch.addmm(fixed, a, self.V, out=y)
+        if self.const is not None:
+            y += self.const
+        if self.M is not None:
+            y += lam @ self.M
+        r = torch.linalg.vector_norm(y, dim=1, keepdim=True)
+        den = r.clamp_min(1e-12)  # F.normalize's eps
+        u = y / den
+        z = (self.scale * u) @ self.C.T
+        lse = torch.logsumexp(z, 1, keepdim=True)
+        rows = torch.arange(b)
+        loss = (lse.squeeze(1) - z[rows, labels]).mean()
+        g_z = torch.exp_(z.sub_(lse))
+        g_z[rows, labels] -= 1.0
+        g_u = g_z @ self.C
+        g_u *= self.scale / b
+        g_y = g_u.sub_(u * ((u * g_u).sum(1, keepdim=True) * (r > 1e-12))).div_(den)
+        torch.mm(g_y, self.V.T, out=g_a)
+        g_w = g_a.mul_(coef).sum(0)
+        grad = g_w if self.group is None else torch.zeros_like(lam).index_add_(0, self.group, g_w)
+        if self.M is not None:
+            grad += self.M @ g_y.sum(0)
+        return loss, grad
+
+
+class ScalingEvaluator:
+    """Validation accuracy of a `ComponentScaling` adapter without forming the (n, d) embeddings.
+
+    The arg-max of ``s · normalise(y) Cᵀ`` (s > 0) is the arg-max of ``y Cᵀ``, and
+    ``y Cᵀ = (fixed + Σ m_u) Cᵀ + coef (w ⊙ V Cᵀ) (+ (λ M) Cᵀ)``: the first term is computed once per
+    split, the rest is (n × K) × (K × classes) per evaluation instead of (n × K) × (K × d).
+    """
+
+    def __init__(self, adapter: Adapter, split: CachedSplit, block_rows: int = 8192) -> None:
+        m = adapter.module
+        self.lam, self.group, self.split, self.block = m.lam, (None if m._per_component else m.group), split, block_rows
+        C = adapter.classifier
+        self.VC = m.components @ C.T  # (K, n_classes)
+        self.MC = m.means @ C.T if m.mean_mode == "scale" else None
+        const = m.means.sum(0) if m.mean_mode == "add" and m.means.shape[0] else None
+        with torch.inference_mode():
+            base = split.fixed @ C.T if len(split) else torch.zeros(0, C.shape[0], dtype=C.dtype)
+            self.base = base + const @ C.T if const is not None else base
+
+    def accuracy(self) -> float:
+        with torch.inference_mode():
+            lam = self.lam.detach()
+            W = (lam if self.group is None else lam[self.group])[:, None] * self.VC
+            shift = lam @ self.MC if self.MC is not None else None
+            hits = 0
+            for s in range(0, len(self.split), self.block):
+                sc = torch.addmm(self.base[s : s + self.block], self.split.coef[s : s + self.block], W)
+                if shift is not None:
+                    sc += shift
+                hits += int((sc.argmax(1) == self.split.labels[s : s + self.block]).sum())
+        return hits / len(self.split)
+
+
+class ThreadPicker:
+    """Every ``period`` steps, time ``probe`` steps at 1 thread and as many at the process's thread
+    count (alternating), and run the rest of the window at the faster; the count is restored on exit.
+
+    For these small products (64 × K by K × d) the better count depends on the machine's load, which
+    changes within a run: on 2 cores, 2 threads beat 1 when idle and were ~5× slower under a load
+    average of ~6 (OpenMP threads waiting for each other's time slices). Switching is only enabled
+    when both counts give bitwise the same loss and gradient on a first batch, so it never changes λ.
+
+    Attributes:
+        choices: the count picked in each window (for inspection).
+    """
+
+    def __init__(self, period: int = 100, probe: int = 2) -> None:
+        self.n = torch.get_num_threads()
+        self.period, self.probe = period, probe
+        self.enabled: bool | None = None if self.n > 1 else False
+        self.times: dict[int, list[float]] = {1: [], self.n: []}
+        self.i = 0
+        self.choices: list[int] = []
+
+    def check(self, step) -> None:
+        """``step()`` -> tensors; enable switching if 1 and n threads give bitwise the same ones."""
+        if self.enabled is None:
+            torch.set_num_threads(1)
+            one = step()
+            torch.set_num_threads(self.n)
+            many = step()
+            self.enabled = all(torch.equal(x, y) for x, y in zip(one, many))
+
+    def threads(self) -> int | None:
+        """Thread count for the next step while probing, else ``None`` (keep the current one)."""
+        if not self.enabled:
+            return None
+        j = self.i % self.period
+        if j >= 2 * self.probe:
+            self.i += 1
+            return None
+        return 1 if j % 2 == 0 else self.n
+
+    def record(self, threads: int, seconds: float) -> None:
+        """The time of a probing step; at the end of the probe, switch to the faster count."""
+        self.times[threads].append(seconds)
+        self.i += 1
+        if self.i % self.period == 2 * self.probe:
+            best = min(self.times, key=lambda t: min(self.times[t]))
+            torch.set_num_threads(best)
+            self.choices.append(best)
+            self.times = {1: [], self.n: []}
+
+    def restore(self) -> None:
+        torch.set_num_threads(self.n)
+
+
 def fit(adapter: Adapter, train: CachedSplit, val: CachedSplit, config: TrainConfig = TrainConfig()) -> FitResult:
-    """Train ``adapter`` in place on cached coefficients; leave it holding its best-validation weights."""
+    """Train ``adapter`` in place on cached coefficients; leave it holding its best-validation weights.
+
+    `ComponentScaling` adapters (residual, residual-full, coarse, spectral) take the hand-written
+    gradient of :class:`ScalingObjective` and the validation shortcut of :class:`ScalingEvaluator`
+    (``config.hand_gradient``); the others, or ``hand_gradient=False``, the plain autograd loop.
+    """
     import schedulefree
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -86,40 +258,88 @@ def fit(adapter: Adapter, train: CachedSplit, val: CachedSplit, config: TrainCon
     gen = torch.Generator().manual_seed(config.seed)
     n, bs = len(train), config.batch_size
     steps = math.ceil(n / bs)
-    best_acc, best_epoch, best_state, bad = -1.0, 0, None, 0
+    hand = (config.hand_gradient and len(params) == 1 and ScalingObjective.supports(adapter, train)
+            and ScalingObjective.supports(adapter, val))
+    picker = ThreadPicker()
+    if hand:
+        objective = ScalingObjective(adapter, bs)
+        evaluator = ScalingEvaluator(adapter, val)
+        lam = params[0]
+        lam.grad = torch.zeros_like(lam)
+        picker.check(lambda: objective(train.coef[:bs], train.fixed[:bs], train.labels[:bs]))
+        # the batch is gathered into preallocated buffers (index_select), not new tensors per step
+        coef_b = torch.empty(bs, train.coef.shape[1], dtype=train.coef.dtype)
+        fixed_b = torch.empty(bs, train.fixed.shape[1], dtype=train.fixed.dtype)
+        labels_b = torch.empty(bs, dtype=train.labels.dtype)
+
+        def step(b: torch.Tensor) -> torch.Tensor:
+            nb = b.numel()
+            c, f, y = coef_b[:nb], fixed_b[:nb], labels_b[:nb]
+            torch.index_select(train.coef, 0, b, out=c)
+            torch.index_select(train.fixed, 0, b, out=f)
+            torch.index_select(train.labels, 0, b, out=y)
+            threads = picker.threads()
+            if threads is not None:
+                torch.set_num_threads(threads)
+                t = time.perf_counter()
+            loss, grad = objective(c, f, y)
+            lam.grad.copy_(grad)  # the optimizer rescales .grad in place
+            opt.step()
+            if threads is not None:
+                picker.record(threads, time.perf_counter() - t)
+            return loss
+    else:
+        picker.enabled = False
+
+        def step(b: torch.Tensor) -> torch.Tensor:
+            loss = F.cross_entropy(adapter(train.coef[b], train.fixed[b]), train.labels[b])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            return loss.detach()
+
+    every = max(1, steps // 20)  # progress updates per epoch: ~20, not one per step
+    best_acc, best_epoch, best_state, bad, pending = -1.0, 0, None, 0, 0
     history: list[dict] = []
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                TextColumn("loss {task.fields[loss]:.4f}  val {task.fields[val]:.4f}"))
-    with Progress(*columns, transient=True, disable=not config.progress) as bar:
-        task = bar.add_task(f"train {adapter.config['variant']}", total=config.max_epochs * steps, loss=float("nan"), val=float("nan"))
-        for epoch in range(1, config.max_epochs + 1):
-            adapter.train()
-            opt.train()
-            perm = torch.randperm(n, generator=gen)
-            total = torch.zeros((), dtype=torch.float64)
-            for s in range(0, n, bs):
-                b = perm[s : s + bs]
-                loss = F.cross_entropy(adapter(train.coef[b], train.fixed[b]), train.labels[b])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                total += loss.detach() * len(b)
-                bar.advance(task)
-            adapter.eval()
-            opt.eval()  # Schedule-Free: evaluate (and checkpoint) the averaged weights
-            acc = adapter.accuracy(val)
-            history.append({"epoch": epoch, "loss": float(total) / n, "val_accuracy": acc})
-            bar.update(task, loss=float(total) / n, val=acc)
-            if acc > best_acc:
-                best_acc, best_epoch, bad = acc, epoch, 0
-                best_state = [p.detach().clone() for p in params]
-            else:
-                bad += 1
-                if bad >= config.patience:
-                    break
+    try:
+        with Progress(*columns, transient=True, disable=not config.progress) as bar:
+            task = bar.add_task(f"train {adapter.config['variant']}", total=config.max_epochs * steps, loss=float("nan"), val=float("nan"))
+            for epoch in range(1, config.max_epochs + 1):
+                adapter.train()
+                opt.train()
+                perm = torch.randperm(n, generator=gen)
+                total = torch.zeros((), dtype=torch.float64)
+                for s in range(0, n, bs):
+                    b = perm[s : s + bs]
+                    loss = step(b)
+                    total += loss * len(b)
+                    pending += 1
+                    if pending == every:
+                        bar.advance(task, pending)
+                        pending = 0
+                bar.advance(task, pending)
+                pending = 0
+                adapter.eval()
+                opt.eval()  # Schedule-Free: evaluate (and checkpoint) the averaged weights
+                acc = evaluator.accuracy() if hand else adapter.accuracy(val)
+                history.append({"epoch": epoch, "loss": float(total) / n, "val_accuracy": acc})
+                bar.update(task, loss=float(total) / n, val=acc)
+                if acc > best_acc:
+                    best_acc, best_epoch, bad = acc, epoch, 0
+                    best_state = [p.detach().clone() for p in params]
+                else:
+                    bad += 1
+                    if bad >= config.patience:
+                        break
+    finally:
+        picker.restore()
     with torch.no_grad():
         for p, q in zip(params, best_state):
             p.copy_(q)
+    if hand:
+        params[0].grad = None
     adapter.eval()
     return FitResult(lr, len(history), best_epoch, best_acc, time.perf_counter() - t0, history, curve)
 

@@ -1,0 +1,125 @@
+"""The hand-written training step (ScalingObjective), the validation shortcut and the thread picker
+against the plain autograd loop they replace."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from adapter_synth import make_model, make_source
+from resi_dual.adapters import AdapterConfig, TrainConfig, build_adapter, fit
+from resi_dual.adapters.cache import CachedSplit
+from resi_dual.adapters.training import ScalingEvaluator, ScalingObjective, ThreadPicker
+from resi_dual.spectral.pca import fit_bases
+
+VARIANTS = [  # (variant, mean mode): per-component λ, one λ per head with scaled means, means added, output PCA
+    ("residual", None),
+    ("residual-full", None),
+    ("coarse", None),
+    ("residual", "add"),
+    ("spectral", None),
+]
+
+
+@pytest.fixture(scope="module")
+def world():
+    comp, readout = make_model()
+    train = make_source(comp, readout, 120, seed=1)
+    val = make_source(comp, readout, 40, seed=2)
+    bases = fit_bases(train, progress=False)
+    g = torch.Generator().manual_seed(5)
+    clf = F.normalize(torch.randn(3, comp.d_out, generator=g), dim=1)
+    return comp, readout, train, val, bases, clf
+
+
+def _adapter(world, variant, mean_mode, seed=4):
+    _, _, train, _, bases, clf = world
+    return build_adapter(AdapterConfig(variant, mean_mode=mean_mode, init="paper", seed=seed), train, clf, 30.0,
+                         bases=bases)
+
+
+@pytest.mark.parametrize("variant,mean_mode", VARIANTS)
+def test_hand_gradient_equals_autograd_float64(world, variant, mean_mode):
+    ad = _adapter(world, variant, mean_mode).double()
+    s = ad.encode(world[2])
+    coef, fixed, labels = s.coef[:20].double(), s.fixed[:20].double(), s.labels[:20]
+    if mean_mode is None and variant == "residual":  # a row whose embedding is 0: F.normalize's ε branch
+        coef[3], fixed[3] = 0.0, 0.0
+    loss, grad = ScalingObjective(ad, 32)(coef, fixed, labels)
+    ad.zero_grad()
+    out = F.cross_entropy(ad(coef, fixed), labels)
+    out.backward()
+    want = out.detach()
+    assert grad.dtype == torch.float64 and grad.shape == ad.module.lam.shape
+    assert abs(float(loss) - float(want)) < 1e-12 * max(1.0, abs(float(want)))
+    ref = ad.module.lam.grad
+    assert float(ref.abs().max()) > 1e-3  # a gradient that says something
+    assert torch.allclose(grad, ref, rtol=1e-10, atol=1e-12 * float(ref.abs().max())), float((grad - ref).abs().max())
+
+
+@pytest.mark.parametrize("variant,mean_mode", VARIANTS)
+def test_validation_shortcut_matches_the_full_forward(world, variant, mean_mode):
+    ad = _adapter(world, variant, mean_mode)
+    for src in (world[2], world[3]):
+        s = ad.encode(src)
+        ev = ScalingEvaluator(ad, s, block_rows=16)  # several blocks
+        with torch.no_grad():
+            for scale in (1.0, 0.3):
+                ad.module.lam.mul_(scale)
+                assert ev.accuracy() == ad.accuracy(s)
+
+
+@pytest.mark.parametrize("variant,mean_mode", [("residual", None), ("coarse", None)])
+def test_fit_with_hand_gradient_matches_autograd_and_is_deterministic(world, variant, mean_mode):
+    _, _, train, val, _, _ = world
+
+    def run(hand, seed=0):
+        ad = _adapter(world, variant, mean_mode)
+        tc = TrainConfig(lr=0.05, max_epochs=4, patience=4, seed=seed, progress=False, hand_gradient=hand)
+        res = fit(ad, ad.encode(train), ad.encode(val), tc)
+        return ad.module.lam.detach().clone(), res
+
+    (a, ra), (b, rb), (c, rc), (d, _) = run(True), run(True), run(False), run(True, seed=1)
+    assert torch.equal(a, b) and ra.history == rb.history  # same seed, same λ, bit for bit
+    assert not torch.equal(a, d)
+    # against the autograd loop: the same λ up to float32 rounding, the same selection
+    assert torch.allclose(a, c, rtol=1e-4, atol=1e-5), float((a - c).abs().max())
+    assert (ra.best_epoch, ra.best_val_accuracy) == (rc.best_epoch, rc.best_val_accuracy)
+    assert [h["val_accuracy"] for h in ra.history] == [h["val_accuracy"] for h in rc.history]
+    assert [h["loss"] for h in ra.history] == pytest.approx([h["loss"] for h in rc.history], rel=1e-5)
+
+
+def test_thread_picker_keeps_the_faster_count_and_restores_it():
+    n = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        p = ThreadPicker(period=6, probe=2)
+        p.check(lambda: (torch.ones(3),))  # deterministic "step": switching allowed
+        assert p.enabled
+        seen = []
+        for i in range(12):
+            t = p.threads()
+            seen.append(t)
+            if t is not None:
+                p.record(t, 0.001 if t == 1 else 0.005) if i < 6 else p.record(t, 0.005 if t == 1 else 0.001)
+        assert seen == [1, 2, 1, 2, None, None] * 2 and p.choices == [1, 2]
+        p.restore()
+        assert torch.get_num_threads() == 2
+        flaky = ThreadPicker()
+        flaky.check(lambda: (torch.tensor([float(torch.get_num_threads())]),))  # differs between counts
+        assert not flaky.enabled and flaky.threads() is None
+    finally:
+        torch.set_num_threads(n)
+
+
+def test_fit_restores_the_thread_count_and_falls_back_for_other_adapters(world):
+    _, _, train, val, _, clf = world
+    n = torch.get_num_threads()
+    ad = _adapter(world, "residual", None)
+    fit(ad, ad.encode(train), ad.encode(val), TrainConfig(max_epochs=1, progress=False))
+    assert torch.get_num_threads() == n and ad.module.lam.grad is None
+    lin = build_adapter(AdapterConfig("linear"), train, clf, 30.0)  # autograd loop
+    w0 = lin.module.linear.weight.detach().clone()
+    res = fit(lin, lin.encode(train), lin.encode(val), TrainConfig(max_epochs=2, progress=False))
+    assert res.epochs == 2 and not torch.equal(lin.module.linear.weight, w0)
+    s = ad.encode(val)  # float64 coefficients with a float32 adapter: the autograd loop, same as before
+    assert not ScalingObjective.supports(ad, CachedSplit(s.coef.double(), s.fixed.double(), s.labels))
