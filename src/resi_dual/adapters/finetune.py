@@ -129,27 +129,35 @@ def accuracy(model, images: list, labels: np.ndarray, classifier: torch.Tensor, 
     return hits / len(images)
 
 
-def _images_of(store, model_spec: str) -> list:
-    """The store's images, loaded from its dataset spec and matched by sample id."""
+def _images_of(store, data_root: str | None = None) -> list:
+    """The store's images, loaded from its dataset spec and matched by sample id.
+
+    ``data_root``: where a ``torchvision:`` dataset lives; default the folder recorded in the store's
+    manifest when it was encoded (``run.data_root``). The class names are the store's own.
+    """
     from resi_dual.data import load_dataset
 
     spec, split = store.meta.get("dataset_spec"), store.meta.get("split")
     if not spec or not split:
         raise ResiDualError("finetune needs the dataset spec and split recorded in the store manifest")
-    ds = load_dataset(spec, split)
+    root = data_root if data_root is not None else (store.meta.get("run") or {}).get("data_root")
+    ds = load_dataset(spec, split, root=root, class_names=list(store.class_names))
     index = {ds.sample_id(i): i for i in range(len(ds))}
     missing = [sid for sid in store.sample_ids if sid not in index]
     if missing:
-        raise ResiDualError(f"{len(missing)} samples of the store are not in dataset {spec} ({split}), e.g. {missing[0]!r}")
+        where = f" under {root}" if root else ""
+        raise ResiDualError(f"{len(missing)} samples of the store are not in dataset {spec} ({split}){where}, e.g. {missing[0]!r}")
     return [ds[index[sid]][0] for sid in store.sample_ids]
 
 
 def finetune_from_stores(train, val, test, shots: int | None = None, seed: int = 1, lr: float = 1e-5, epochs: int = 30,
                          patience: int = 5, batch_size: int = 64, progress: bool = True, weights_out=None,
-                         device: str = "cpu") -> dict:
+                         device: str = "cpu", data_root: str | None = None) -> dict:
     """The ``finetune`` row of the protocol: same samples, classifier and selection rule as the adapters.
 
-    ``device`` (``cpu``, ``cuda``, ``cuda:N``, ``mps``) is where the backbone is trained."""
+    ``device`` (``cpu``, ``cuda``, ``cuda:N``, ``mps``) is where the backbone is trained. The images are
+    reloaded from the dataset spec in the stores' manifests; ``data_root`` is where a ``torchvision:``
+    dataset lives (default: the folder recorded when each store was encoded)."""
     from resi_dual import load_model
     from resi_dual.adapters.protocol import check_splits
     from resi_dual.zeroshot import classifier_for_source
@@ -161,9 +169,9 @@ def finetune_from_stores(train, val, test, shots: int | None = None, seed: int =
     model = load_model(spec, convention=train.composition.convention, device=device)
     head = classifier_for_source(train, model=model, train_source=train)
     rows = np.arange(len(train)) if shots is None else few_shot_rows(train.labels, shots, seed)
-    tr_images = _images_of(train, spec)
+    tr_images = _images_of(train, data_root)
     tr_images = [tr_images[i] for i in rows]
-    va_images, te_images = _images_of(val, spec), _images_of(test, spec)
+    va_images, te_images = _images_of(val, data_root), _images_of(test, data_root)
     zs_test = accuracy(model, te_images, test.labels, head.weights, head.logit_scale, batch_size)
     res = finetune(model, tr_images, train.labels[rows], va_images, val.labels, head.weights, head.logit_scale, lr,
                    epochs, patience, batch_size, 1.0, seed, progress)

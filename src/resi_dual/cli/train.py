@@ -37,6 +37,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--logit-scale", type=float, default=None,
                    help="temperature of the frozen classifier during training (default: the text tower's; 100 for "
                         "class-mean prototypes, whose own scale of 1 leaves cross-entropy almost flat)")
+    p.add_argument("--data-root", default=None,
+                   help="finetune: where the stores' torchvision: dataset lives (default: the folder recorded when "
+                        "the stores were encoded)")
     p.add_argument("--out", default="adapters", help="output directory (default ./adapters)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_device_argument(p, extra="; only finetune reruns the model, the other adapters train on cached "
@@ -115,7 +118,8 @@ def run(args: argparse.Namespace) -> int:
             stem = out_dir / _stem(dataset, "finetune", args.shots, seed)
             metrics = finetune_from_stores(train, val, test, shots=args.shots, seed=seed, lr=1e-5 if lr is None else lr,
                                            epochs=args.epochs, patience=args.patience, batch_size=args.batch,
-                                           progress=not args.quiet, weights_out=None, device=device)
+                                           progress=not args.quiet, weights_out=None, device=device,
+                                           data_root=args.data_root)
             stem.with_suffix(".json").write_text(json.dumps(metrics, indent=1))
             runs.append(metrics)
             console.print(f"finetune seed {seed}: val {metrics['accuracy']['val']:.4f}  test {metrics['accuracy']['test']:.4f}")
