@@ -120,3 +120,31 @@ def test_unit_chunking_gives_the_same_bases(monkeypatch):
     for lab in whole.labels:
         torch.testing.assert_close(chunked.explained_variance[lab], whole.explained_variance[lab], rtol=1e-12, atol=1e-14)
         torch.testing.assert_close(chunked.means[lab], whole.means[lab], rtol=1e-12, atol=1e-14)
+
+
+def test_moments_pass_holds_one_block_in_its_stored_dtype(monkeypatch):
+    """Working memory independent of N: blocks come in the stored dtype (no converted copy of the
+    whole block) and each one is released before the next is read."""
+    import gc
+    import weakref
+
+    src = make_source(n=300)
+    src._enc.heads = src._enc.heads.to(torch.float16)  # a store's dtype
+    ref = fit_bases(src, block_rows=64, progress=False)
+    seen, alive_at_next = [], []
+    orig = type(src).iter_blocks
+
+    def spy(self, block_rows, dtype=torch.float32):
+        for blk in orig(self, block_rows, dtype):
+            gc.collect()
+            alive_at_next.append(sum(w() is not None for w in seen))
+            seen.append(weakref.ref(blk.heads))
+            assert blk.heads.dtype == torch.float16
+            yield blk
+            del blk
+
+    monkeypatch.setattr(type(src), "iter_blocks", spy)
+    bases = fit_bases(src, block_rows=64, progress=False)
+    assert alive_at_next == [0] * 5  # 300 rows in 5 blocks, none alive when the next is read
+    for lab in ref.labels:
+        torch.testing.assert_close(bases.explained_variance[lab], ref.explained_variance[lab], rtol=0, atol=0)

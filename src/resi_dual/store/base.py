@@ -72,14 +72,16 @@ class EncodingSource:
             raise ResiDualError(f"row index out of range for a store of {len(self)} samples")
         return rows
 
-    def raw(self, rows=None, dtype: torch.dtype = torch.float32) -> RawBlock:
-        """All raw tensors for the rows (a slice or an index array) as a :class:`RawBlock`."""
+    def raw(self, rows=None, dtype: torch.dtype | None = torch.float32) -> RawBlock:
+        """All raw tensors for the rows (a slice or an index array) as a :class:`RawBlock`.
+
+        ``dtype=None`` keeps the stored dtype (no converted copy of fields the caller never reads)."""
         r = self._rows(rows)
-        dense, heads, mu, sigma, output = (t.to(dtype) for t in self._read_raw(r))
+        dense, heads, mu, sigma, output = (t if dtype is None else t.to(dtype) for t in self._read_raw(r))
         labels = torch.from_numpy(np.asarray(self.labels[r], dtype=np.int64))
         return RawBlock(r, dense, heads, mu, sigma, labels, output)
 
-    def iter_blocks(self, block_rows: int = 4096, dtype: torch.dtype = torch.float32) -> Iterator[RawBlock]:
+    def iter_blocks(self, block_rows: int = 4096, dtype: torch.dtype | None = torch.float32) -> Iterator[RawBlock]:
         """Consecutive row blocks; memory is bounded by ``block_rows`` whatever the store size."""
         for start in range(0, len(self), block_rows):
             yield self.raw(slice(start, min(start + block_rows, len(self))), dtype)
