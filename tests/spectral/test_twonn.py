@@ -126,3 +126,46 @@ def test_subsample_is_seeded_and_sorted():
     x = _linear_subspace(600, 3, 10, seed=6)
     e = TwoNN(max_samples=300, random_state=1).fit(x)
     assert e.n_samples_ == 300
+
+
+@pytest.mark.parametrize("kk", [1, 4, 49])
+def test_grouped_selection_equals_topk(kk):
+    g = torch.Generator().manual_seed(7)
+    d2 = torch.randint(0, 400, (37, 32 * 128), generator=g).float()  # many ties
+    d2[:, -40:] = float("inf")  # padding columns
+    d2[3, :] = 5.0  # a row of equal values
+    vals, idx = twonn_mod._select_smallest(d2, kk)
+    ref = torch.topk(d2, kk, dim=1, largest=False, sorted=True).values
+    assert torch.equal(vals, ref)
+    assert torch.equal(d2.gather(1, idx), vals)  # indices point at those values
+    assert (idx.sort(1).values.diff(dim=1) > 0).all()  # and are distinct columns
+
+
+def test_all_coordinates_bound_certifies_on_first_pass():
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(3000, 24, generator=g) * torch.logspace(0, -2, 24)  # D' ≤ FULL_DIMS: no PCA, all 24 coords
+    x = torch.cat([x, x[:10]])
+    st = {}
+    threads = torch.get_num_threads()
+    r1, r2 = two_nearest_neighbours(x, stats=st)
+    assert torch.get_num_threads() == threads  # the single-threaded search restores torch's setting
+    b1, b2 = _brute(x)
+    torch.testing.assert_close(r1, b1, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(r2, b2, rtol=1e-12, atol=1e-12)
+    assert st["bound_dims"] == 24 and st["left_after_pass1"] <= 3, st  # tight up to rounding
+
+
+def test_cost_model_picks_the_bounding_dimension():
+    g = torch.Generator().manual_seed(9)
+    x = _linear_subspace(2500, 6, 300, seed=9) + 1e-4 * torch.randn(2500, 300, generator=g)
+    st = {}
+    r1, r2 = two_nearest_neighbours(x, stats=st)
+    b1, b2 = _brute(x)
+    torch.testing.assert_close(r1, b1, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(r2, b2, rtol=1e-12, atol=1e-12)
+    # D' = 300 > FULL_DIMS: a few axes bound a 6-dim cloud well; far fewer than 300, and little brute force
+    assert 8 <= st["bound_dims"] <= 64 and st["left_after_pass2"] <= 25, st
+    # a deliberately poor bound (1 axis) stays exact through the fallbacks
+    st1 = {}
+    s1, s2 = two_nearest_neighbours(x, bound_dims=1, stats=st1)
+    assert torch.equal(s1, r1) and torch.equal(s2, r2) and st1["left_after_pass2"] > 0

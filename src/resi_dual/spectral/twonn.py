@@ -3,12 +3,16 @@
 The paper's code forms the full N × N distance matrix (10 GB at N = 50k). Here nearest neighbours are
 exact but never need that matrix, and most of the work happens in a few dimensions:
 
-1. rotate the centred points onto their top-m principal axes (m: enough for 99 % of the variance
-   of ≤ 4096 evenly spaced points, at least 8). The distance of two projections is a *lower bound*
-   of their true distance;
+1. rotate the centred points onto their top-m principal axes. The distance of two projections is a
+   *lower bound* of their true distance. When the mapped dimension D' is small (≤ ``FULL_DIMS`` = 128,
+   e.g. a head's d_head+2 coordinates) every coordinate is used, so the bound is tight up to float32
+   rounding and nearly every query certifies on the first pass. Otherwise m minimises a cost model
+   (:func:`_choose_dims`): first-pass cost grows with m, failures (second pass, brute force) shrink
+   with it; a pilot of ~100 queries measures the neighbour distances the model needs;
 2. per block of query rows, the Gram trick in float32 on the m coordinates (one fused ``addmm``
-   into a reused buffer) gives the K+1 smallest lower bounds; the K candidates (3) get their exact
-   float64 distance in the original coordinates;
+   into a reused, cache-sized buffer) gives the K+1 smallest lower bounds — found exactly by taking
+   the minimum of each group of 32 columns first and ``topk`` only over the best groups — and the K
+   candidates (3) get their exact float64 distance in the original coordinates;
 3. a query is certified when the (K+1)-th lower bound, minus a rounding margin, is at least its
    exact r2: no other point can then come closer. Uncertified queries get a second pass with 16×
    more candidates; those still left (rare on data whose spectrum decays; most of them on isotropic
@@ -21,6 +25,7 @@ ties (r1 = r2) are dropped before the fit, as DESIGN.md §5 specifies.
 from __future__ import annotations
 
 import math
+import time
 import warnings
 
 import numpy as np
@@ -30,6 +35,10 @@ from resi_dual.errors import ResiDualError
 from resi_dual.spectral.pca import lapack_single_thread
 
 _EPS32 = float(torch.finfo(torch.float32).eps)
+#: mapped dimension up to which every coordinate goes into the float32 bound (no PCA needed)
+FULL_DIMS = 128
+#: columns per group in the two-stage selection of the smallest lower bounds
+_GROUP = 32
 
 
 def _as_tensor(x) -> torch.Tensor:
@@ -45,40 +54,112 @@ def _mapped(x: torch.Tensor, linear_map: torch.Tensor | None) -> torch.Tensor:
     return x if linear_map is None else x @ linear_map.T
 
 
-def _principal_axes(x, linear_map, mean, variance_kept: float, min_dims: int, block_rows: int) -> torch.Tensor:
-    """(D', m) orthonormal top principal axes of the mapped points: enough for ``variance_kept`` of the variance."""
-    d = mean.shape[0]
-    cov = torch.zeros(d, d, dtype=torch.float64)
-    mean32 = mean.to(torch.float32)
-    # any orthonormal axes give a valid bound, so evenly spaced rows (≤ 4096) are enough to find good ones
-    x = x[:: max(1, x.shape[0] // 4096)]
-    for s in range(0, x.shape[0], 8 * block_rows):
-        xb = x[s : s + 8 * block_rows]
-        # float32 is plenty here: any orthonormal axes give a valid bound, good ones a tight bound
-        xb = (xb.to(torch.float32) if linear_map is None else _mapped(xb, linear_map).to(torch.float32)) - mean32
-        cov += (xb.T @ xb).to(torch.float64)
+def _finite(x: torch.Tensor) -> bool:
+    """All entries finite: one cheap sum first (NaN and inf propagate), the full check only if that fails."""
+    return bool(torch.isfinite(x.sum())) or bool(torch.isfinite(x).all())
+
+
+def _centre(x: torch.Tensor, linear_map, block_rows: int) -> torch.Tensor:
+    """(D',) float64 centre of the mapped points.
+
+    Any fixed centre gives the same distances; a good one keeps the projections (hence the float32
+    rounding margins) small, so a float32 mean of the rows, mapped, is plenty."""
+    s = torch.zeros(x.shape[1], dtype=torch.float64)
+    for t in range(0, x.shape[0], 16 * block_rows):
+        s += x[t : t + 16 * block_rows].to(torch.float32).sum(0).to(torch.float64)
+    return _mapped(s / x.shape[0], linear_map)
+
+
+def _spectrum(x, linear_map, mean, sample_rows: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
+    """(variances (D',) descending, axes (D', D')) of ≤ ``sample_rows`` evenly spaced mapped rows, float32.
+
+    Any orthonormal axes give a valid bound (they are re-orthonormalised in float64 before use),
+    good ones a tight bound, so a sample and float32 are enough."""
+    xs = x[:: max(1, x.shape[0] // sample_rows)]
+    xs = (xs.to(torch.float32) if linear_map is None else _mapped(xs, linear_map).to(torch.float32)) - mean.to(torch.float32)
+    cov = xs.T @ xs
     with lapack_single_thread():
         evals, evecs = torch.linalg.eigh(0.5 * (cov + cov.T))
-    evals, evecs = evals.flip(0).clamp_min(0), evecs.flip(1)
-    total = float(evals.sum())
-    if total <= 0:
-        return evecs[:, : min(d, min_dims)]
-    m = int(torch.searchsorted(torch.cumsum(evals, 0) / total, torch.tensor(variance_kept, dtype=torch.float64))) + 1
-    return evecs[:, : min(d, max(min_dims, m))]
+    return evals.flip(0).clamp_min(0).double() / max(1, xs.shape[0] - 1), evecs.flip(1)
 
 
-def _refine(x: torch.Tensor, linear_map, q_idx: torch.Tensor, cand: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact float64 distances from queries (b,) to candidates (b, K); returns sorted (b, K) distances.
+def _orthonormal(v: torch.Tensor) -> torch.Tensor:
+    """(D', m) columns of v made orthonormal to float64 precision (same span and order)."""
+    with lapack_single_thread():
+        q, r = torch.linalg.qr(v.to(torch.float64))
+    return q * torch.where(torch.diagonal(r) < 0, -1.0, 1.0).to(torch.float64)[None, :]
 
-    The difference is taken before the map, so duplicate points are at distance exactly 0."""
-    diff = x[cand].to(torch.float64) - x[q_idx].to(torch.float64)[:, None, :]  # (b, K, D)
-    dist = torch.linalg.vector_norm(_mapped(diff, linear_map), dim=2)
-    return torch.sort(dist, dim=1).values, dist
+
+#: relative cost of one float32 lower bound (Gram output + selection), per bound dimension, and of one
+#: float64 brute-force distance per coordinate (measured on a 2-core EPYC, single-threaded)
+_COST_OUT, _COST_DIM, _COST_BRUTE = 2.0, 0.02, 0.12
+
+
+def _choose_dims(x, linear_map, mean, evals, k, k_wide, min_dims, n_pilot: int = 96) -> int:
+    """Bounding dimension m minimising the modelled cost of the whole search (used when D' > FULL_DIMS).
+
+    Cost model, per query: pass 1 costs N·(c_out + c_dim·m); a query fails it when its (K+1)-th lower
+    bound drops below r2. For ``n_pilot`` evenly spaced queries the exact r2 and the (K+1)-th and
+    (16K+1)-th neighbour distances d are found by a float32 Gram pass in all coordinates; a lower bound
+    in m dimensions is modelled as √(d² − 2·R_m), R_m the variance beyond the first m axes (the
+    expected squared residual of a pair). Pilot failures then cost a second pass (same price) and,
+    when the wide candidate list fails too, a float64 brute force (N·D'·c_brute)."""
+    n, dm = x.shape[0], evals.shape[0]
+    q = torch.arange(0, n, max(1, n // n_pilot))[:n_pilot]
+    xq = _mapped(x[q], linear_map).to(torch.float32) - mean.to(torch.float32)
+    d2 = torch.empty(q.numel(), n, dtype=torch.float32)
+    step = 4096
+    for s in range(0, n, step):
+        xr = _mapped(x[s : s + step], linear_map).to(torch.float32) - mean.to(torch.float32)
+        d2[:, s : s + xr.shape[0]] = (xq * xq).sum(1)[:, None] + (xr * xr).sum(1)[None, :] - 2.0 * (xq @ xr.T)
+    d2[torch.arange(q.numel()), q] = float("inf")
+    v = torch.topk(d2, k_wide + 1, dim=1, largest=False, sorted=True).values.double().clamp_min(0)
+    r2sq, dk, dw = v[:, 1], v[:, k], v[:, k_wide]
+    resid = evals.flip(0).cumsum(0).flip(0)  # resid[m] = Σ_{i ≥ m} λ_i
+    best, best_cost = dm, float("inf")
+    for m in sorted({min(dm, max(min_dims, c)) for c in (8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, dm)}):
+        r = 2.0 * float(resid[m]) if m < dm else 0.0
+        fail1 = float((dk - r < r2sq).double().mean())
+        fail2 = float((dw - r < r2sq).double().mean())
+        cost = n * (_COST_OUT + _COST_DIM * m) * (1 + fail1) + fail2 * n * dm * _COST_BRUTE
+        if cost < best_cost:
+            best, best_cost = m, cost
+    return best
+
+
+def _select_smallest(d2: torch.Tensor, kk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The kk smallest entries of each row of d2 (b, G·g), ascending: (values, column indices).
+
+    Exact, and cheaper than ``topk`` over the whole row: the minimum of every group of ``_GROUP``
+    columns, ``topk`` over those minima, then ``topk`` over the kk groups with the smallest minima
+    (the kk smallest entries lie in at most kk groups, and those have the kk smallest minima)."""
+    b, cols = d2.shape
+    if kk * _GROUP * 2 >= cols:
+        return torch.topk(d2, kk, dim=1, largest=False, sorted=True)
+    mins = d2.view(b, cols // _GROUP, _GROUP).amin(2)
+    groups = torch.topk(mins, kk, dim=1, largest=False, sorted=False).indices  # (b, kk)
+    sub_cols = (groups[:, :, None] * _GROUP + torch.arange(_GROUP)).view(b, kk * _GROUP)
+    vals, j = torch.topk(d2.gather(1, sub_cols), kk, dim=1, largest=False, sorted=True)
+    return vals, sub_cols.gather(1, j)
+
+
+def _refine(x: torch.Tensor, linear_map, q_idx: torch.Tensor, cand: torch.Tensor, chunk: int = 128) -> torch.Tensor:
+    """Exact float64 distances from queries (b,) to candidates (b, K), sorted per row: (b, K).
+
+    The difference is taken before the map (and float32 differences are exact in float64), so
+    duplicate points are at distance exactly 0. Chunks of ``chunk`` queries keep temporaries in cache."""
+    out = torch.empty(cand.shape, dtype=torch.float64)
+    for s in range(0, q_idx.numel(), chunk):
+        c, q = cand[s : s + chunk], q_idx[s : s + chunk]
+        diff = x[c].to(torch.float64) - x[q].to(torch.float64)[:, None, :]  # (b', K, D)
+        out[s : s + chunk] = torch.linalg.vector_norm(_mapped(diff, linear_map), dim=2)
+    return torch.sort(out, dim=1).values
 
 
 def two_nearest_neighbours(
-    x, block_rows: int = 1024, n_candidates: int = 3, variance_kept: float = 0.99, min_dims: int = 8,
-    linear_map: torch.Tensor | None = None,
+    x, block_rows: int = 256, n_candidates: int = 3, variance_kept: float | None = None, min_dims: int = 8,
+    linear_map: torch.Tensor | None = None, bound_dims: int | None = None, stats: dict | None = None,
+    n_threads: int | None = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact distances to the first and second nearest neighbour of every point (self excluded by index).
 
@@ -86,55 +167,100 @@ def two_nearest_neighbours(
         x: (N, D) points, N ≥ 3 (tensor or array; distances are exact float64 in these coordinates).
         block_rows: query rows per block (memory ~ block_rows · N · 4 bytes).
         n_candidates: K, exact candidates per query.
-        variance_kept, min_dims: choice of the bounding subspace (see module docstring).
+        variance_kept: if given, the bounding subspace holds this fraction of the variance (at least
+            ``min_dims`` axes) instead of the automatic choice (all D' coordinates when D' ≤ FULL_DIMS,
+            else :func:`_choose_dims`' cost model).
+        bound_dims: if given, exactly this many bounding axes.
         linear_map: optional (r, D) matrix M; distances are then ``‖M(x_i − x_j)‖`` (a head's
             ``R`` from ``A_h = QR``: output-space distances computed in d_head+2 coordinates).
+        stats: optional dict filled with the bounding dimension, the queries left after each pass
+            and seconds per phase.
+        n_threads: torch threads for the search (None: leave torch's setting). One by default: the
+            search is many mid-sized ops, and on cores shared with other work each threaded op waits
+            for the slowest core — measured on 2 busy cores, N = 20k, d = 768: 1.4 s on one thread,
+            7.9–10.8 s on two. Parallelise across units (processes) instead.
     Returns:
         r1, r2: (N,) float64, r1 ≤ r2.
     """
+    if n_threads is None:
+        return _two_nn(x, block_rows, n_candidates, variance_kept, min_dims, linear_map, bound_dims, stats)
+    before = torch.get_num_threads()
+    torch.set_num_threads(n_threads)
+    try:
+        return _two_nn(x, block_rows, n_candidates, variance_kept, min_dims, linear_map, bound_dims, stats)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _two_nn(x, block_rows, n_candidates, variance_kept, min_dims, linear_map, bound_dims, stats):
+    clock = time.perf_counter
+    t0 = clock()
     x = _as_tensor(x)
     n, d = x.shape
     if n < 3:
         raise ResiDualError(f"TwoNN needs at least 3 points, got {n}")
-    if not torch.isfinite(x).all():
+    if not _finite(x):
         raise ResiDualError("non-finite values (NaN or inf) in the points given to TwoNN")
     k = min(n_candidates, n - 2)  # K candidates plus one bounding value among n−1 others
+    k_wide = min(16 * n_candidates, n - 2)
     if linear_map is not None:
         linear_map = linear_map.to(torch.float64)
-    mean = _mapped(x.mean(0, dtype=torch.float64), linear_map)
-    axes = _principal_axes(x, linear_map, mean, variance_kept, min_dims, block_rows)  # (D', m)
-    m = axes.shape[1]
+    d_map = d if linear_map is None else linear_map.shape[0]
+    mean = _centre(x, linear_map, block_rows)
+    if bound_dims is None and variance_kept is None and d_map <= FULL_DIMS:
+        axes = None  # every coordinate: the bound is tight up to float32 rounding
+    else:
+        evals, evecs = _spectrum(x, linear_map, mean)
+        if bound_dims is not None:
+            m = bound_dims
+        elif variance_kept is not None:
+            total = float(evals.sum())
+            frac = torch.cumsum(evals, 0) / total if total > 0 else torch.ones_like(evals)
+            m = int(torch.searchsorted(frac, torch.tensor(variance_kept, dtype=torch.float64))) + 1
+        else:
+            m = _choose_dims(x, linear_map, mean, evals, k, k_wide, min_dims)
+        m = min(d_map, max(min_dims, m)) if bound_dims is None else min(d_map, max(1, m))
+        axes = _orthonormal(evecs[:, :m])  # (D', m)
+    t1 = clock()
     # projections: computed in float64, stored in float32 (rounding ≤ eps32/2 per coordinate)
-    y = torch.cat([((_mapped(x[s : s + 8 * block_rows], linear_map) - mean) @ axes).to(torch.float32)
-                   for s in range(0, n, 8 * block_rows)])  # (N, m)
+    g = _GROUP
+    n_pad = -(-n // g) * g
+    parts = []
+    for s in range(0, n, block_rows):
+        xb = _mapped(x[s : s + block_rows], linear_map) - mean
+        parts.append((xb if axes is None else xb @ axes).to(torch.float32))
+    y = torch.cat(parts)  # (N, m)
+    m = y.shape[1]
     ny = (y.double() ** 2).sum(1)  # (N,) float64
     y_norm_max = float(ny.max().sqrt())
     nr_max = float(ny.max())
-    ny32 = ny.to(torch.float32)[None, :]
+    # padded to whole groups of columns: zero coordinates and an infinite norm, so padding is never selected
+    ny32 = torch.full((1, n_pad), float("inf"), dtype=torch.float32)
+    ny32[0, :n] = ny.to(torch.float32)
+    y_t = torch.zeros(m, n_pad, dtype=torch.float32)
+    y_t[:, :n] = y.T
     gram_tol = (2 * m + 8) * _EPS32  # relative error of the float32 Gram-trick distance², conservative
     r1 = torch.empty(n, dtype=torch.float64)
     r2 = torch.empty(n, dtype=torch.float64)
-    # one reused buffer: a fresh 80 MB allocation per block costs more in page faults than the matmul
-    buf = torch.empty(min(block_rows, n), n, dtype=torch.float32)
-    y_t = y.T
+    # one reused, cache-sized buffer: a fresh allocation per block costs more in page faults than the matmul
+    buf = torch.empty(min(block_rows, n), n_pad, dtype=torch.float32)
+    t2 = clock()
 
     def certify(queries: torch.Tensor, kk: int) -> torch.Tensor:
         """Exact r1, r2 for ``queries`` from kk candidates each; returns the queries left uncertified."""
         left = []
-        rows = max(1, block_rows * 4 // (kk + 1))  # the (rows, kk, D) float64 refinement stays small
-        rows = min(rows, block_rows)
-        for s in range(0, queries.numel(), rows):
-            q = queries[s : s + rows]
+        for s in range(0, queries.numel(), block_rows):
+            q = queries[s : s + block_rows]
             b = q.numel()
             # lower bounds² minus the query's own ‖y_q‖² (constant per row: same order), float32, one fused pass
-            d2 = torch.addmm(ny32, y[q], y_t, beta=1.0, alpha=-2.0, out=buf[:b])  # (b, N)
+            d2 = torch.addmm(ny32, y[q], y_t, beta=1.0, alpha=-2.0, out=buf[:b])  # (b, N_pad)
             d2[torch.arange(b), q] = float("inf")  # exclude self by index: duplicates must stay at 0
-            vals, idx = torch.topk(d2, kk + 1, dim=1, largest=False, sorted=True)
+            vals, idx = _select_smallest(d2, kk + 1)
             if kk + 1 == n - 1:  # tiny inputs: every other point is a candidate, nothing to certify
-                srt, _ = _refine(x, linear_map, q, idx)
+                srt = _refine(x, linear_map, q, idx)
                 r1[q], r2[q] = srt[:, 0], srt[:, 1]
                 continue
-            srt, _ = _refine(x, linear_map, q, idx[:, :kk])
+            srt = _refine(x, linear_map, q, idx[:, :kk])
             r1[q], r2[q] = srt[:, 0], srt[:, 1]
             bound2 = vals[:, kk].double() + ny[q] - gram_tol * (ny[q] + nr_max)
             bound = bound2.clamp_min(0).sqrt() - _EPS32 * (ny[q].sqrt() + y_norm_max)
@@ -143,11 +269,18 @@ def two_nearest_neighbours(
         return torch.cat(left) if left else torch.empty(0, dtype=torch.long)
 
     todo = certify(torch.arange(n), k)
-    k_wide = min(16 * n_candidates, n - 2)
+    left1 = todo.numel()
+    t3 = clock()
     if todo.numel() and k_wide > k:  # second chance with many more candidates, still in m dimensions
         todo = certify(todo, k_wide)
+    left2 = todo.numel()
+    t4 = clock()
     if todo.numel():
         _brute_force(x, linear_map, mean, todo, k, block_rows, r1, r2)
+    if stats is not None:
+        stats.update(bound_dims=m, mapped_dims=d_map, n=n, left_after_pass1=left1, left_after_pass2=left2,
+                     seconds_setup=t1 - t0, seconds_project=t2 - t1, seconds_pass1=t3 - t2, seconds_pass2=t4 - t3,
+                     seconds_brute=clock() - t4)
     return r1, r2
 
 
@@ -164,7 +297,7 @@ def _brute_force(x, linear_map, mean, queries, k, block_rows, r1, r2) -> None:
             d2[:, t : t + xr.shape[0]] = (xq**2).sum(1)[:, None] + (xr**2).sum(1)[None, :] - 2.0 * (xq @ xr.T)
         d2[torch.arange(q.numel()), q] = float("inf")
         _, idx = torch.topk(d2, min(k + 1, n - 1), dim=1, largest=False, sorted=True)
-        srt, _ = _refine(x, linear_map, q, idx)  # refining K+1 exact candidates; Gram error is ~1e-13 relative
+        srt = _refine(x, linear_map, q, idx)  # refining K+1 exact candidates; Gram error is ~1e-13 relative
         r1[q], r2[q] = srt[:, 0], srt[:, 1]
 
 
@@ -193,7 +326,7 @@ class TwoNN:
         discard_fraction: fraction of the largest μ = r2/r1 left out of the fit (0.1 as in Facco et al.).
         max_samples: seeded subsample size when more points are given (50k as in the paper).
         random_state: seed of the subsample.
-        block_rows, n_candidates: see :func:`two_nearest_neighbours`.
+        block_rows, n_candidates, n_threads: see :func:`two_nearest_neighbours`.
 
     Attributes:
         dimension_: the estimate (float). 0.0 when all points coincide (with a warning).
@@ -204,12 +337,13 @@ class TwoNN:
     """
 
     def __init__(self, discard_fraction: float = 0.1, max_samples: int | None = 50_000, random_state: int = 0,
-                 block_rows: int = 1024, n_candidates: int = 3) -> None:
+                 block_rows: int = 256, n_candidates: int = 3, n_threads: int | None = 1) -> None:
         self.discard_fraction = discard_fraction
         self.max_samples = max_samples
         self.random_state = random_state
         self.block_rows = block_rows
         self.n_candidates = n_candidates
+        self.n_threads = n_threads
 
     def fit(self, X, y=None, linear_map=None) -> "TwoNN":
         """Estimate from points X (n, D); ``linear_map`` (r, D) measures distances as ‖M(x_i − x_j)‖."""
@@ -219,7 +353,8 @@ class TwoNN:
         rows = subsample_rows(x.shape[0], self.max_samples, self.random_state)
         if rows is not None:
             x = x[torch.from_numpy(rows)]
-        r1, r2 = two_nearest_neighbours(x, self.block_rows, self.n_candidates, linear_map=linear_map)
+        r1, r2 = two_nearest_neighbours(x, self.block_rows, self.n_candidates, linear_map=linear_map,
+                                        n_threads=self.n_threads)
         self.r1_, self.r2_ = r1, r2
         self.n_samples_ = int(x.shape[0])
         self.n_duplicates_ = int((r1 == 0).sum())
