@@ -15,7 +15,8 @@ exact but never need that matrix, and most of the work happens in a few dimensio
    candidates (3) get their exact float64 distance in the original coordinates;
 3. a query is certified when the (K+1)-th lower bound, minus a rounding margin, is at least its
    exact r2: no other point can then come closer. Uncertified queries get a second pass with 16×
-   more candidates; those still left (rare on data whose spectrum decays; most of them on isotropic
+   more candidates, of which only those whose lower bound is below the first pass's r2 are refined
+   (certified when the first unrefined lower bound is at least the new r2); those still left (rare on data whose spectrum decays; most of them on isotropic
    noise) are redone by brute force in float64 over all dimensions.
 
 So r1, r2 are exact distances in the given coordinates, whatever the data. Duplicates (r1 = 0) and
@@ -54,6 +55,11 @@ def _mapped(x: torch.Tensor, linear_map: torch.Tensor | None) -> torch.Tensor:
     return x if linear_map is None else x @ linear_map.T
 
 
+def _mapped32(x: torch.Tensor, linear_map: torch.Tensor | None) -> torch.Tensor:
+    """Rows of x through the optional map, in float32 (for estimates only: the spectrum and the pilot)."""
+    return x.to(torch.float32) if linear_map is None else _mapped(x, linear_map).to(torch.float32)
+
+
 def _finite(x: torch.Tensor) -> bool:
     """All entries finite: one cheap sum first (NaN and inf propagate), the full check only if that fails."""
     return bool(torch.isfinite(x.sum())) or bool(torch.isfinite(x).all())
@@ -76,7 +82,7 @@ def _spectrum(x, linear_map, mean, sample_rows: int = 2048) -> tuple[torch.Tenso
     Any orthonormal axes give a valid bound (they are re-orthonormalised in float64 before use),
     good ones a tight bound, so a sample and float32 are enough."""
     xs = x[:: max(1, x.shape[0] // sample_rows)]
-    xs = (xs.to(torch.float32) if linear_map is None else _mapped(xs, linear_map).to(torch.float32)) - mean.to(torch.float32)
+    xs = _mapped32(xs, linear_map) - mean.to(torch.float32)
     cov = xs.T @ xs
     with lapack_single_thread():
         evals, evecs = torch.linalg.eigh(0.5 * (cov + cov.T))
@@ -106,11 +112,11 @@ def _choose_dims(x, linear_map, mean, evals, k, k_wide, min_dims, n_pilot: int =
     when the wide candidate list fails too, a float64 brute force (N·D'·c_brute)."""
     n, dm = x.shape[0], evals.shape[0]
     q = torch.arange(0, n, max(1, n // n_pilot))[:n_pilot]
-    xq = _mapped(x[q], linear_map).to(torch.float32) - mean.to(torch.float32)
+    xq = _mapped32(x[q], linear_map) - mean.to(torch.float32)
     d2 = torch.empty(q.numel(), n, dtype=torch.float32)
     step = 4096
     for s in range(0, n, step):
-        xr = _mapped(x[s : s + step], linear_map).to(torch.float32) - mean.to(torch.float32)
+        xr = _mapped32(x[s : s + step], linear_map) - mean.to(torch.float32)
         d2[:, s : s + xr.shape[0]] = (xq * xq).sum(1)[:, None] + (xr * xr).sum(1)[None, :] - 2.0 * (xq @ xr.T)
     d2[torch.arange(q.numel()), q] = float("inf")
     v = torch.topk(d2, k_wide + 1, dim=1, largest=False, sorted=True).values.double().clamp_min(0)
@@ -246,8 +252,33 @@ def _two_nn(x, block_rows, n_candidates, variance_kept, min_dims, linear_map, bo
     buf = torch.empty(min(block_rows, n), n_pad, dtype=torch.float32)
     t2 = clock()
 
+    def lower_bounds(v: torch.Tensor, q: torch.Tensor, offset: torch.Tensor | None) -> torch.Tensor:
+        """Lower bounds (b, c) of the true distances of every point whose float32 value² (plus the
+        float64 ``offset`` (b,), if given) is ≥ v (b, c)."""
+        bound2 = v.double() if offset is None else v.double() + offset[:, None]
+        bound2 -= gram_tol * (ny[q] + nr_max)[:, None]
+        return bound2.clamp_min(0).sqrt() - _EPS32 * (ny[q].sqrt() + y_norm_max)[:, None]
+
+    def finish(q: torch.Tensor, vals: torch.Tensor, idx: torch.Tensor, upper: torch.Tensor | None,
+               offset: torch.Tensor | None = None) -> torch.Tensor:
+        """Exact r1, r2 of queries q from their smallest values² (b, kk+1), ascending; returns q left uncertified.
+
+        Only candidates whose lower bound is below ``upper`` (a known upper bound of r2) are refined;
+        the query is certified when the first candidate not refined is bounded below by r2."""
+        kk = vals.shape[1] - 1
+        if kk + 1 == n - 1:  # tiny inputs: every other point is a candidate, nothing to certify
+            srt = _refine(x, linear_map, q, idx)
+            r1[q], r2[q] = srt[:, 0], srt[:, 1]
+            return q[:0]
+        lb = lower_bounds(vals, q, offset)  # (b, kk+1)
+        c = kk if upper is None else max(min(2, kk), int((lb[:, :kk] < upper[:, None]).sum(1).max()))
+        srt = _refine(x, linear_map, q, idx[:, :c])
+        r1[q], r2[q] = srt[:, 0], srt[:, 1]
+        ok = (srt[:, 1] == 0) | (lb[:, c] >= srt[:, 1])  # r2 = 0 is exact whatever the bound
+        return q[~ok]
+
     def certify(queries: torch.Tensor, kk: int) -> torch.Tensor:
-        """Exact r1, r2 for ``queries`` from kk candidates each; returns the queries left uncertified."""
+        """r1, r2 for ``queries`` from kk candidates each; returns the queries left uncertified."""
         left = []
         for s in range(0, queries.numel(), block_rows):
             q = queries[s : s + block_rows]
@@ -256,16 +287,7 @@ def _two_nn(x, block_rows, n_candidates, variance_kept, min_dims, linear_map, bo
             d2 = torch.addmm(ny32, y[q], y_t, beta=1.0, alpha=-2.0, out=buf[:b])  # (b, N_pad)
             d2[torch.arange(b), q] = float("inf")  # exclude self by index: duplicates must stay at 0
             vals, idx = _select_smallest(d2, kk + 1)
-            if kk + 1 == n - 1:  # tiny inputs: every other point is a candidate, nothing to certify
-                srt = _refine(x, linear_map, q, idx)
-                r1[q], r2[q] = srt[:, 0], srt[:, 1]
-                continue
-            srt = _refine(x, linear_map, q, idx[:, :kk])
-            r1[q], r2[q] = srt[:, 0], srt[:, 1]
-            bound2 = vals[:, kk].double() + ny[q] - gram_tol * (ny[q] + nr_max)
-            bound = bound2.clamp_min(0).sqrt() - _EPS32 * (ny[q].sqrt() + y_norm_max)
-            ok = (srt[:, 1] == 0) | (bound >= srt[:, 1])  # r2 = 0 is exact whatever the bound
-            left.append(q[~ok])
+            left.append(finish(q, vals, idx, None if kk == k else r2[q], offset=ny[q]))
         return torch.cat(left) if left else torch.empty(0, dtype=torch.long)
 
     todo = certify(torch.arange(n), k)
