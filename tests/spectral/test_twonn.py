@@ -169,3 +169,16 @@ def test_cost_model_picks_the_bounding_dimension():
     st1 = {}
     s1, s2 = two_nearest_neighbours(x, bound_dims=1, stats=st1)
     assert torch.equal(s1, r1) and torch.equal(s2, r2) and st1["left_after_pass2"] > 0
+
+
+def test_second_pass_on_wide_rows_is_exact():
+    # N > 2·49·32: the second pass's 49 candidates come from the grouped selection; 8 axes of a
+    # 10-dim cloud leave many queries to it, of which only candidates below the first r2 are refined
+    x = _linear_subspace(4000, 10, 40, seed=10)
+    x = torch.cat([x, x[:7]])
+    st = {}
+    r1, r2 = two_nearest_neighbours(x, bound_dims=8, stats=st)
+    b1, b2 = _brute(x)
+    torch.testing.assert_close(r1, b1, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(r2, b2, rtol=1e-12, atol=1e-12)
+    assert st["left_after_pass1"] > 2000 and st["left_after_pass2"] < st["left_after_pass1"] // 4, st
