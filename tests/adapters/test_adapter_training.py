@@ -88,27 +88,39 @@ def test_fit_with_hand_gradient_matches_autograd_and_is_deterministic(world, var
     assert [h["loss"] for h in ra.history] == pytest.approx([h["loss"] for h in rc.history], rel=1e-5)
 
 
-def test_thread_picker_keeps_the_faster_count_and_restores_it():
+def test_thread_picker_keeps_the_faster_count():
+    p = ThreadPicker(2, period=6, probe=2)
+    p.check(lambda t: (torch.ones(3),))  # the same result at both counts: switching allowed
+    assert p.enabled
+    seen = []
+    for i in range(12):
+        t, probe = p.next()
+        seen.append((t, probe))
+        if probe:  # first window: 1 thread faster; second window: 2 threads faster
+            p.record(t, (0.001 if t == 1 else 0.005) if i < 6 else (0.005 if t == 1 else 0.001))
+    assert seen == [(1, True), (2, True), (1, True), (2, True), (1, False), (1, False),
+                    (1, True), (2, True), (1, True), (2, True), (2, False), (2, False)]
+    assert p.choices == [1, 2]
+    flaky = ThreadPicker(2)
+    flaky.check(lambda t: (torch.tensor([float(t)]),))  # differs between counts: never switch
+    assert not flaky.enabled and flaky.next() == (2, False)
+    assert ThreadPicker(1).next() == (1, False)
+
+
+def test_products_at_another_thread_count_give_the_same_bits(world):
+    ad = _adapter(world, "residual", None)
+    s = ad.encode(world[2])
+    obj = ScalingObjective(ad, 64)
     n = torch.get_num_threads()
     try:
-        torch.set_num_threads(2)
-        p = ThreadPicker(period=6, probe=2)
-        p.check(lambda: (torch.ones(3),))  # deterministic "step": switching allowed
-        assert p.enabled
-        seen = []
-        for i in range(12):
-            t = p.threads()
-            seen.append(t)
-            if t is not None:
-                p.record(t, 0.001 if t == 1 else 0.005) if i < 6 else p.record(t, 0.005 if t == 1 else 0.001)
-        assert seen == [1, 2, 1, 2, None, None] * 2 and p.choices == [1, 2]
-        p.restore()
-        assert torch.get_num_threads() == 2
-        flaky = ThreadPicker()
-        flaky.check(lambda: (torch.tensor([float(torch.get_num_threads())]),))  # differs between counts
-        assert not flaky.enabled and flaky.threads() is None
+        torch.set_num_threads(1)
+        ref = obj(s.coef[:64], s.fixed[:64], s.labels[:64])
+        obj.threads = 2
+        two = obj(s.coef[:64], s.fixed[:64], s.labels[:64])
+        assert torch.get_num_threads() == 1  # only the products ran at 2
     finally:
         torch.set_num_threads(n)
+    assert all(torch.equal(x, y) for x, y in zip(ref, two))
 
 
 def test_fit_restores_the_thread_count_and_falls_back_for_other_adapters(world):

@@ -104,6 +104,10 @@ class ScalingObjective:
         self.group = None if m._per_component else m.group
         self.const = m.means.sum(0) if m.mean_mode == "add" and m.means.shape[0] else None
         self.M = m.means if m.mean_mode == "scale" else None
+        #: torch threads for the two (b × K)·(K × d) products; ``None``: the caller's count. Everything
+        #: else in a step is small, and with more than one thread each of those ops would pay an
+        #: OpenMP fork/join (measured: ~0.5 ms per step on 2 cores, far more under load).
+        self.threads: int | None = None
         K, d = self.V.shape
         dt = self.V.dtype
         self.a = torch.empty(batch_size, K, dtype=dt)
@@ -123,7 +127,13 @@ class ScalingObjective:
         w = lam if self.group is None else lam[self.group]
         a, y, g_a = self.a[:b], self.y[:b], self.g_a[:b]
         torch.mul(coef, w, out=a)
+        base = torch.get_num_threads()
+        many = self.threads is not None and self.threads != base
+        if many:
+            torch.set_num_threads(self.threads)
         torch.addmm(fixed, a, self.V, out=y)
+        if many:
+            torch.set_num_threads(base)
         if self.const is not None:
             y += self.const
         if self.M is not None:
@@ -140,7 +150,11 @@ class ScalingObjective:
         g_u = g_z @ self.C
         g_u *= self.scale / b
         g_y = g_u.sub_(u * ((u * g_u).sum(1, keepdim=True) * (r > 1e-12))).div_(den)
+        if many:
+            torch.set_num_threads(self.threads)
         torch.mm(g_y, self.V.T, out=g_a)
+        if many:
+            torch.set_num_threads(base)
         g_w = g_a.mul_(coef).sum(0)
         grad = g_w if self.group is None else torch.zeros_like(lam).index_add_(0, self.group, g_w)
         if self.M is not None:
@@ -182,57 +196,50 @@ class ScalingEvaluator:
 
 
 class ThreadPicker:
-    """Every ``period`` steps, time ``probe`` steps at 1 thread and as many at the process's thread
-    count (alternating), and run the rest of the window at the faster; the count is restored on exit.
+    """Every ``period`` steps, time ``probe`` steps with the two products at 1 thread and as many at
+    ``n`` threads (alternating), and run the rest of the window at the faster count.
 
     For these small products (64 × K by K × d) the better count depends on the machine's load, which
-    changes within a run: on 2 cores, 2 threads beat 1 when idle and were ~5× slower under a load
-    average of ~6 (OpenMP threads waiting for each other's time slices). Switching is only enabled
-    when both counts give bitwise the same loss and gradient on a first batch, so it never changes λ.
+    changes within a run. Measured on 2 cores (bench/bench_adapters.py): one epoch's products took
+    2.6 s at 1 thread and 1.5 s at 2 on a nearly idle machine, 5.0 s and 17.6 s under a load average
+    of ~4 (OpenMP threads waiting for each other's time slices). Switching is only enabled when both
+    counts give bitwise the same loss and gradient on a first batch (of each batch size), so the
+    choice never changes λ.
 
     Attributes:
         choices: the count picked in each window (for inspection).
     """
 
-    def __init__(self, period: int = 100, probe: int = 2) -> None:
-        self.n = torch.get_num_threads()
-        self.period, self.probe = period, probe
-        self.enabled: bool | None = None if self.n > 1 else False
-        self.times: dict[int, list[float]] = {1: [], self.n: []}
+    def __init__(self, n: int, period: int = 200, probe: int = 2) -> None:
+        self.n, self.period, self.probe = n, period, probe
+        self.enabled = n > 1
+        self.current = n
+        self.times: dict[int, list[float]] = {1: [], n: []}
         self.i = 0
         self.choices: list[int] = []
 
-    def check(self, step) -> None:
-        """``step()`` -> tensors; enable switching if 1 and n threads give bitwise the same ones."""
-        if self.enabled is None:
-            torch.set_num_threads(1)
-            one = step()
-            torch.set_num_threads(self.n)
-            many = step()
+    def check(self, run) -> None:
+        """``run(threads)`` -> tensors; keep switching enabled only if 1 and n threads agree bitwise."""
+        if self.enabled:
+            one, many = run(1), run(self.n)
             self.enabled = all(torch.equal(x, y) for x, y in zip(one, many))
 
-    def threads(self) -> int | None:
-        """Thread count for the next step while probing, else ``None`` (keep the current one)."""
-        if not self.enabled:
-            return None
+    def next(self) -> tuple[int, bool]:
+        """(thread count for the next step, whether that step is a probe to be timed)."""
         j = self.i % self.period
-        if j >= 2 * self.probe:
+        if not self.enabled or j >= 2 * self.probe:
             self.i += 1
-            return None
-        return 1 if j % 2 == 0 else self.n
+            return self.current, False
+        return (1 if j % 2 == 0 else self.n), True
 
     def record(self, threads: int, seconds: float) -> None:
-        """The time of a probing step; at the end of the probe, switch to the faster count."""
+        """The time of a probe step; after the last probe of a window, switch to the faster count."""
         self.times[threads].append(seconds)
         self.i += 1
         if self.i % self.period == 2 * self.probe:
-            best = min(self.times, key=lambda t: min(self.times[t]))
-            torch.set_num_threads(best)
-            self.choices.append(best)
+            self.current = min(self.times, key=lambda t: min(self.times[t]))
+            self.choices.append(self.current)
             self.times = {1: [], self.n: []}
-
-    def restore(self) -> None:
-        torch.set_num_threads(self.n)
 
 
 def fit(adapter: Adapter, train: CachedSplit, val: CachedSplit, config: TrainConfig = TrainConfig()) -> FitResult:
@@ -260,13 +267,21 @@ def fit(adapter: Adapter, train: CachedSplit, val: CachedSplit, config: TrainCon
     steps = math.ceil(n / bs)
     hand = (config.hand_gradient and len(params) == 1 and ScalingObjective.supports(adapter, train)
             and ScalingObjective.supports(adapter, val))
-    picker = ThreadPicker()
+    n_threads = torch.get_num_threads()
+    picker = ThreadPicker(n_threads)
     if hand:
         objective = ScalingObjective(adapter, bs)
         evaluator = ScalingEvaluator(adapter, val)
         lam = params[0]
         lam.grad = torch.zeros_like(lam)
-        picker.check(lambda: objective(train.coef[:bs], train.fixed[:bs], train.labels[:bs]))
+        last = n - (steps - 1) * bs  # the full batch and the last one: the two shapes of the products
+
+        def run_at(threads: int) -> tuple[torch.Tensor, ...]:
+            objective.threads = threads
+            return (*objective(train.coef[:bs], train.fixed[:bs], train.labels[:bs]),
+                    *objective(train.coef[:last], train.fixed[:last], train.labels[:last]))
+
+        picker.check(run_at)
         # the batch is gathered into preallocated buffers (index_select), not new tensors per step
         coef_b = torch.empty(bs, train.coef.shape[1], dtype=train.coef.dtype)
         fixed_b = torch.empty(bs, train.fixed.shape[1], dtype=train.fixed.dtype)
@@ -278,18 +293,15 @@ def fit(adapter: Adapter, train: CachedSplit, val: CachedSplit, config: TrainCon
             torch.index_select(train.coef, 0, b, out=c)
             torch.index_select(train.fixed, 0, b, out=f)
             torch.index_select(train.labels, 0, b, out=y)
-            threads = picker.threads()
-            if threads is not None:
-                torch.set_num_threads(threads)
-                t = time.perf_counter()
+            objective.threads, probe = picker.next()
+            t = time.perf_counter()
             loss, grad = objective(c, f, y)
             lam.grad.copy_(grad)  # the optimizer rescales .grad in place
             opt.step()
-            if threads is not None:
-                picker.record(threads, time.perf_counter() - t)
+            if probe:
+                picker.record(objective.threads, time.perf_counter() - t)
             return loss
     else:
-        picker.enabled = False
 
         def step(b: torch.Tensor) -> torch.Tensor:
             loss = F.cross_entropy(adapter(train.coef[b], train.fixed[b]), train.labels[b])
@@ -304,6 +316,8 @@ def fit(adapter: Adapter, train: CachedSplit, val: CachedSplit, config: TrainCon
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                TextColumn("loss {task.fields[loss]:.4f}  val {task.fields[val]:.4f}"))
     try:
+        if hand:
+            torch.set_num_threads(1)  # the small ops; the two products get the picker's count
         with Progress(*columns, transient=True, disable=not config.progress) as bar:
             task = bar.add_task(f"train {adapter.config['variant']}", total=config.max_epochs * steps, loss=float("nan"), val=float("nan"))
             for epoch in range(1, config.max_epochs + 1):
@@ -334,7 +348,7 @@ def fit(adapter: Adapter, train: CachedSplit, val: CachedSplit, config: TrainCon
                     if bad >= config.patience:
                         break
     finally:
-        picker.restore()
+        torch.set_num_threads(n_threads)
     with torch.no_grad():
         for p, q in zip(params, best_state):
             p.copy_(q)
