@@ -177,7 +177,8 @@ class UnitMoments:
     def to_bases(self, readout, meta: dict | None = None, progress=None) -> UnitBases:
         """PCA of every unit from its moments and its affine readout (see module docstring).
 
-        Units of one width are finished together (batched QR and eigendecomposition)."""
+        Units of one width are finished together (batched QR and eigendecomposition), in chunks of
+        about ``CHUNK_ELEMENTS`` readout entries so the float64 temporaries stay small."""
         n = self.n
         if n < 2:
             raise ResiDualError(f"PCA needs at least 2 samples, the store has {n}")
@@ -187,17 +188,23 @@ class UnitMoments:
         for group, idx in ((self.heads, self._heads), (self.dense, self._dense)):
             if not idx:
                 continue
-            affines = [ro.affine(comp, i) for i in idx]
-            a = torch.stack([t[0] for t in affines])  # (k, d_out, p)
-            k_u = torch.stack([t[1] for t in affines])  # (k, d_out)
-            mean, components, ev, total = pca_from_moments(a, k_u, group.mean, group.m2 / (n - 1), n)
-            for j, i in enumerate(idx):
-                lab = comp.units[i].label
-                if total[j] <= 0.0:
-                    warnings.warn(f"unit {lab} has zero variance (constant contributions); its ratios are reported as 0")
-                means[lab], comps[lab], evs[lab], tvs[lab] = mean[j], components[j], ev[j], float(total[j])
-                if progress is not None:
-                    progress()
+            p = group.mean.shape[1]
+            step = max(1, self.CHUNK_ELEMENTS // (comp.d_out * p))
+            for j0 in range(0, len(idx), step):
+                chunk = idx[j0 : j0 + step]
+                affines = [ro.affine(comp, i) for i in chunk]
+                a = torch.stack([t[0] for t in affines])  # (k, d_out, p)
+                k_u = torch.stack([t[1] for t in affines])  # (k, d_out)
+                sl = slice(j0, j0 + len(chunk))
+                mean, components, ev, total = pca_from_moments(a, k_u, group.mean[sl], group.m2[sl] / (n - 1), n)
+                del affines, a, k_u
+                for j, i in enumerate(chunk):
+                    lab = comp.units[i].label
+                    if total[j] <= 0.0:
+                        warnings.warn(f"unit {lab} has zero variance (constant contributions); its ratios are reported as 0")
+                    means[lab], comps[lab], evs[lab], tvs[lab] = mean[j], components[j], ev[j], float(total[j])
+                    if progress is not None:
+                        progress()
         labels = [comp.units[i].label for i in sorted(self.unit_indices)]
         return UnitBases(comp, labels, means, comps, evs, tvs, n, dict(meta or {}))
 
