@@ -105,8 +105,8 @@ class ScalingObjective:
         self.const = m.means.sum(0) if m.mean_mode == "add" and m.means.shape[0] else None
         self.M = m.means if m.mean_mode == "scale" else None
         #: torch threads for the two (b × K)·(K × d) products; ``None``: the caller's count. Everything
-        #: else in a step is small, and with more than one thread each of those ops would pay an
-        #: OpenMP fork/join (measured: ~0.5 ms per step on 2 cores, far more under load).
+        #: else in a step is small, and with more than one thread each of those ops pays an OpenMP
+        #: fork/join (profiled on 2 busy cores: ~10 ms per step at 2 threads, ~0.7 ms at 1).
         self.threads: int | None = None
         K, d = self.V.shape
         dt = self.V.dtype
@@ -248,6 +248,8 @@ def fit(adapter: Adapter, train: CachedSplit, val: CachedSplit, config: TrainCon
     `ComponentScaling` adapters (residual, residual-full, coarse, spectral) take the hand-written
     gradient of :class:`ScalingObjective` and the validation shortcut of :class:`ScalingEvaluator`
     (``config.hand_gradient``); the others, or ``hand_gradient=False``, the plain autograd loop.
+    The hand-written loop runs torch at 1 thread except for its two products (see
+    :class:`ThreadPicker`) and restores the process's thread count on return.
     """
     import schedulefree
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
