@@ -61,12 +61,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_library_bars() -> None:
+    """transformers draws a bar for every checkpoint load (instant for local files, and once per grid
+    cell); it would break up our own progress view. Hub download bars (huggingface_hub) stay."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        return
+    hf_logging.disable_progress_bar()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
+    _quiet_library_bars()
     try:
         return int(args._run(args) or 0)
     except ResiDualError as e:

@@ -14,12 +14,8 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     import time
 
-    from transformers.utils import logging as hf_logging
-
     from resi_dual.demo import run_demo
 
-    # the demo reloads its 7 MB checkpoint per cell: transformers' per-load weight bar is noise here
-    hf_logging.disable_progress_bar()
     t0 = time.perf_counter()
     index = run_demo(args.out, quick=args.quick, progress=not args.quiet)
     print(f"demo finished in {time.perf_counter() - t0:.0f} s")
