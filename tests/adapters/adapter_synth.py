@@ -63,3 +63,16 @@ def direct_bases(source: MemorySource) -> UnitBases:
         ev[u.label] = s[:k] ** 2 / (n - 1)
         tot[u.label] = float((s**2).sum() / (n - 1))
     return UnitBases(comp, comp.labels, means, comps, ev, tot, n, {"how": "direct"})
+
+
+def make_world(n_train: int, n_other: int):
+    """(composition, readout, train source, second source, train-split bases, (3, d_out) classifier)."""
+    from resi_dual.spectral.pca import fit_bases
+
+    comp, readout = make_model()
+    train = make_source(comp, readout, n_train, seed=1)
+    other = make_source(comp, readout, n_other, seed=2)
+    bases = fit_bases(train, progress=False)
+    g = torch.Generator().manual_seed(5)
+    classifier = torch.nn.functional.normalize(torch.randn(3, comp.d_out, generator=g), dim=1)
+    return comp, readout, train, other, bases, classifier

@@ -5,11 +5,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from adapter_synth import make_model, make_source
+from adapter_synth import make_world
 from resi_dual.adapters import AdapterConfig, TrainConfig, build_adapter, fit
 from resi_dual.adapters.cache import CachedSplit
 from resi_dual.adapters.training import ScalingEvaluator, ScalingObjective, ThreadPicker
-from resi_dual.spectral.pca import fit_bases
 
 VARIANTS = [  # (variant, mean mode): per-component λ, one λ per head with scaled means, means added, output PCA
     ("residual", None),
@@ -22,13 +21,7 @@ VARIANTS = [  # (variant, mean mode): per-component λ, one λ per head with sca
 
 @pytest.fixture(scope="module")
 def world():
-    comp, readout = make_model()
-    train = make_source(comp, readout, 120, seed=1)
-    val = make_source(comp, readout, 40, seed=2)
-    bases = fit_bases(train, progress=False)
-    g = torch.Generator().manual_seed(5)
-    clf = F.normalize(torch.randn(3, comp.d_out, generator=g), dim=1)
-    return comp, readout, train, val, bases, clf
+    return make_world(120, 40)
 
 
 def _adapter(world, variant, mean_mode, seed=4):

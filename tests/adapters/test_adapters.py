@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from adapter_synth import direct_bases, make_model, make_source
+from adapter_synth import direct_bases, make_model, make_source, make_world
 from resi_dual.adapters import (
     Adapter,
     AdapterConfig,
@@ -16,18 +16,11 @@ from resi_dual.adapters import (
 )
 from resi_dual.adapters.modules import classify
 from resi_dual.errors import ResiDualError
-from resi_dual.spectral.pca import fit_bases
 
 
 @pytest.fixture(scope="module")
 def world():
-    comp, readout = make_model()
-    train = make_source(comp, readout, 200, seed=1)
-    test = make_source(comp, readout, 50, seed=2)
-    bases = fit_bases(train, progress=False)
-    g = torch.Generator().manual_seed(5)
-    classifier = torch.nn.functional.normalize(torch.randn(3, comp.d_out, generator=g), dim=1)
-    return comp, readout, train, test, bases, classifier
+    return make_world(200, 50)
 
 
 @pytest.mark.parametrize("how", ["fit_bases", "direct"])
