@@ -146,9 +146,16 @@ class _NumpyArrayUnpickler(pickle.Unpickler):
         return getattr(np, name)
 
 
+def restricted_unpickle(data: bytes, encoding: str = "ASCII"):
+    """Pickle bytes of a third-party data file (Animal-MNIST, CIFAR's python batches) decoded with an
+    unpickler that admits only numpy's array-reconstruction globals: containers, bytes and arrays
+    load, anything that would call code raises ``pickle.UnpicklingError``."""
+    return _NumpyArrayUnpickler(io.BytesIO(data), encoding=encoding).load()
+
+
 def load_numpy_pickle(data: bytes) -> np.ndarray:
-    """A numpy array from pickle bytes, through the restricted unpickler."""
-    arr = _NumpyArrayUnpickler(io.BytesIO(data)).load()
+    """A numpy array from pickle bytes, through :func:`restricted_unpickle`."""
+    arr = restricted_unpickle(data)
     if not isinstance(arr, np.ndarray):
         raise ResiDualError(f"expected a pickled numpy array, got {type(arr).__name__}")
     return arr

@@ -207,9 +207,7 @@ CIFAR = {
 
 
 def _cifar(spec: str, name: str, split: str, root: Path, names: list[str] | None) -> ImageDataset:
-    import io
-
-    from resi_dual.data.bundled import _NumpyArrayUnpickler
+    from resi_dual.data.bundled import restricted_unpickle
 
     folder, train_files, test_files, meta_file, names_key, labels_key = CIFAR[name]
     base = root / folder
@@ -219,7 +217,7 @@ def _cifar(spec: str, name: str, split: str, root: Path, names: list[str] | None
         if not path.is_file():
             raise ResiDualError(f"{spec} not found under {root} ({path} missing); nothing is downloaded")
         try:
-            obj = _NumpyArrayUnpickler(io.BytesIO(path.read_bytes()), encoding="latin1").load()
+            obj = restricted_unpickle(path.read_bytes(), encoding="latin1")
         except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file
             raise ResiDualError(f"{path} is not a CIFAR batch file ({e})") from None
         return {(k.decode() if isinstance(k, bytes) else k): v for k, v in obj.items()}
