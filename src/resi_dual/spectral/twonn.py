@@ -105,6 +105,20 @@ def _orthonormal(v: torch.Tensor) -> torch.Tensor:
 _COST_OUT, _COST_DIM, _COST_BRUTE = 2.0, 0.02, 0.12
 
 
+def _squared_distances(x, q: torch.Tensor, coords, centre: torch.Tensor, step: int) -> torch.Tensor:
+    """(len(q), N) Gram-trick squared distances from the query rows ``q`` to every row, in the
+    coordinates ``coords`` gives (its dtype), centred on ``centre``, rows read ``step`` at a time;
+    each query's own column is +inf (self excluded by index, so duplicates stay at 0)."""
+    n = x.shape[0]
+    xq = coords(x[q]) - centre
+    d2 = torch.empty(q.numel(), n, dtype=xq.dtype)
+    for s in range(0, n, step):
+        xr = coords(x[s : s + step]) - centre
+        d2[:, s : s + xr.shape[0]] = (xq * xq).sum(1)[:, None] + (xr * xr).sum(1)[None, :] - 2.0 * (xq @ xr.T)
+    d2[torch.arange(q.numel()), q] = float("inf")
+    return d2
+
+
 def _choose_dims(x, linear_map, mean, evals, k, k_wide, min_dims, n_pilot: int = 96) -> int:
     """Bounding dimension m minimising the modelled cost of the whole search (used when D' > FULL_DIMS).
 
@@ -116,13 +130,7 @@ def _choose_dims(x, linear_map, mean, evals, k, k_wide, min_dims, n_pilot: int =
     when the wide candidate list fails too, a float64 brute force (N·D'·c_brute)."""
     n, dm = x.shape[0], evals.shape[0]
     q = torch.arange(0, n, max(1, n // n_pilot))[:n_pilot]
-    xq = _mapped32(x[q], linear_map) - mean.to(torch.float32)
-    d2 = torch.empty(q.numel(), n, dtype=torch.float32)
-    step = 4096
-    for s in range(0, n, step):
-        xr = _mapped32(x[s : s + step], linear_map) - mean.to(torch.float32)
-        d2[:, s : s + xr.shape[0]] = (xq * xq).sum(1)[:, None] + (xr * xr).sum(1)[None, :] - 2.0 * (xq @ xr.T)
-    d2[torch.arange(q.numel()), q] = float("inf")
+    d2 = _squared_distances(x, q, lambda t: _mapped32(t, linear_map), mean.to(torch.float32), 4096)
     v = torch.topk(d2, k_wide + 1, dim=1, largest=False, sorted=True).values.double().clamp_min(0)
     r2sq, dk, dw = v[:, 1], v[:, k], v[:, k_wide]
     resid = evals.flip(0).cumsum(0).flip(0)  # resid[m] = Σ_{i ≥ m} λ_i
@@ -316,12 +324,7 @@ def _brute_force(x, linear_map, mean, queries, k, block_rows, r1, r2) -> None:
     bq = max(1, block_rows // 4)
     for s in range(0, queries.numel(), bq):
         q = queries[s : s + bq]
-        xq = _mapped(x[q], linear_map) - mean
-        d2 = torch.empty(q.numel(), n, dtype=torch.float64)
-        for t in range(0, n, 8 * block_rows):
-            xr = _mapped(x[t : t + 8 * block_rows], linear_map) - mean
-            d2[:, t : t + xr.shape[0]] = (xq**2).sum(1)[:, None] + (xr**2).sum(1)[None, :] - 2.0 * (xq @ xr.T)
-        d2[torch.arange(q.numel()), q] = float("inf")
+        d2 = _squared_distances(x, q, lambda t: _mapped(t, linear_map), mean, 8 * block_rows)
         _, idx = torch.topk(d2, min(k + 1, n - 1), dim=1, largest=False, sorted=True)
         srt = _refine(x, linear_map, q, idx)  # refining K+1 exact candidates; Gram error is ~1e-13 relative
         r1[q], r2[q] = srt[:, 0], srt[:, 1]
