@@ -7,7 +7,8 @@ width 768, 224 px, patch 32, projection 512):
   the adapter step itself is left out of the baseline, which only flatters the baseline;
 * ours: one epoch of `fit` on cached coefficients of 50k samples × 144 heads (synthetic coefficients
   at ViT-B scale, k components per head), then a full 30-epoch fit (no early stop) with a 10k
-  validation split evaluated every epoch;
+  validation split evaluated every epoch, once at the default products (``"auto"``: bfloat16 on a
+  CPU with AVX512-BF16 or AMX) and once at float32;
 * where the time goes: one epoch with the hand-written step vs the plain autograd loop (same math),
   and the floor — the two (64 × K)·(K × d) and (64 × d)·(d × K) products of every step, bare;
 * trainable parameters of every adapter at ViT-B/32 geometry.
@@ -66,16 +67,25 @@ def _backbone_batch_seconds(model, g: torch.Generator) -> float:
     return time.perf_counter() - t
 
 
-def _bare_products_seconds(comps: torch.Tensor, n_steps: int) -> float:
-    """The floor of one epoch: per step y = fixed + a V and g Vᵀ at the fit's shapes, nothing else."""
+def _bare_products_seconds(comps: torch.Tensor, n_steps: int, dtype: torch.dtype = torch.float32) -> float:
+    """The floor of one epoch: per step y = a V and g Vᵀ at the fit's shapes in ``dtype``, nothing else."""
     K, d = comps.shape
-    a, g, f = torch.randn(BATCH, K), torch.randn(BATCH, d), torch.randn(BATCH, d)
-    y, ga = torch.empty(BATCH, d), torch.empty(BATCH, K)
+    v = comps.to(dtype)
+    a, g = torch.randn(BATCH, K, dtype=dtype), torch.randn(BATCH, d, dtype=dtype)
+    y, ga = torch.empty(BATCH, d, dtype=dtype), torch.empty(BATCH, K, dtype=dtype)
     t = time.perf_counter()
     for _ in range(n_steps):
-        torch.addmm(f, a, comps, out=y)
-        torch.mm(g, comps.T, out=ga)
+        torch.mm(a, v, out=y)
+        torch.mm(g, v.T, out=ga)
     return time.perf_counter() - t
+
+
+def _floor(comps: torch.Tensor, n_steps: int, dtype: torch.dtype) -> tuple[float, float]:
+    """(one epoch of bare products at 1 thread, at the process's count), best of 2 each."""
+    n = min(_bare_products_seconds(comps, n_steps, dtype) for _ in range(2))
+    with _threads(1):
+        one = min(_bare_products_seconds(comps, n_steps, dtype) for _ in range(2))
+    return one, n
 
 
 def _synthetic_splits(k: int, seed: int = 0):
@@ -122,7 +132,7 @@ def run() -> list[dict]:
     import os
 
     from resi_dual.adapters.modules import LinearAdapter, trainable_parameters
-    from resi_dual.adapters.training import TrainConfig, fit
+    from resi_dual.adapters.training import TrainConfig, fit, resolve_products
 
     rows = []
     n_batches = -(-N_TRAIN // BATCH)
@@ -132,6 +142,8 @@ def run() -> list[dict]:
     def one_epoch(hand: bool) -> float:
         ad = _residual_adapter(comps, clf, K_PER_HEAD)
         return fit(ad, tr, va1k, TrainConfig(max_epochs=1, progress=False, hand_gradient=hand)).seconds
+
+    default_products = resolve_products("auto", torch.float32)
 
     times: dict[str, list[float]] = {"backbone": [], "hand": [], "autograd": [], "floor": []}
     with tempfile.TemporaryDirectory() as tmp, _threads(1):
@@ -145,54 +157,59 @@ def run() -> list[dict]:
             times["backbone"].append(_backbone_batch_seconds(model, g))
             times["hand"].append(one_epoch(True))
             times["autograd"].append(one_epoch(False))
-            times["floor"].append(_bare_products_seconds(comps, n_batches))
+            times["floor"].append(_bare_products_seconds(comps, n_batches, getattr(torch, default_products)))
         load1 = os.getloadavg()[0]
         del model
     t_batch = _median(times["backbone"])
     paper_epoch, ours_epoch = t_batch * n_batches, _median(times["hand"])
     load = f"load average {load0:.1f}–{load1:.1f} on {os.cpu_count()} cores"
     rows.append(dict(
-        what=f"one training epoch, {N_TRAIN // 1000}k samples × {L * H} heads × {K_PER_HEAD} comps (1 thread)",
+        what=f"one training epoch, {N_TRAIN // 1000}k samples × {L * H} heads × {K_PER_HEAD} comps (1 thread, "
+             f"{default_products} products)",
         ours=ours_epoch, baseline=paper_epoch, baseline_name=f"backbone+trace per batch ({t_batch:.2f} s/batch × {n_batches})",
         unit="s", ratio=paper_epoch / ours_epoch, target="≥ 300×", met=paper_epoch / ours_epoch >= 300,
         note=f"both single-threaded, interleaved, median of {REPEATS}; baseline scaled from timed batches of {BATCH} "
              f"at 224 px, adapter step excluded from it; {load}"))
     auto = _median(times["autograd"])
     rows.append(dict(
-        what="one epoch: hand-written λ-gradient vs autograd loop (same math, 1 thread)",
+        what=f"one epoch: hand-written λ-gradient ({default_products} products) vs float32 autograd loop (1 thread)",
         ours=ours_epoch, baseline=auto, baseline_name="autograd loop (hand_gradient=False)", unit="s",
         ratio=auto / ours_epoch, target="—", met=True,
         note=f"median of {REPEATS}, interleaved; autograd loop validates through the full forward"))
     floor = _median(times["floor"])
     rows.append(dict(
-        what="one epoch vs its floor: the two products per step alone (1 thread)",
+        what=f"one epoch vs its floor: the two {default_products} products per step alone (1 thread)",
         ours=ours_epoch, baseline=floor, baseline_name=f"{n_batches} × (addmm 64×{comps.shape[0]}·{comps.shape[0]}×{D_OUT} "
                                                        f"+ mm 64×{D_OUT}·{D_OUT}×{comps.shape[0]})",
         unit="s", ratio=ours_epoch / floor, target="—", met=True,
         note="ratio = ours / floor (1 = nothing but the matmuls)"))
 
-    # the full fit: the process's thread count (fit picks 1 or n per window), the floor right after it
-    ad = _residual_adapter(comps, clf, K_PER_HEAD)
+    # the full fit at the default products, then at float32; the process's thread count (fit picks 1 or n
+    # per window); each against its floor, measured right after it
     threads = torch.get_num_threads()
-    l0 = os.getloadavg()[0]
-    full = fit(ad, tr, va, TrainConfig(max_epochs=30, patience=30, progress=False))
-    l1 = os.getloadavg()[0]
-    floor_n = min(_bare_products_seconds(comps, n_batches) for _ in range(2))
-    with _threads(1):
-        floor_1 = min(_bare_products_seconds(comps, n_batches) for _ in range(2))
-    floor30 = 30 * min(floor_n, floor_1)
-    rows.append(dict(
-        what=f"full 30-epoch residual fit, {N_TRAIN // 1000}k × {L * H} heads (val {N_VAL // 1000}k every epoch)",
-        ours=full.seconds, baseline=30 * paper_epoch, baseline_name="30 epochs of backbone per batch (scaled)",
-        unit="s", ratio=30 * paper_epoch / full.seconds, target="< 60 s", met=full.seconds < 60,
-        note=(f"{ad.n_trainable} λ, {full.epochs} epochs run (no extrapolation), {threads} torch threads; best val acc "
-              f"{full.best_val_accuracy:.4f} at epoch {full.best_epoch}; load average {l0:.1f}–{l1:.1f} on "
-              f"{os.cpu_count()} cores")))
-    rows.append(dict(
-        what="full 30-epoch fit vs its floor: 30 × 782 steps of the two products alone",
-        ours=full.seconds, baseline=floor30, baseline_name=f"bare products, faster of 1 and {threads} threads, ×30",
-        unit="s", ratio=full.seconds / floor30, target="—", met=True,
-        note=f"floor one epoch: {floor_1:.2f} s at 1 thread, {floor_n:.2f} s at {threads}; ratio = ours / floor"))
+    for products in dict.fromkeys([default_products, "float32"]):
+        ad = _residual_adapter(comps, clf, K_PER_HEAD)
+        l0 = os.getloadavg()[0]
+        full = fit(ad, tr, va, TrainConfig(max_epochs=30, patience=30, progress=False, products=products))
+        l1 = os.getloadavg()[0]
+        floor_1, floor_n = _floor(comps, n_batches, getattr(torch, full.products))
+        floor30 = 30 * min(floor_n, floor_1)
+        default = products == default_products
+        rows.append(dict(
+            what=f"full 30-epoch residual fit, {N_TRAIN // 1000}k × {L * H} heads (val {N_VAL // 1000}k every epoch), "
+                 f"{full.products} products" + (" (default here)" if default else ""),
+            ours=full.seconds, baseline=30 * paper_epoch, baseline_name="30 epochs of backbone per batch (scaled)",
+            unit="s", ratio=30 * paper_epoch / full.seconds, target="< 60 s" if default else "—",
+            met=full.seconds < 60 if default else True,
+            note=(f"{ad.n_trainable} λ, {full.epochs} epochs run (no extrapolation), {threads} torch threads; best val "
+                  f"acc {full.best_val_accuracy:.4f} at epoch {full.best_epoch}; load average {l0:.1f}–{l1:.1f} on "
+                  f"{os.cpu_count()} cores")))
+        rows.append(dict(
+            what=f"full 30-epoch fit ({full.products}) vs its floor: 30 × {n_batches} steps of the two products alone",
+            ours=full.seconds, baseline=floor30, baseline_name=f"bare {full.products} products, faster of 1 and "
+                                                               f"{threads} threads, ×30",
+            unit="s", ratio=full.seconds / floor30, target="—", met=True,
+            note=f"floor one epoch: {floor_1:.2f} s at 1 thread, {floor_n:.2f} s at {threads}; ratio = ours / floor"))
 
     head_comp, mlp_comp = D_MODEL // H + 2, D_OUT  # all components: min(n−1, d_in+2, d_out)
     counts = {

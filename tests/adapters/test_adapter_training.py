@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from adapter_synth import make_world
 from resi_dual.adapters import AdapterConfig, TrainConfig, build_adapter, fit
 from resi_dual.adapters.cache import CachedSplit
-from resi_dual.adapters.training import ScalingEvaluator, ScalingObjective, ThreadPicker
+from resi_dual.adapters.training import ScalingEvaluator, ScalingObjective, ThreadPicker, resolve_products
+from resi_dual.errors import ResiDualError
 
 VARIANTS = [  # (variant, mean mode): per-component λ, one λ per head with scaled means, means added, output PCA
     ("residual", None),
@@ -67,11 +68,13 @@ def test_fit_with_hand_gradient_matches_autograd_and_is_deterministic(world, var
 
     def run(hand, seed=0):
         ad = _adapter(world, variant, mean_mode)
-        tc = TrainConfig(lr=0.05, max_epochs=4, patience=4, seed=seed, progress=False, hand_gradient=hand)
+        tc = TrainConfig(lr=0.05, max_epochs=4, patience=4, seed=seed, progress=False, hand_gradient=hand,
+                         products="float32")
         res = fit(ad, ad.encode(train), ad.encode(val), tc)
         return ad.module.lam.detach().clone(), res
 
     (a, ra), (b, rb), (c, rc), (d, _) = run(True), run(True), run(False), run(True, seed=1)
+    assert (ra.products, rc.products) == ("float32", "autograd")
     assert torch.equal(a, b) and ra.history == rb.history  # same seed, same λ, bit for bit
     assert not torch.equal(a, d)
     # against the autograd loop: the same λ up to float32 rounding, the same selection
@@ -79,6 +82,53 @@ def test_fit_with_hand_gradient_matches_autograd_and_is_deterministic(world, var
     assert (ra.best_epoch, ra.best_val_accuracy) == (rc.best_epoch, rc.best_val_accuracy)
     assert [h["val_accuracy"] for h in ra.history] == [h["val_accuracy"] for h in rc.history]
     assert [h["loss"] for h in ra.history] == pytest.approx([h["loss"] for h in rc.history], rel=1e-5)
+
+
+@pytest.mark.parametrize("variant,mean_mode", VARIANTS)
+def test_bfloat16_products_round_only_the_two_products(world, variant, mean_mode):
+    ad = _adapter(world, variant, mean_mode)
+    s = ad.encode(world[2])
+    batch = s.coef[:64], s.fixed[:64], s.labels[:64]
+    l32, g32 = ScalingObjective(ad, 64, "float32")(*batch)
+    bf = ScalingObjective(ad, 64, "bfloat16")
+    l16, g16 = bf(*batch)
+    assert bf.products == "bfloat16" and bf.V_in.dtype == torch.bfloat16
+    assert l16.dtype == g16.dtype == torch.float32
+    assert not torch.equal(g16, g32)  # the rounding happened
+    # bfloat16 keeps 8 bits: ~0.4 % on the gradient, measured 0.38-0.45 % here, direction intact
+    assert abs(float(l16 - l32)) < 5e-3 * float(l32)
+    assert float((g16 - g32).norm() / g32.norm()) < 2e-2
+    assert float(F.cosine_similarity(g16, g32, 0)) > 0.9995
+
+
+def test_bfloat16_fit_is_deterministic_and_lands_next_to_float32(world):
+    _, _, train, val, _, _ = world
+
+    def run(products):
+        ad = _adapter(world, "residual", None)
+        tc = TrainConfig(lr=0.05, max_epochs=4, patience=4, progress=False, products=products)
+        res = fit(ad, ad.encode(train), ad.encode(val), tc)
+        return ad.module.lam.detach().clone(), res
+
+    (a, ra), (b, rb), (c, rc) = run("bfloat16"), run("bfloat16"), run("float32")
+    assert ra.products == "bfloat16" and torch.equal(a, b) and ra.history == rb.history
+    assert not torch.equal(a, c)
+    assert float((a - c).norm() / c.norm()) < 1e-3  # measured 4e-5 over 4 epochs
+    assert [h["val_accuracy"] for h in ra.history] == [h["val_accuracy"] for h in rc.history]
+
+
+def test_products_auto_follows_the_cpu_and_the_dtype(monkeypatch):
+    from resi_dual.adapters import training
+
+    monkeypatch.setattr(training, "native_bfloat16", lambda: True)
+    assert resolve_products("auto", torch.float32) == "bfloat16"
+    assert resolve_products("float32", torch.float32) == "float32"
+    assert resolve_products("auto", torch.float64) == "float64"  # the float64 tests are never rounded
+    monkeypatch.setattr(training, "native_bfloat16", lambda: False)
+    assert resolve_products("auto", torch.float32) == "float32"
+    assert resolve_products("bfloat16", torch.float32) == "bfloat16"  # asked for explicitly: honoured
+    with pytest.raises(ResiDualError, match="products must be one of"):
+        resolve_products("fp8", torch.float32)
 
 
 def test_thread_picker_keeps_the_faster_count():

@@ -80,9 +80,10 @@ def test_train_apply_explain(stores, capsys):
     rc, _ = _train(stores, "zeroshot")
     z = json.loads((out / "data-zeroshot-seed1.json").read_text())
     assert rc == 0 and z["trainable_parameters"] == 0 and z["accuracy"]["test"] == z["accuracy"]["zeroshot_test"]
-    rc, _ = _train(stores, "coarse", "--shots", "5", "--epochs", "1")  # seeds 1, 2, 3 by default
+    rc, _ = _train(stores, "coarse", "--shots", "5", "--epochs", "1", "--products", "float32")  # seeds 1, 2, 3 by default
     c = json.loads((out / "data-coarse-5shot-seed1.json").read_text())
     assert rc == 0 and c["trainable_parameters"] == 8 and c["n"]["train"] == 15
+    assert c["products"] == "float32" and m["products"] in ("float32", "bfloat16")  # what "auto" became here
     summary = json.loads((out / "data-coarse-5shot-summary.json").read_text())
     assert summary["seeds"] == [1, 2, 3] and 0 <= summary["accuracy"]["test"]["mean"] <= 1
 

@@ -90,6 +90,7 @@ def train_and_evaluate(
         "best_epoch": result.best_epoch,
         "lr": result.lr,
         "lr_auto": train_config.lr == "auto",
+        "products": result.products,
         "seconds": {"cache": t_cache, "train": result.seconds, "total": time.perf_counter() - t0},
         "n": {"train": len(tr), "val": len(va), "test": len(te)},
         "shots": shots,

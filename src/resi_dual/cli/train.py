@@ -40,6 +40,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", default=None,
                    help="finetune: where the stores' torchvision: dataset lives (default: the folder recorded when "
                         "the stores were encoded)")
+    p.add_argument("--products", choices=["auto", "float32", "bfloat16"], default="auto",
+                   help="number format of the two large products of each λ step (residual, residual-full, coarse, "
+                        "spectral): bfloat16 inputs with float32 accumulation run ~2.4x faster on CPUs with "
+                        "AVX512-BF16 or AMX, and shift λ by ~1e-4 relative; auto takes bfloat16 there, float32 "
+                        "elsewhere; validation and test are always float32 (default auto)")
     p.add_argument("--out", default="adapters", help="output directory (default ./adapters)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_device_argument(p, extra="; only finetune reruns the model, the other adapters train on cached "
@@ -147,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
     for seed in seeds:
         config.seed = seed
         tc = TrainConfig(lr=lr, batch_size=args.batch, max_epochs=args.epochs, patience=args.patience, seed=seed,
-                         progress=not args.quiet)
+                         progress=not args.quiet, products=args.products)
         adapter, metrics = train_and_evaluate(config, train, val, test, head.weights, scale, bases, tc, args.shots,
                                               reference)
         stem = out_dir / _stem(dataset, args.adapter, args.shots, seed)

@@ -78,6 +78,7 @@ class AdaptationSettings:
     init: str = "ones"  # λ init: ``ones`` or ``paper`` (1 + N(0, 1))
     finetune_max_epochs: int = 30  # full fine-tuning epochs (lr 1e-5, grad clip 1)
     finetune_seeds: tuple[int, ...] | None = None  # seeds of full fine-tuning (None: the grid's seeds); it reruns the backbone
+    products: str = "auto"  # number format of the λ-step's two big products: auto, float32, bfloat16 (TrainConfig)
 
 
 @dataclass(frozen=True)
@@ -229,7 +230,8 @@ def parse_config(data: dict, source: str = "") -> GridConfig:
     adaptation = _fill(AdaptationSettings, "adaptation", data.get("adaptation", {}),
                        {"methods": "list:str", "bases": "choice:reference|task", "max_epochs": "posint",
                         "patience": "posint", "batch_size": "posint", "init": "choice:ones|paper",
-                        "finetune_max_epochs": "posint", "finetune_seeds": "list:int"})
+                        "finetune_max_epochs": "posint", "finetune_seeds": "list:int",
+                        "products": "choice:auto|float32|bfloat16"})
     bad = [m for m in adaptation.methods if m not in ADAPTATION_METHODS]
     if bad:
         raise ResiDualError(f"adaptation.methods: {bad[0]!r} is not one of {', '.join(ADAPTATION_METHODS)}")

@@ -320,6 +320,7 @@ def adaptation_rows(grid: Grid, m, d, method: str, seed: int, stores: dict, base
         _, res = train_and_evaluate(
             AdapterConfig(variant=method, init=s.init, seed=seed), train, val, test, head.weights, head.logit_scale,
             bases=bases, train_config=TrainConfig(batch_size=s.batch_size, max_epochs=s.max_epochs, patience=s.patience,
+                                                  products=s.products,
                                                   seed=seed, progress=False))
     row.update(trainable_parameters=int(res["trainable_parameters"]), val_accuracy=float(res["accuracy"]["val"]),
                test_accuracy=float(res["accuracy"]["test"]), epochs=int(res["epochs"]), best_epoch=int(res["best_epoch"]))
@@ -328,6 +329,8 @@ def adaptation_rows(grid: Grid, m, d, method: str, seed: int, stores: dict, base
 
 def plan_adaptation(grid: Grid) -> tuple[list, callable]:
     _need("resi_dual.adapters.protocol", "adaptation")
+    from resi_dual.adapters.training import resolve_products
+
     cfg, s = grid.config, grid.config.adaptation
     methods = list(s.methods)
     skipped = []
@@ -350,6 +353,8 @@ def plan_adaptation(grid: Grid) -> tuple[list, callable]:
                                 "patience": s.patience, "batch_size": s.batch_size}
                     if method == "finetune":
                         settings["finetune_max_epochs"] = s.finetune_max_epochs
+                    if method in ("residual", "residual-full", "coarse", "spectral"):  # λ-step methods; "auto" keyed by what it resolves to here
+                        settings["products"] = resolve_products(s.products, torch.float32)
                     deps = list(stores.values()) + ([bases] if needs_bases else [])
                     cells.append(grid.analysis(
                         "adaptation", f"{m.name}.{d.name}.{method}.s{seed}", settings, deps,
