@@ -27,6 +27,8 @@ def test_defaults_and_types():
     assert cfg.seeds == (0, 1, 2) and cfg.reference_split == "train"
     assert cfg.intrinsic_dim.variance == 0.99 and cfg.similarity.variance == 0.9
     assert "finetune" in cfg.adaptation.methods
+    assert cfg.adaptation.products == "auto"
+    assert parse_config(base(adaptation={"products": "float32"})).adaptation.products == "float32"
     assert cfg.device == "cpu"
     # the string is validated; whether the machine has the device is checked when the grid runs
     assert parse_config(base(grid={"device": "cuda:1"})).device == "cuda:1"
@@ -46,6 +48,7 @@ def test_defaults_and_types():
     (base(models=[{"spec": "demo"}, {"spec": "demo"}]), "models[1].name: duplicate"),
     (base(**{"intrinsic-dim": {"variance": 1.5}}), "intrinsic-dim.variance: must be in (0, 1]"),
     (base(adaptation={"methods": ["residual", "lora"]}), "adaptation.methods: 'lora'"),
+    (base(adaptation={"products": "fp16"}), "adaptation.products"),
     (base(specialization={"rankings": ["S", "X"]}), "specialization.rankings: 'X'"),
     (base(similarity={"split": "dev"}), "similarity.split: 'dev'"),
     (base(extra={}), "config.extra: unknown key"),
