@@ -93,7 +93,7 @@ def resolve_products(products: str, dtype: torch.dtype) -> str:
     return products
 
 
-def lam_dtype(adapter: Adapter) -> torch.dtype:
+def _lam_dtype(adapter: Adapter) -> torch.dtype:
     return adapter.module.components.dtype if isinstance(adapter.module, ComponentScaling) else torch.float32
 
 
@@ -120,7 +120,7 @@ class ScalingObjective:
     Backward: ``g_z = (softmax z − onehot) / b``; ``g_u = s g_z C``;
     ``g_y = (g_u − u (u·g_u)·[r > ε]) / max(r, ε)``; ``g_a = g_y Vᵀ``; ``g_w = Σ_b coef ⊙ g_a``;
     ``g_λ = g_w`` (or summed per group), ``+ M Σ_b g_y`` for the ``scale`` mean mode. The two
-    (b × K) × (K × d) products are the whole cost of a step; ``coef ⊙ w`` is formed once.
+    (b × K) × (K × d) products are the largest cost of a step; ``coef ⊙ w`` is formed once.
 
     With ``products="bfloat16"`` the two products take bfloat16 inputs (``a`` and ``g_y`` rounded,
     V rounded once) and accumulate in float32; their results come back to float32 before anything
@@ -338,7 +338,7 @@ def fit(adapter: Adapter, train: CachedSplit, val: CachedSplit, config: TrainCon
     n_threads = torch.get_num_threads()
     picker = ThreadPicker(n_threads)
     if hand:
-        objective = ScalingObjective(adapter, bs, resolve_products(config.products, lam_dtype(adapter)))
+        objective = ScalingObjective(adapter, bs, resolve_products(config.products, _lam_dtype(adapter)))
         evaluator = ScalingEvaluator(adapter, val)
         lam = params[0]
         lam.grad = torch.zeros_like(lam)

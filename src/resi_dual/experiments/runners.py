@@ -353,7 +353,8 @@ def plan_adaptation(grid: Grid) -> tuple[list, callable]:
                                 "patience": s.patience, "batch_size": s.batch_size}
                     if method == "finetune":
                         settings["finetune_max_epochs"] = s.finetune_max_epochs
-                    if method in ("residual", "residual-full", "coarse", "spectral"):  # λ-step methods; "auto" keyed by what it resolves to here
+                    # the λ-step methods: "auto" is keyed by what it resolves to on this machine
+                    if method in ("residual", "residual-full", "coarse", "spectral"):
                         settings["products"] = resolve_products(s.products, torch.float32)
                     deps = list(stores.values()) + ([bases] if needs_bases else [])
                     cells.append(grid.analysis(
