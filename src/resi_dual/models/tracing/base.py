@@ -367,7 +367,7 @@ class TracedModel:
         This is the cheap runtime check; ``enc.relative_error()`` is the float64 per-unit reference."""
         r = self.readout
         lin = enc.dense.sum(dim=1) @ r.dense_weight.T  # (n, d_out)
-        lin = lin + torch.einsum("nlhd,lhod->no", enc.heads, r.head_weight)
+        lin = lin + enc.heads.flatten(1) @ r.head_weight_flat
         sigma, mu = enc.sigma.double()[:, None], enc.mu.double()[:, None]
         total = (lin.double() + r.inv_sigma.double().sum(0)) / sigma
         return total + r.mu_over_sigma.double().sum(0) * (mu / sigma) + r.const.double().sum(0)
