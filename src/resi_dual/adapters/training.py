@@ -93,10 +93,6 @@ def resolve_products(products: str, dtype: torch.dtype) -> str:
     return products
 
 
-def _lam_dtype(adapter: Adapter) -> torch.dtype:
-    return adapter.module.components.dtype if isinstance(adapter.module, ComponentScaling) else torch.float32
-
-
 def resolve_lr(adapter: Adapter, train: CachedSplit, config: TrainConfig) -> tuple[float, list]:
     if config.lr == "auto":
         return lr_range_test(adapter, train, batch_size=config.batch_size, seed=config.seed)
@@ -130,8 +126,8 @@ class ScalingObjective:
         adapter: an :class:`Adapter` whose module is a :class:`ComponentScaling` (any dtype: tests run
             it in float64 against autograd).
         batch_size: the largest batch it will be called with (buffer size).
-        products: ``"float32"`` or ``"bfloat16"`` (already resolved, see :func:`resolve_products`);
-            ignored unless the adapter is float32.
+        products: ``"auto"``, ``"float32"`` or ``"bfloat16"``, resolved against the adapter's dtype
+            by :func:`resolve_products` (a float64 adapter stays float64).
     """
 
     def __init__(self, adapter: Adapter, batch_size: int, products: str = "float32") -> None:
@@ -152,7 +148,7 @@ class ScalingObjective:
         self.threads: int | None = None
         K, d = self.V.shape
         dt = self.V.dtype
-        self.products = products if dt == torch.float32 and products == "bfloat16" else str(dt).removeprefix("torch.")
+        self.products = resolve_products(products, dt)
         low = torch.bfloat16 if self.products == "bfloat16" else dt
         self.a = torch.empty(batch_size, K, dtype=low)
         # the bfloat16 copy of V and the products' own outputs; empty when the products run in dt
@@ -338,7 +334,7 @@ def fit(adapter: Adapter, train: CachedSplit, val: CachedSplit, config: TrainCon
     n_threads = torch.get_num_threads()
     picker = ThreadPicker(n_threads)
     if hand:
-        objective = ScalingObjective(adapter, bs, resolve_products(config.products, _lam_dtype(adapter)))
+        objective = ScalingObjective(adapter, bs, config.products)
         evaluator = ScalingEvaluator(adapter, val)
         lam = params[0]
         lam.grad = torch.zeros_like(lam)

