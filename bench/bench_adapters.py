@@ -114,7 +114,7 @@ def _synthetic_splits(k: int, seed: int = 0):
 def _residual_adapter(comps: torch.Tensor, clf: torch.Tensor, k: int):
     from resi_dual.adapters.adapter import Adapter
     from resi_dual.adapters.cache import Projection
-    from resi_dual.models.units import Composition
+    from resi_dual.core.units import Composition
 
     comp = Composition("bench-vit-b32", "synthetic", L, H, D_MODEL, D_MODEL // H, D_OUT)
     labels = [u.label for u in comp.head_units]

@@ -64,8 +64,8 @@ def measure(fn):
 
 def vitb_store(n: int, seed: int = 0):
     """A ViT-B-sized MemorySource: random readout, anisotropic float16 head encodings, no dense memory."""
-    from resi_dual.models.encodings import Readout, UnitEncodings
-    from resi_dual.models.units import Composition
+    from resi_dual.core.encodings import Readout, UnitEncodings
+    from resi_dual.core.units import Composition
     from resi_dual.store.base import MemorySource
 
     g = torch.Generator().manual_seed(seed)

@@ -5,7 +5,7 @@ Spectral Decomposition", TMLR 2025 (arXiv 2411.00246).
 """
 
 from resi_dual.errors import ResiDualError
-from resi_dual.models.units import Composition, Unit
+from resi_dual.core.units import Composition, Unit
 
 __version__ = "0.1.0"
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from resi_dual.models.encodings import Readout, UnitEncodings
-from resi_dual.models.units import Composition
+from resi_dual.core.encodings import Readout, UnitEncodings
+from resi_dual.core.units import Composition
 from resi_dual.spectral.bases import UnitBases
 from resi_dual.store.base import MemorySource
 

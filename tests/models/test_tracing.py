@@ -11,7 +11,7 @@ from torch import nn
 from tracing_models import HF_KINDS, OPEN_CLIP_VARIANTS
 from resi_dual import load_model
 from resi_dual.errors import ResiDualError
-from resi_dual.models.units import block_share, head_share
+from resi_dual.core.units import block_share, head_share
 
 ALL_KINDS = HF_KINDS + [f"open_clip_{v}" for v in OPEN_CLIP_VARIANTS]
 TOL = 1e-5

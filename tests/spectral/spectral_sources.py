@@ -4,8 +4,8 @@
 import numpy as np
 import torch
 
-from resi_dual.models.encodings import Readout, UnitEncodings
-from resi_dual.models.units import Composition
+from resi_dual.core.encodings import Readout, UnitEncodings
+from resi_dual.core.units import Composition
 from resi_dual.store.base import MemorySource
 
 

@@ -44,7 +44,7 @@ from resi_dual.adapters.cache import (
 )
 from resi_dual.adapters.modules import ComponentScaling, LinearAdapter, PassThrough, classify, trainable_parameters
 from resi_dual.errors import ResiDualError
-from resi_dual.models.units import Composition
+from resi_dual.core.units import Composition
 from resi_dual.store.base import EncodingSource
 
 FORMAT = "resi-dual-adapter/1"

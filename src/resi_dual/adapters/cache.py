@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from resi_dual.errors import ResiDualError
-from resi_dual.models.encodings import Readout, unit_features
-from resi_dual.models.units import Composition
+from resi_dual.core.encodings import Readout, unit_features
+from resi_dual.core.units import Composition
 from resi_dual.store.base import EncodingSource
 
 

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from resi_dual.errors import ResiDualError
 from resi_dual.interpret.decompose import Decomposition, somp, text_span
-from resi_dual.models.encodings import unit_features
+from resi_dual.core.encodings import unit_features
 
 METHODS = ("textspan", "somp")
 

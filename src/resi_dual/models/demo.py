@@ -95,7 +95,7 @@ def load_demo(path: str | Path | None = None, convention: str = "paper", device:
     Args:
         path: a checkpoint folder written by ``resi-dual pretrain-demo`` (default: the committed one;
             another folder gives spec ``demo:<folder>``).
-        convention: ``paper`` or ``centred`` (see ``resi_dual.models.units.Convention``).
+        convention: ``paper`` or ``centred`` (see ``resi_dual.core.units.Convention``).
         device: where the vision tower runs (``cpu``, ``cuda``, ``cuda:N``, ``mps``); the frozen
             MiniLM text tower stays on the CPU (its class embeddings are computed once).
     """

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from resi_dual.errors import ResiDualError
-from resi_dual.models.units import Composition
+from resi_dual.core.units import Composition
 
 
 @dataclass

@@ -80,7 +80,7 @@ def distance_map(source: EncodingSource, index: int) -> torch.Tensor:
 def unit_features_subsample(source: EncodingSource, indices: list[int], rows: np.ndarray | None,
                             block_rows: int = 4096) -> list[torch.Tensor]:
     """Features ``f_u`` (n', d_in+2) float64 of several units for the given rows, in one pass."""
-    from resi_dual.models.encodings import unit_features
+    from resi_dual.core.encodings import unit_features
 
     rows = np.arange(len(source)) if rows is None else rows
     parts: list[list[torch.Tensor]] = [[] for _ in indices]

@@ -1,7 +1,7 @@
 """Per-unit PCA in the output space, in one streaming pass over a store (DESIGN.md §4, §5).
 
 Every unit's contribution is affine in its features, ``c_u = A_u f_u + k_u`` with
-``f_u = [x_u/σ, 1/σ, μ/σ]`` (d_in+2 numbers; see :mod:`resi_dual.models.encodings`). So instead of
+``f_u = [x_u/σ, 1/σ, μ/σ]`` (d_in+2 numbers; see :mod:`resi_dual.core.encodings`). So instead of
 materialising ``c_u`` (n × d_out) and taking its SVD, we accumulate the first and second moments of
 ``f_u`` — all heads at once with one batched matmul per block, in float64, mergeable across shards
 (Chan, Golub & LeVeque's pairwise update) — and finish each unit with a thin QR ``A_u = QR`` and an
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from resi_dual.errors import ResiDualError
-from resi_dual.models.units import Composition
+from resi_dual.core.units import Composition
 from resi_dual.spectral.bases import UnitBases
 from resi_dual.store.base import EncodingSource, RawBlock
 

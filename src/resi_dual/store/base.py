@@ -3,7 +3,7 @@
 `EncodingSource` is what the spectral engine, text interpretation, zero-shot and the adapters read.
 Subclasses implement ``_read_raw(rows)``; everything else (lazy contributions, per-unit affine
 features, block iteration) is derived here once. `MemorySource` wraps a traced batch
-(:class:`~resi_dual.models.encodings.UnitEncodings`) for tests and small in-process jobs; the
+(:class:`~resi_dual.core.encodings.UnitEncodings`) for tests and small in-process jobs; the
 on-disk store (`resi_dual.store.disk`) is the other implementation.
 """
 
@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 from resi_dual.errors import ResiDualError
-from resi_dual.models.encodings import Readout, UnitEncodings, unit_features
-from resi_dual.models.units import Composition, Unit
+from resi_dual.core.encodings import Readout, UnitEncodings, unit_features
+from resi_dual.core.units import Composition, Unit
 
 
 @dataclass

@@ -37,8 +37,8 @@ import numpy as np
 import torch
 
 from resi_dual.errors import ResiDualError
-from resi_dual.models.encodings import Readout
-from resi_dual.models.units import Composition, Unit
+from resi_dual.core.encodings import Readout
+from resi_dual.core.units import Composition, Unit
 from resi_dual.store.base import EncodingSource
 
 FORMAT = "resi-dual-store"

@@ -43,7 +43,7 @@ import torch
 from resi_dual.data.base import BadImageError, ImageDataset
 from resi_dual.data.splits import stratified_limit
 from resi_dual.errors import ResiDualError
-from resi_dual.models.encodings import UnitEncodings
+from resi_dual.core.encodings import UnitEncodings
 from resi_dual.store.disk import (
     CHUNKS, COMPOSITION, FORMAT, FORMAT_VERSION, MANIFEST, PLAN, READOUT, ShardReader, atomic_write, chunk_path,
     file_sha256, is_tmp, json_bytes, read_manifest, safetensors_bytes,

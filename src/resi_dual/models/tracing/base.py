@@ -47,8 +47,8 @@ import torch
 from torch import nn
 
 from resi_dual.errors import ResiDualError
-from resi_dual.models.encodings import Readout, UnitEncodings
-from resi_dual.models.units import CONVENTIONS, Composition, block_share, head_share
+from resi_dual.core.encodings import Readout, UnitEncodings
+from resi_dual.core.units import CONVENTIONS, Composition, block_share, head_share
 
 #: Largest relative decomposition error ``trace(check=True)`` accepts. The invariant holds to ~1e-6
 #: in float32 on the tested families; the margin covers real checkpoints with large residual norms.

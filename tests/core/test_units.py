@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from resi_dual.errors import ResiDualError
-from resi_dual.models.encodings import Readout, UnitEncodings
-from resi_dual.models.units import Composition, Unit, block_share, head_share
+from resi_dual.core.encodings import Readout, UnitEncodings
+from resi_dual.core.units import Composition, Unit, block_share, head_share
 
 
 def test_labels_round_trip():

@@ -27,7 +27,7 @@ from typing import Iterable
 import torch
 
 from resi_dual.errors import ResiDualError
-from resi_dual.models.units import Composition, Unit
+from resi_dual.core.units import Composition, Unit
 
 
 @dataclass
