@@ -17,14 +17,14 @@ $(STAMP): pyproject.toml constraints-local.txt
 
 install: $(STAMP) data
 
-# Fashion-MNIST comes from Debian's dataset-fashion-mnist (root here; elsewhere see README).
+# Fashion-MNIST comes from Debian's dataset-fashion-mnist (root here; elsewhere RESI_DUAL_FASHION_MNIST, see README).
 data:
 	@if [ ! -d $(FMNIST) ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    (apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 || \
 	     (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1)) \
 	    || echo "warning: could not install Debian package dataset-fashion-mnist"; \
-	  else echo "note: Fashion-MNIST missing; install Debian's dataset-fashion-mnist or pass --fashion-mnist-root"; fi; \
+	  else echo "note: Fashion-MNIST missing; install Debian's dataset-fashion-mnist or set RESI_DUAL_FASHION_MNIST to a folder with its IDX .gz files"; fi; \
 	fi
 
 test: install

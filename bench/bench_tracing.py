@@ -4,7 +4,7 @@ ViT-B/32-sized random-weight models (12 layers, 12 heads, width 768, 224 px, out
 an HF ``CLIPVisionModelWithProjection`` and open_clip ``ViT-B-32`` (PyPI's ``nn.MultiheadAttention``
 blocks, which the tracer reroutes per instance). Repeats are interleaved (plain, trace, trace without
 check, plain, …) and medians compared, because these machines are shared and noisy.
-Target from issue 2: trace / plain ≤ 1.05.
+Target: trace / plain ≤ 1.05.
 """
 
 from __future__ import annotations

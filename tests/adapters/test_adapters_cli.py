@@ -72,7 +72,9 @@ def test_train_apply_explain(stores, capsys):
     assert rc == 0
     m = json.loads((out / "data-residual-seed1.json").read_text())
     assert m["variant"] == "residual" and m["trainable_parameters"] == m["components"] > 0
-    assert 0.0 <= m["accuracy"]["test"] <= 1.0 and 1 <= m["epochs"] <= 4 and m["lr"] == 0.8
+    # the three colours are separable, so the prototype classifier is perfect and the adapter keeps it so
+    assert m["accuracy"]["zeroshot_test"] == 1.0 and m["accuracy"]["test"] == 1.0
+    assert 1 <= m["epochs"] <= 4 and m["lr"] == 0.8 and m["best_epoch"] <= m["epochs"]
     assert m["n"] == {"train": 90, "val": 30, "test": 30} and m["basis_hash"]
     assert (out / "data-residual-summary.json").exists()
     adapter = m["adapter_file"]
@@ -85,13 +87,14 @@ def test_train_apply_explain(stores, capsys):
     assert rc == 0 and c["trainable_parameters"] == 8 and c["n"]["train"] == 15
     assert c["products"] == "float32" and m["products"] in ("float32", "bfloat16")  # what "auto" became here
     summary = json.loads((out / "data-coarse-5shot-summary.json").read_text())
-    assert summary["seeds"] == [1, 2, 3] and 0 <= summary["accuracy"]["test"]["mean"] <= 1
+    per_seed = [json.loads((out / f"data-coarse-5shot-seed{s}.json").read_text())["accuracy"]["test"] for s in (1, 2, 3)]
+    assert summary["seeds"] == [1, 2, 3] and summary["accuracy"]["test"]["mean"] == pytest.approx(np.mean(per_seed))
 
     capsys.readouterr()
     images = [str(stores["root"] / "data" / "test" / k / "0.png") for k in ("red", "green", "blue")]
     assert main(["apply", "--model", stores["spec"], "--adapter", adapter, *images]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 3 and all(line.split("\t")[1] in ("red", "green", "blue") for line in lines)
+    assert [line.split("\t")[1] for line in lines] == ["red", "green", "blue"]
 
     desc = stores["root"] / "desc.tsv"
     desc.write_text("unit\tcomponent\ttext\nL0H0\t0\tsomething reddish\n")
@@ -128,8 +131,8 @@ def test_finetune_trains_the_vision_encoder_only(stores):
     n_all = sum(p.numel() for p in vit.parameters())
     n_pool = sum(p.numel() for p in vit.pooler.parameters())  # the pooler is not part of the CLS embedding
     assert m["trainable_parameters"] == n_all - n_pool
-    assert 1 <= m["epochs"] <= 2 and m["n"]["train"] == 90 and 0 <= m["accuracy"]["test"] <= 1
-    assert len(m["history"]) == m["epochs"] and m["history"][0]["loss"] > 0
+    assert m["epochs"] == 2 and m["n"]["train"] == 90 and m["accuracy"]["test"] == 1.0
+    assert len(m["history"]) == 2 and 0 < m["history"][1]["loss"] < m["history"][0]["loss"]  # it does train
 
 
 def test_basis_from_another_store_or_file(stores, capsys):

@@ -150,7 +150,8 @@ def test_demo_zero_shot_on_seen_dataset_far_above_chance(demo_model):
     aidx = np.sort(np.random.default_rng(0).permutation(len(ay))[:500])
     animal = _zero_shot(demo_model, "animal-mnist", ax[aidx], ay[aidx])
     print(f"demo zero-shot top-1 on 500 Animal-MNIST images (never seen in pretraining): {animal:.3f}")
-    assert 0.0 <= animal <= 1.0  # reported, not asserted high: a genuine transfer to unseen classes
+    # classes the model never saw: near chance (0.10; the committed model gives 0.07), far below a seen dataset
+    assert abs(animal * 500 - round(animal * 500)) < 1e-3 and animal < 0.3 < acc
 
 
 def test_demo_decomposition_is_exact(demo_model):

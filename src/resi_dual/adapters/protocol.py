@@ -45,7 +45,7 @@ def train_and_evaluate(
     classifier: torch.Tensor,
     logit_scale: float,
     bases=None,
-    train_config: TrainConfig = TrainConfig(),
+    train_config: TrainConfig | None = None,
     shots: int | None = None,
     reference: EncodingSource | None = None,
 ) -> tuple[Adapter, dict]:
@@ -60,6 +60,7 @@ def train_and_evaluate(
     Returns:
         (the trained adapter, a JSON-ready metrics dict).
     """
+    train_config = train_config or TrainConfig()
     t0 = time.perf_counter()
     check_splits(train, val, test)
     classifier = torch.as_tensor(classifier, dtype=torch.float32)

@@ -303,7 +303,7 @@ class ThreadPicker:
             self.times = {1: [], self.n: []}
 
 
-def fit(adapter: Adapter, train: CachedSplit, val: CachedSplit, config: TrainConfig = TrainConfig()) -> FitResult:
+def fit(adapter: Adapter, train: CachedSplit, val: CachedSplit, config: TrainConfig | None = None) -> FitResult:
     """Train ``adapter`` in place on cached coefficients; leave it holding its best-validation weights.
 
     `ComponentScaling` adapters (residual, residual-full, coarse, spectral) take the hand-written
@@ -312,6 +312,7 @@ def fit(adapter: Adapter, train: CachedSplit, val: CachedSplit, config: TrainCon
     The hand-written loop runs torch at 1 thread except for its two products (see
     :class:`ThreadPicker`) and restores the process's thread count on return.
     """
+    config = config or TrainConfig()
     import schedulefree
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 

@@ -49,12 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"resi-dual {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module_name in COMMANDS.items():
-        try:
-            module = importlib.import_module(f"resi_dual.cli.{module_name}")
-        except ModuleNotFoundError as e:
-            if e.name == f"resi_dual.cli.{module_name}":
-                continue  # subcommand not built yet
-            raise
+        module = importlib.import_module(f"resi_dual.cli.{module_name}")
         p = sub.add_parser(name, help=module.HELP, description=module.HELP)
         module.add_arguments(p)
         p.set_defaults(_run=module.run)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import asdict, dataclass, field
-from typing import Iterable, Literal, Sequence
+from typing import Iterable, Literal
 
 from resi_dual.errors import ResiDualError
 
@@ -162,8 +162,3 @@ def head_share(n_layers: int, n_heads: int) -> float:
 def block_share(n_layers: int) -> float:
     """The paper's share of the μ and β terms for the embedding or one MLP: 1/(2L+1)."""
     return 1.0 / (2 * n_layers + 1)
-
-
-def parse_units_arg(comp: Composition, arg: str | Sequence[str] | None) -> list[int]:
-    """Map a ``--units`` CLI value onto unit indices (see :meth:`Composition.select`)."""
-    return comp.select(arg)

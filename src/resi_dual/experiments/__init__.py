@@ -1,4 +1,4 @@
-"""The paper's four experiments as resumable grids of cached cells (issue 8).
+"""The paper's four experiments as resumable grids of cached cells.
 
 ``resi-dual experiment NAME --config GRID.toml --out DIR`` — see :mod:`resi_dual.experiments.runners`
 for the experiments, :mod:`~resi_dual.experiments.config` for the grid file, and

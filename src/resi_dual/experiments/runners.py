@@ -7,7 +7,6 @@ the missing ones and writes ``OUT/<name>/`` (tables as TSV + Markdown, figures a
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import time
 from pathlib import Path
@@ -22,18 +21,6 @@ from resi_dual.experiments.grid import Grid, cell_rows, load_cell_bases, open_ce
 from resi_dual.experiments.tables import bar_plot, heatmaps, line_plot, mean_std, write_table
 
 EXPERIMENTS = ("intrinsic-dim", "similarity", "specialization", "adaptation")
-
-
-def _available(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:
-        return False
-
-
-def _need(module: str, experiment: str) -> None:
-    if not _available(module):
-        raise ResiDualError(f"experiment {experiment!r} is not available yet: it needs {module}, which has not landed")
 
 
 def _unit_rows_sorted(rows: list[dict]) -> list[dict]:
@@ -126,7 +113,6 @@ def similarity_rows(ref_bases_cell, bases_cell, model_name: str, dataset_name: s
 
 
 def plan_similarity(grid: Grid) -> tuple[list, callable]:
-    _need("resi_dual.spectral.similarity", "similarity")
     cfg, s = grid.config, grid.config.similarity
     cells = []
     datasets = [d for d in cfg.datasets]
@@ -247,7 +233,6 @@ def _describe_heads(grid: Grid, m, source, rankings, s) -> dict[str, list[str]]:
 
 
 def plan_specialization(grid: Grid) -> tuple[list, callable]:
-    _need("resi_dual.zeroshot.specialize", "specialization")
     cfg, s = grid.config, grid.config.specialization
     cells = []
     for m in cfg.models:
@@ -328,16 +313,11 @@ def adaptation_rows(grid: Grid, m, d, method: str, seed: int, stores: dict, base
 
 
 def plan_adaptation(grid: Grid) -> tuple[list, callable]:
-    _need("resi_dual.adapters.protocol", "adaptation")
     from resi_dual.adapters.training import resolve_products
 
     cfg, s = grid.config, grid.config.adaptation
     products = resolve_products(s.products, torch.float32)  # "auto" is keyed by what it resolves to here
     methods = list(s.methods)
-    skipped = []
-    if "finetune" in methods and not _available("resi_dual.adapters.finetune"):
-        methods.remove("finetune")
-        skipped.append("finetune")
     cells = []
     for m in cfg.models:
         ref_bases = grid.bases(grid.store(m, cfg.reference, cfg.reference_split, cfg.limits.reference))
@@ -370,11 +350,8 @@ def plan_adaptation(grid: Grid) -> tuple[list, callable]:
         summary = []
         for m in cfg.models:
             for d in cfg.datasets:
-                for method in methods + skipped:
+                for method in methods:
                     sel = [r for r in rows if r["model"] == m.name and r["dataset"] == d.name and r["method"] == method]
-                    if not sel:
-                        summary.append({"model": m.name, "dataset": d.name, "method": method, "note": "not available yet"})
-                        continue
                     mu, sd = mean_std([r["test_accuracy"] for r in sel])
                     summary.append({"model": m.name, "dataset": d.name, "method": method,
                                     "trainable_parameters": sel[0]["trainable_parameters"], "seeds": len(sel),
@@ -393,7 +370,7 @@ def plan_adaptation(grid: Grid) -> tuple[list, callable]:
                 series[method] = vals
             bar_plot([d.name for d in cfg.datasets], series, "test accuracy", f"{m.name}: adaptation",
                      out / "figures" / f"{m.name}.png")
-        return {"runs": len(rows), "skipped_methods": skipped}
+        return {"runs": len(rows)}
 
     return cells, finalize
 

@@ -240,11 +240,6 @@ def _hf_tokenizer(source: str):
         return None
 
 
-def list_short_names() -> dict[str, str]:
-    """The paper models' short names and the specs they resolve to."""
-    return dict(SHORT_NAMES)
-
-
 def describe(model) -> str:
     """One JSON line describing a traced model (spec, family, sizes, convention)."""
     c = model.composition

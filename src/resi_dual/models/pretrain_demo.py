@@ -1,4 +1,4 @@
-"""Pretraining of the bundled demo vision-language model (issue 7; DESIGN.md §9).
+"""Pretraining of the bundled demo vision-language model (DESIGN.md §9).
 
 An image tower in a standard architecture — transformers ``CLIPVisionModelWithProjection``, 28 px,
 patch 4, 6 layers × 6 heads, width 192, projection 384 — learns to map images into the embedding

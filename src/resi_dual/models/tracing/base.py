@@ -404,9 +404,3 @@ class TracedModel:
             f"{type(self).__name__}({self.spec!r}, family={self.family}, L={c.n_layers}, H={c.n_heads}, "
             f"d_model={c.d_model}, d_head={c.d_head}, d_out={c.d_out}, convention={c.convention})"
         )
-
-
-def require(condition: bool, message: str) -> None:
-    """Raise a one-line ResiDualError unless condition holds."""
-    if not condition:
-        raise ResiDualError(message)
