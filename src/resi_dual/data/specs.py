@@ -8,6 +8,8 @@ Specs:
                              cache (``datasets.load_dataset``).
     ``animal-mnist``, ``digits``, ``fashion-mnist``, ``textiles`` (or ``bundled:<name>``): the offline
                              real datasets of :mod:`resi_dual.data.bundled`.
+    ``world`` or ``world:attr=colour,objects=unseen,n=2000,seed=0``: the generated world of
+                             :mod:`resi_dual.data.world`, labelled by one attribute.
 
 Missing val (and test) splits are carved from train by :mod:`resi_dual.data.splits` (seed 42).
 Every dataset carries class names; where the source has none, pass ``class_names`` (a list or a text
@@ -48,6 +50,8 @@ def load_dataset(spec: str, split: str = "train", root: str | Path | None = None
     spec = spec.strip()
     names = _read_class_names(class_names)
     kind, _, arg = spec.partition(":")
+    if kind == "world":
+        return _world(spec, arg, split)
     if not _ or kind not in ("folder", "torchvision", "tv", "hf", "bundled"):
         kind, arg = "bundled", spec
     if kind == "bundled":
@@ -119,6 +123,16 @@ def _bundled(spec: str, name: str, split: str) -> ImageDataset:
             images, labels = raw[native]
             full[native] = ArrayDataset(spec, key, native, images, labels, raw["class_names"], id_prefix=native)
     return _derive(full, key, split)
+
+
+def _world(spec: str, arg: str, split: str) -> ImageDataset:
+    from resi_dual.data import world
+
+    opts = world.parse_spec(arg)
+    n = opts["n"] if opts["n"] is not None else world.DEFAULT_N[split]
+    w = world.cached_world(n, opts["seed"], split, opts["objects"], opts["combos"])
+    labels, names = world.labels_and_names(w, opts["attr"], opts["objects"])
+    return ArrayDataset(spec, f"world-{opts['attr']}", split, w.images, labels, names, id_prefix=split)
 
 
 # -- folders ------------------------------------------------------------------------------------

@@ -330,8 +330,17 @@ def canonical(dataset: str | None) -> str:
 
 
 def templates_for(dataset: str | None) -> tuple[str, ...]:
-    """Prompt templates for ``dataset``; the generic photo set when the dataset is unknown."""
-    return TEMPLATES.get(canonical(dataset), GENERIC_TEMPLATES)
+    """Prompt templates for ``dataset``; the generic photo set when the dataset is unknown.
+
+    The generated world (``world-<attribute>``) uses the templates its generator defines per attribute.
+    """
+    key = canonical(dataset)
+    if key.startswith("world-"):
+        from resi_dual.data.world import ATTRIBUTE_TEMPLATES
+
+        if key[6:] in ATTRIBUTE_TEMPLATES:
+            return ATTRIBUTE_TEMPLATES[key[6:]]
+    return TEMPLATES.get(key, GENERIC_TEMPLATES)
 
 
 def clean_class_name(raw: str) -> str:
