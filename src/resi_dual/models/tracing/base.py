@@ -56,6 +56,41 @@ DEFAULT_TOLERANCE = 1e-4
 
 
 @dataclass
+class AttnSpec:
+    """How one block's attention reads its tokens, for the spatial decomposition (``resi_dual.models.spatial``).
+
+    Attributes:
+        module: the module whose first input (positional or ``hidden_states``/``x``/``query``) is the
+            block's normalised tokens x̂ (n, T, D), or (T, n, D) when the layout is not batch-first.
+        qkv: returns the packed projection at call time: weight (3·H·d_head, D) with rows q, k, v,
+            each head-major, and bias (3·H·d_head,) or None (called late so ``.to(device)`` is seen).
+        scale: the logit scale (d_head^-0.5 for every supported family).
+        head_scale: returns a (H,) per-head scale applied to the attention output before W_o, or None.
+        logits: optional ``(q0 (n, H, d_head), k (n, H, T, d_head)) -> (n, H, T)`` for attentions whose
+            logits are not ``scale·q·k`` (open_clip's qk-norm or scaled cosine); q0, k are raw projections.
+    """
+
+    module: nn.Module
+    qkv: Callable[[], tuple[torch.Tensor, torch.Tensor | None]]
+    scale: float
+    head_scale: Callable[[], torch.Tensor | None] | None = None
+    logits: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+
+
+def packed_qkv(q: nn.Linear, k: nn.Linear, v: nn.Linear) -> Callable[[], tuple[torch.Tensor, torch.Tensor | None]]:
+    """An :attr:`AttnSpec.qkv` for three separate projections (zero biases where one has none)."""
+
+    def get():
+        w = torch.cat([q.weight, k.weight, v.weight])
+        if q.bias is None and k.bias is None and v.bias is None:
+            return w, None
+        zeros = torch.zeros(q.weight.shape[0], dtype=w.dtype, device=w.device)
+        return w, torch.cat([zeros if m.bias is None else m.bias for m in (q, k, v)])
+
+    return get
+
+
+@dataclass
 class Layout:
     """Where the residual terms of one ViT live in the library's module tree.
 
@@ -72,6 +107,7 @@ class Layout:
         batch_first: whether block inputs / MLP outputs are (n, T, D) (else (T, n, D)).
         instance_forwards: (module, forward) pairs installed on those module *instances* during
             capture (e.g. an explicit attention that calls ``out_proj`` as a module).
+        attention: per block, an :class:`AttnSpec` (empty: the family has no spatial decomposition).
     """
 
     blocks: Sequence[nn.Module]
@@ -84,6 +120,7 @@ class Layout:
     n_heads: int
     batch_first: bool = True
     instance_forwards: Sequence[tuple[nn.Module, Callable]] = field(default_factory=tuple)
+    attention: Sequence[AttnSpec] = field(default_factory=tuple)
 
     @property
     def n_layers(self) -> int:
@@ -329,6 +366,10 @@ class TracedModel:
         pixels = self.check_pixels(pixels)
         with self.capture() as store:
             output = self._forward(pixels)
+        return self.encodings_from(store, output, check)
+
+    def encodings_from(self, store: dict, output: torch.Tensor, check: bool = True) -> UnitEncodings:
+        """The :class:`UnitEncodings` of a filled :meth:`capture` store and the forward's output."""
         missing = [name for name, v in (("embedding", store["emb"]), ("final LayerNorm", store["resid"])) if v is None]
         missing += [f"L{i} attention output" for i, v in enumerate(store["z"]) if v is None]
         missing += [f"L{i} MLP" for i, v in enumerate(store["mlp"]) if v is None]

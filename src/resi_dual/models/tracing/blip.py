@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from resi_dual.models.tracing.base import Layout, TracedModel
+from resi_dual.models.tracing.base import AttnSpec, Layout, TracedModel
 
 
 class BlipTraced(TracedModel):
@@ -28,6 +28,8 @@ class BlipTraced(TracedModel):
             proj_weight=m.vision_proj.weight,
             proj_bias=m.vision_proj.bias,
             n_heads=blocks[0].self_attn.num_heads,
+            # one packed qkv Linear, reshaped (T, 3, H, d_head): rows q, k, v, head-major
+            attention=[AttnSpec(a, lambda a=a: (a.qkv.weight, a.qkv.bias), a.scale) for a in (b.self_attn for b in blocks)],
         )
 
     def _forward(self, pixels: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from resi_dual.models.tracing.base import Layout, TracedModel
-from resi_dual.models.tracing.vit import attr_path
+from resi_dual.models.tracing.vit import attr_path, hf_attention
 
 
 class Dinov2Traced(TracedModel):
@@ -31,6 +31,7 @@ class Dinov2Traced(TracedModel):
             proj_weight=None,
             proj_bias=None,
             n_heads=int(attr_path(attn[0], "num_attention_heads", "attention.num_attention_heads")),
+            attention=[hf_attention(a) for a in attn],
         )
 
     def _forward(self, pixels: torch.Tensor) -> torch.Tensor:

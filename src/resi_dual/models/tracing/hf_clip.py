@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from resi_dual.models.tracing.base import Layout, TracedModel
+from resi_dual.models.tracing.base import AttnSpec, Layout, TracedModel, packed_qkv
 
 
 class HFClipTraced(TracedModel):
@@ -38,6 +38,7 @@ class HFClipTraced(TracedModel):
             proj_weight=None if proj is None else proj.weight,
             proj_bias=None if proj is None else proj.bias,
             n_heads=blocks[0].self_attn.num_heads,
+            attention=[AttnSpec(a, packed_qkv(a.q_proj, a.k_proj, a.v_proj), a.scale) for a in (b.self_attn for b in blocks)],
         )
 
     def _forward(self, pixels: torch.Tensor) -> torch.Tensor:

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from resi_dual.errors import ResiDualError
-from resi_dual.models.tracing.base import Layout, TracedModel
+from resi_dual.models.tracing.base import AttnSpec, Layout, TracedModel
 
 
 def _mha_forward(mha: nn.MultiheadAttention):
@@ -58,6 +58,25 @@ def _mha_forward(mha: nn.MultiheadAttention):
         return (out if mha.batch_first else out.transpose(0, 1)), None
 
     return forward
+
+
+def _attn_spec(attn: nn.Module) -> AttnSpec:
+    """The :class:`AttnSpec` of an ``nn.MultiheadAttention`` or open_clip ``Attention`` (packed ``in_proj``)."""
+    H = attn.num_heads
+    dh = attn.in_proj_weight.shape[1] // H
+    qkv = lambda: (attn.in_proj_weight, attn.in_proj_bias)  # noqa: E731
+    if isinstance(attn, nn.MultiheadAttention):
+        return AttnSpec(attn, qkv, dh ** -0.5)
+    head_scale = None if attn.head_scale is None else (lambda: attn.head_scale.reshape(H))
+    logits = None
+    if attn.logit_scale is not None:  # scaled cosine attention, as open_clip's Attention.forward
+        def logits(q, k):
+            scale = torch.clamp(attn.logit_scale, max=attn.logit_scale_max).exp().reshape(1, H, 1)
+            return torch.einsum("nhd,nhtd->nht", F.normalize(q, dim=-1), F.normalize(k, dim=-1)) * scale
+    elif not isinstance(attn.ln_q, nn.Identity) or not isinstance(attn.ln_k, nn.Identity):
+        def logits(q, k):  # qk-norm, then SDPA's default d_head^-0.5
+            return torch.einsum("nhd,nhtd->nht", attn.ln_q(q), attn.ln_k(k)) * dh ** -0.5
+    return AttnSpec(attn, qkv, dh ** -0.5, head_scale, logits)
 
 
 class OpenClipTraced(TracedModel):
@@ -115,6 +134,7 @@ class OpenClipTraced(TracedModel):
             n_heads=n_heads,
             batch_first=getattr(v.transformer, "batch_first", True),
             instance_forwards=swaps,
+            attention=[_attn_spec(b.attn) for b in blocks],
         )
 
     def _forward(self, pixels: torch.Tensor) -> torch.Tensor:

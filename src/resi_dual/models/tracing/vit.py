@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from resi_dual.errors import ResiDualError
-from resi_dual.models.tracing.base import Layout, TracedModel
+from resi_dual.models.tracing.base import AttnSpec, Layout, TracedModel, packed_qkv
 
 
 def attr_path(obj, *paths: str):
@@ -26,6 +26,13 @@ def attr_path(obj, *paths: str):
             continue
         return cur
     raise ResiDualError(f"{type(obj).__name__} has none of {', '.join(paths)} (unsupported transformers version?)")
+
+
+def hf_attention(attn) -> AttnSpec:
+    """The :class:`AttnSpec` of a transformers 5.x (``q_proj``…) or 4.x (``attention.query``…) ViT/DINOv2 attention."""
+    q, k, v = (attr_path(attn, f"{a}_proj", f"attention.{b}") for a, b in (("q", "query"), ("k", "key"), ("v", "value")))
+    n_heads = int(attr_path(attn, "num_attention_heads", "attention.num_attention_heads"))
+    return AttnSpec(attn, packed_qkv(q, k, v), (q.weight.shape[0] // n_heads) ** -0.5)
 
 
 class ViTTraced(TracedModel):
@@ -49,6 +56,7 @@ class ViTTraced(TracedModel):
             proj_weight=None,
             proj_bias=None,
             n_heads=int(attr_path(attn[0], "num_attention_heads", "attention.num_attention_heads")),
+            attention=[hf_attention(a) for a in attn],
         )
 
     def _forward(self, pixels: torch.Tensor) -> torch.Tensor:
