@@ -52,12 +52,54 @@ def test_defaults_and_types():
     (base(specialization={"rankings": ["S", "X"]}), "specialization.rankings: 'X'"),
     (base(similarity={"split": "dev"}), "similarity.split: 'dev'"),
     (base(extra={}), "config.extra: unknown key"),
+    (base(grid={"store-dtype": "bfloat16"}), "grid.store-dtype: 'bfloat16' is not one of float16, float32"),
+    (base(**{"intrinsic-dim": {"twonn-discard": 1.0}}), "intrinsic-dim.twonn-discard: must be in [0, 1), got 1.0"),
+    (base(specialization={"fractions": [0.5, 1.5]}), "specialization.fractions: must be in (0, 1], got 1.5"),
+    (base(specialization={"ablation": "noise"}), "specialization.ablation: 'noise' is not one of zero, mean"),
+    (base(adaptation={"init": "zeros"}), "adaptation.init: 'zeros' is not one of ones, paper"),
+    (base(adaptation={"finetune-seeds": [0, "1"]}), "adaptation.finetune-seeds: expected an integer, got '1'"),
+    (base(reference={"spec": "fashion-mnist", "split": "dev"}), "reference.split: 'dev' is not one of train, val, test"),
+    (base(datasets=[{"spec": 3}]), "datasets[0].spec: expected a non-empty string, got 3"),
+    (base(similarity={"noise": 1}), "similarity.noise: expected true or false, got 1"),
 ])
 def test_errors_name_the_key(doc, message):
     with pytest.raises(ResiDualError) as e:
         parse_config(doc)
     assert message in str(e.value)
     assert "\n" not in str(e.value)
+
+
+def test_vocabularies_come_from_their_owners():
+    """Each choice a grid offers is the Literal of the module that owns the concept."""
+    from typing import get_args
+
+    from resi_dual.adapters.adapter import VARIANTS
+    from resi_dual.adapters.training import PRODUCTS
+    from resi_dual.core.units import CONVENTIONS
+    from resi_dual.data.base import SPLITS
+    from resi_dual.experiments.config import ADAPTATION_METHODS, GridConfig, convert
+    from resi_dual.store.writer import STORE_DTYPES, StoreDtype
+    from resi_dual.zeroshot.specialize import METHODS, MODES
+
+    assert sorted(ADAPTATION_METHODS) == sorted(VARIANTS)
+    assert get_args(StoreDtype) == tuple(STORE_DTYPES)
+    assert (SPLITS, CONVENTIONS, PRODUCTS, METHODS, MODES) == (
+        ("train", "val", "test"), ("paper", "centred"), ("auto", "float32", "bfloat16"), ("S", "U|T", "U", "random"),
+        ("zero", "mean"))
+    for convention in CONVENTIONS:
+        assert parse_config(base(grid={"convention": convention})).convention == convention
+    with pytest.raises(ResiDualError, match="^--store-dtype: 'x' is not one of float16, float32$"):
+        convert("--store-dtype", "x", StoreDtype)
+    assert GridConfig.__dataclass_fields__["store_dtype"].default == "float32"
+
+
+def test_store_dtype_and_twonn_discard_are_read():
+    cfg = parse_config(base(grid={"store-dtype": "float16"}, **{"intrinsic-dim": {"twonn-discard": 0.0}}))
+    assert cfg.store_dtype == "float16" and cfg.intrinsic_dim.twonn_discard == 0.0
+    assert parse_config(base()).store_dtype == "float32" and parse_config(base()).intrinsic_dim.twonn_discard == 0.1
+    # limits: 0 and "all" mean no limit; TOML keys use dashes
+    cfg = parse_config(base(limits={"val": 0, "reference": "all", "noise": 7}))
+    assert (cfg.limits.val, cfg.limits.reference, cfg.limits.noise) == (None, None, 7)
 
 
 def test_bad_toml_file(tmp_path):

@@ -82,6 +82,11 @@ def test_unit_intrinsic_dimensions_table():
     x = src.contributions(["L1H0"], rows=rows_sub, dtype=torch.float64)[:, 0]
     direct = TwoNN(max_samples=None).fit(x).dimension_
     assert next(r for r in rows if r.unit == "L1H0").twonn_id == pytest.approx(direct, rel=1e-8)
+    # the discard fraction reaches TwoNN's fit (the grid's intrinsic-dim.twonn-discard)
+    kept_all = unit_intrinsic_dimensions(src, bases, twonn_samples=300, twonn_discard=0.0, progress=False)
+    direct_all = TwoNN(discard_fraction=0.0, max_samples=None).fit(x).dimension_
+    assert direct_all != pytest.approx(direct, rel=1e-6)
+    assert next(r for r in kept_all if r.unit == "L1H0").twonn_id == pytest.approx(direct_all, rel=1e-8)
     skipped = unit_intrinsic_dimensions(src, bases, twonn_samples=0, progress=False)
     assert all(r.twonn_id == -1 and r.ratio == -1 for r in skipped)
 

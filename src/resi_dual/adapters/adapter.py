@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -50,7 +51,11 @@ from resi_dual.store.base import EncodingSource
 FORMAT = "resi-dual-adapter/1"
 
 #: Variants trained on cached coefficients, plus ``finetune`` (images) and ``zeroshot`` (no training).
-VARIANTS = ("zeroshot", "coarse", "residual", "residual-full", "spectral", "linear", "finetune")
+Variant = Literal["zeroshot", "coarse", "residual", "residual-full", "spectral", "linear", "finetune"]
+VARIANTS: tuple[str, ...] = get_args(Variant)
+#: λ initialisation: all ones, or 1 + N(0, 1) as the paper's code
+Init = Literal["ones", "paper"]
+INITS: tuple[str, ...] = get_args(Init)
 
 #: The paper's learning rates (Schedule-Free AdamW).
 DEFAULT_LR = {"residual": 0.8, "residual-full": 0.8, "coarse": 0.8, "spectral": 1e-3, "linear": 1e-3, "finetune": 1e-5}
@@ -81,12 +86,12 @@ class AdapterConfig:
         seed: seed of the ``paper`` init.
     """
 
-    variant: str = "residual"
+    variant: Variant = "residual"
     units: str | None = None
     keep: str | None = None
     variance: float | None | str = "preset"
     mean_mode: str | None = None
-    init: str = "ones"
+    init: Init = "ones"
     seed: int = 0
 
     def resolved(self) -> dict:
@@ -97,8 +102,8 @@ class AdapterConfig:
             variance = None if self.variance is None else float(self.variance)
         if variance is not None and not (0.0 < variance <= 1.0):
             raise ResiDualError(f"variance cut must be in (0, 1], got {variance}")
-        if self.init not in ("ones", "paper"):
-            raise ResiDualError(f"unknown init {self.init!r}; choose ones or paper")
+        if self.init not in INITS:
+            raise ResiDualError(f"unknown init {self.init!r}; choose one of {', '.join(INITS)}")
         return dict(
             variant=self.variant,
             source=src,

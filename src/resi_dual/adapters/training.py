@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -70,7 +71,9 @@ class FitResult:
     products: str = "autograd"
 
 
-PRODUCTS = ("auto", "float32", "bfloat16")
+#: number format of the λ-step's two large products (``auto``: bfloat16 where the CPU has it natively)
+Products = Literal["auto", "float32", "bfloat16"]
+PRODUCTS: tuple[str, ...] = get_args(Products)
 
 
 def native_bfloat16() -> bool:

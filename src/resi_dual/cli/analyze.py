@@ -32,6 +32,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="units to analyse: all (default), heads, mlps, emb, or comma-separated labels such as L3H7,L3.mlp")
     p.add_argument("--twonn-samples", type=int, default=50_000,
                    help="seeded subsample per unit for TwoNN (the paper's 50k); 0 skips TwoNN")
+    p.add_argument("--twonn-discard", type=float, default=0.1,
+                   help="fraction of the largest r2/r1 ratios left out of the TwoNN fit (the paper's 0.1)")
     p.add_argument("--threshold", type=float, default=0.99, help="cumulative explained-variance ratio for the linear ID")
     p.add_argument("--seed", type=int, default=0, help="seed of the TwoNN subsample")
     p.add_argument("--block-rows", type=int, default=4096, help="rows per streamed block")
@@ -85,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     bases.meta["store"] = str(Path(args.store).resolve())
     bases_path = bases.save(out / "bases.safetensors")
     table = unit_intrinsic_dimensions(store, bases, threshold=args.threshold, twonn_samples=args.twonn_samples,
-                                      seed=args.seed, progress=progress)
+                                      twonn_discard=args.twonn_discard, seed=args.seed, progress=progress)
     rows = [asdict(r) for r in table]
     written = [bases_path] + write_table(rows, out, "id")
     measures = {k: v.format(threshold=args.threshold) for k, v in MEASURES.items()}

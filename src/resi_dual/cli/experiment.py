@@ -7,13 +7,15 @@ HELP = "run one of the paper's experiments (intrinsic-dim, similarity, specializ
 
 def add_arguments(parser) -> None:
     from resi_dual.experiments.runners import EXPERIMENTS
+    from resi_dual.store.writer import STORE_DTYPES
 
     parser.add_argument("name", choices=EXPERIMENTS, help="which experiment")
     parser.add_argument("--config", required=True, help="grid TOML (see configs/offline.toml, configs/paper.toml)")
     parser.add_argument("--out", required=True, help="output folder: cells/ (the cache) and <name>/ (tables, figures)")
     parser.add_argument("--status", action="store_true", help="only show how many cells are done and left")
-    parser.add_argument("--store-dtype", default="float32", choices=("float16", "float32"),
-                        help="storage of the raw encodings in the stores (float16 halves the disk)")
+    parser.add_argument("--store-dtype", default=None, choices=STORE_DTYPES,
+                        help="storage of the raw encodings in the stores (float16 halves the disk); "
+                             "default: the grid's [grid] store-dtype, else float32")
     parser.add_argument("--models", default="", help="comma-separated model names: run only these (split a grid across GPUs)")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader processes decoding images for the stores")
     parser.add_argument("--encode-commands", type=int, default=0, metavar="K",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import asdict, dataclass, field
-from typing import Iterable, Literal
+from typing import Iterable, Literal, get_args
 
 from resi_dual.errors import ResiDualError
 
@@ -23,7 +23,7 @@ UnitKind = Literal["emb", "mlp", "head"]
 #: ``centred``: each unit is centred by its own feature mean (LN centring is the linear map
 #:   I − 11ᵀ/D, so this is also exact); β and projection bias are shared as in ``paper``.
 Convention = Literal["paper", "centred"]
-CONVENTIONS: tuple[str, ...] = ("paper", "centred")
+CONVENTIONS: tuple[str, ...] = get_args(Convention)
 
 _LABEL_RE = re.compile(r"^(?:emb|L(\d+)\.mlp|L(\d+)H(\d+))$")
 

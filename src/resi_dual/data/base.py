@@ -11,7 +11,7 @@ Images that cannot be decoded raise :class:`BadImageError`, whose message names 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Literal, Sequence, get_args
 
 import numpy as np
 import torch
@@ -19,7 +19,8 @@ from PIL import Image
 
 from resi_dual.errors import ResiDualError
 
-SPLITS = ("train", "val", "test")
+Split = Literal["train", "val", "test"]
+SPLITS: tuple[str, ...] = get_args(Split)
 
 
 class BadImageError(ResiDualError):

@@ -77,7 +77,6 @@ class Grid:
 
     config: GridConfig
     out: Path
-    store_dtype: str = "float32"
     progress: bool = True
     workers: int = 0  # DataLoader processes for the stores (not part of any cell's settings)
     device: str = "cpu"  # where models run: cpu, cuda, cuda:N, mps (not part of any cell's settings)
@@ -117,7 +116,7 @@ class Grid:
             "model": model.spec, "weights": model_fingerprint(model.spec), "convention": self.config.convention,
             "data_version": DATA_VERSION,  # a loader/split change re-encodes the stores (see resi_dual.data)
             "dataset": dataset.spec, "root": dataset.root, "split": split, "limit": limit, "noise": noise,
-            "batch_size": self.config.batch_size, "dtype": self.store_dtype,
+            "batch_size": self.config.batch_size, "dtype": self.config.store_dtype,
         }
 
         def compute(cell: Cell, work: Path) -> dict:
@@ -130,7 +129,7 @@ class Grid:
                 from resi_dual.data import load_dataset
 
                 ds = load_dataset(dataset.spec, split, root=dataset.root)
-            cfg = EncodeConfig(limit=limit, batch_size=self.config.batch_size, dtype=self.store_dtype,
+            cfg = EncodeConfig(limit=limit, batch_size=self.config.batch_size, dtype=self.config.store_dtype,
                                workers=self.workers, progress=self.progress)
             manifest = encode_store(tm, ds, work / STORE_DIR, cfg)
             return {"n": int(manifest.get("n_samples", manifest.get("n_planned", 0)) or 0)}

@@ -16,9 +16,10 @@ import torch
 
 from resi_dual.errors import ResiDualError
 from resi_dual.experiments.cells import write_json_atomic
-from resi_dual.experiments.config import GridConfig
+from resi_dual.experiments.config import GridConfig, convert
 from resi_dual.experiments.grid import Grid, cell_rows, load_cell_bases, open_cell_store
 from resi_dual.experiments.tables import bar_plot, heatmaps, line_plot, mean_std, write_table
+from resi_dual.store.writer import StoreDtype
 
 EXPERIMENTS = ("intrinsic-dim", "similarity", "specialization", "adaptation")
 
@@ -48,7 +49,7 @@ def intrinsic_dim_rows(grid: Grid, store_cell, bases_cell, model_name: str, sett
     bases = load_cell_bases(bases_cell)
     wanted = {source.composition.units[i].label for i in source.composition.select(settings.units)}
     table = unit_intrinsic_dimensions(source, bases, threshold=settings.variance, twonn_samples=settings.twonn_max_samples,
-                                      seed=0, progress=grid.progress)
+                                      twonn_discard=settings.twonn_discard, seed=0, progress=grid.progress)
     return [{"model": model_name, "unit": r.unit, "kind": r.kind, "layer": r.layer, "head": r.head,
              "linear_id": int(r.linear_id), "twonn_id": float(r.twonn_id), "id_ratio": float(r.ratio),
              "pc1_ratio": float(r.pc1_ratio), "participation_ratio": float(r.participation_ratio), "n": len(source)}
@@ -414,11 +415,12 @@ def encode_commands(cells, nproc: int, device: str = "cpu") -> list[str]:
 
 
 def run_experiment(name: str, config: GridConfig, out: str | Path, progress: bool = True, status_only: bool = False,
-                   store_dtype: str = "float32", models: list[str] | None = None, workers: int = 0,
+                   store_dtype: str | None = None, models: list[str] | None = None, workers: int = 0,
                    print_encode: int = 0, device: str | None = None) -> dict:
     """Plan, compute (resuming) and lay out one experiment. Returns ``run.json``'s content.
 
     Args:
+        store_dtype: storage of the raw encodings (part of the stores' keys); default the grid's ``store_dtype``.
         models: run only these models of the grid (to split a grid across machines or GPUs; tables then
             cover these models only — a final run without the filter gathers everything from the cache).
         workers: DataLoader processes decoding images for the stores.
@@ -442,7 +444,9 @@ def run_experiment(name: str, config: GridConfig, out: str | Path, progress: boo
         resolve_device(device, "--device" if device != config.device else f"{config.source or 'grid'}: grid.device")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    grid = Grid(config, out, store_dtype=store_dtype, progress=progress, workers=workers, device=device)
+    if store_dtype is not None:
+        config = dataclasses.replace(config, store_dtype=convert("--store-dtype", store_dtype, StoreDtype))
+    grid = Grid(config, out, progress=progress, workers=workers, device=device)
     cells, finalize = PLANNERS[name](grid)
     if print_encode:
         cmds = encode_commands(cells, print_encode, device)

@@ -101,6 +101,7 @@ def unit_intrinsic_dimensions(
     bases: UnitBases,
     threshold: float = 0.99,
     twonn_samples: int = 50_000,
+    twonn_discard: float = 0.1,
     seed: int = 0,
     memory_budget: float = 1e9,
     progress: bool = True,
@@ -112,6 +113,7 @@ def unit_intrinsic_dimensions(
         bases: from :func:`resi_dual.spectral.pca.fit_bases`.
         threshold: cumulative-variance ratio for the linear ID.
         twonn_samples: subsample size for TwoNN (0 skips TwoNN: ``twonn_id`` is then reported as -1).
+        twonn_discard: fraction of the largest μ = r2/r1 left out of the TwoNN fit (the paper: 0.1).
         seed: subsample seed.
         memory_budget: bytes of features held at once; units are processed in groups that fit.
         progress: show a ``rich`` progress bar.
@@ -151,7 +153,7 @@ def unit_intrinsic_dimensions(
                     else:
                         with warnings.catch_warnings():
                             warnings.simplefilter("ignore")
-                            twonn[lab] = TwoNN(max_samples=None).fit(f, linear_map=distance_map(source, i)).dimension_
+                            twonn[lab] = TwoNN(discard_fraction=twonn_discard, max_samples=None).fit(f, linear_map=distance_map(source, i)).dimension_
                     if bar:
                         bar.advance(task)
     out = []

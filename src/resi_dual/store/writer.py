@@ -35,7 +35,7 @@ import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal
 
 import numpy as np
 import torch
@@ -49,6 +49,8 @@ from resi_dual.store.disk import (
     file_sha256, is_tmp, json_bytes, read_manifest, safetensors_bytes,
 )
 
+#: storage of the raw dense/head encodings (μ, σ and outputs are always float32)
+StoreDtype = Literal["float16", "float32"]
 STORE_DTYPES = {"float16": np.float16, "float32": np.float32}
 
 
@@ -58,7 +60,7 @@ class EncodeConfig:
 
     limit: int | None = None  # first N of the class-proportional order (data.splits.stratified_limit)
     batch_size: int = 64  # images per forward pass; fixed per plan because it can change low-order bits
-    dtype: str = "float16"  # storage of the raw dense/head encodings; μ, σ and outputs stay float32
+    dtype: StoreDtype = "float16"  # storage of the raw dense/head encodings; μ, σ and outputs stay float32
     chunk_rows: int = 1024  # rows per chunk file
     workers: int = 0  # DataLoader worker processes for decoding and preprocessing
     skip_bad: bool = False  # leave unreadable images out (listed in the manifest) instead of failing

@@ -19,7 +19,7 @@ keeping every head reproduces the base accuracy exactly.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Literal, Sequence, get_args
 
 import numpy as np
 import torch
@@ -28,8 +28,12 @@ import torch.nn.functional as F
 from resi_dual.errors import ResiDualError
 
 FRACTIONS: tuple[float, ...] = (0.01, 0.05, 0.10, 0.25, 0.50, 0.75)
-METHODS: tuple[str, ...] = ("S", "U|T", "U", "random")
-MODES: tuple[str, ...] = ("zero", "mean")
+#: head rankings (paper §4): spectral S, output-aligned U|T and U, and the random control
+RankingMethod = Literal["S", "U|T", "U", "random"]
+METHODS: tuple[str, ...] = get_args(RankingMethod)
+#: what replaces an ablated head: nothing, or its mean contribution on the train split
+Ablation = Literal["zero", "mean"]
+MODES: tuple[str, ...] = get_args(Ablation)
 
 
 def keep_sizes(n_heads: int, fractions: Sequence[float] = FRACTIONS) -> list[int]:
@@ -64,7 +68,7 @@ class Ranking:
     """A head order for one method. ``order``: positions into the composition's heads, best first;
     ``scores``: (H,) per head (NaN for random)."""
 
-    method: str
+    method: RankingMethod
     order: list[int]
     scores: np.ndarray
     seed: int | None = None
