@@ -26,6 +26,7 @@ COMMANDS = {
     "train": "train",
     "apply": "apply",
     "explain": "explain",
+    "locate": "locate",
     "pretrain-demo": "pretrain_demo",
     "demo": "demo",
     "experiment": "experiment",

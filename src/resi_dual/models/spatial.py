@@ -239,3 +239,17 @@ def head_mask(model: TracedModel, units: Sequence[str] | None) -> torch.Tensor |
             raise ResiDualError(f"unit {label!r} is not a head; spatial maps exist for heads only")
         mask[u.layer, u.head] = True
     return mask
+
+
+@torch.no_grad()
+def text_maps(model: TracedModel, pixels: torch.Tensor, texts: Sequence[str], heads: torch.Tensor | None = None):
+    """Zero-shot localisation (Gandelsman et al.): Σ over ``heads`` (an (L, H) mask, None: all) of the
+    patch maps along each text's unit-norm embedding. Returns ((n, K, rows, cols) maps, SpatialMaps)."""
+    from resi_dual.models.text import get_text_tower, has_text_tower
+
+    if not has_text_tower(model):
+        raise ResiDualError(f"model {model.spec} has no text tower, so there is no text embedding to locate; "
+                            "use a CLIP-like model (hf CLIP, open_clip, BLIP or demo)")
+    emb = get_text_tower(model).encode(list(texts)).double()
+    sm = spatial_maps(model, pixels, emb / emb.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+    return sm.image_map(heads), sm
