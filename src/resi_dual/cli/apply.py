@@ -29,10 +29,9 @@ def run(args: argparse.Namespace) -> int:
 
     import numpy as np
     import torch
-    from PIL import Image
-
     from resi_dual import load_model
     from resi_dual.adapters.adapter import Adapter
+    from resi_dual.core.images import open_image
     from resi_dual.errors import ResiDualError
     from resi_dual.models.loading import resolve_device
     from resi_dual.store.base import MemorySource
@@ -56,13 +55,7 @@ def run(args: argparse.Namespace) -> int:
     top = min(args.top, len(adapter.class_names))
     for start in range(0, len(args.images), args.batch):
         paths = args.images[start : start + args.batch]
-        images = []
-        for path in paths:
-            try:
-                with Image.open(path) as im:
-                    images.append(im.convert("RGB"))
-            except OSError as e:
-                raise ResiDualError(f"cannot read image {path}: {e}") from None
+        images = [open_image(path) for path in paths]  # the datasets' decoding: what the adapter learned on
         enc = model.trace(model.preprocess(images), check=True)
         source = MemorySource(enc, np.zeros(len(images), dtype=np.int64), adapter.class_names,
                               sample_ids=paths, meta={"weights_hash": theirs})

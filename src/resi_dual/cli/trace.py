@@ -35,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from resi_dual.core.images import open_image
     from resi_dual.errors import ResiDualError
     from resi_dual.models.loading import load_model, resolve_device
 
@@ -43,12 +44,7 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     model = load_model(args.model, convention=args.convention, device=device)
     if args.images:
-        images = []
-        for path in args.images:
-            try:
-                images.append(Image.open(path).convert("RGB"))
-            except OSError as e:
-                raise ResiDualError(f"cannot read image {path}: {e}") from None
+        images = [open_image(path) for path in args.images]
         source = f"{len(images)} image file(s)"
     else:
         side = args.image_size or model.image_size

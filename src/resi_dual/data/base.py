@@ -17,55 +17,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from resi_dual.core.images import BadImageError, open_image, to_rgb  # noqa: F401 - re-exported for data users
 from resi_dual.errors import ResiDualError
 
 Split = Literal["train", "val", "test"]
 SPLITS: tuple[str, ...] = get_args(Split)
-
-
-class BadImageError(ResiDualError):
-    """An image that cannot be read (corrupt, truncated, zero bytes); ``where`` names it (a path)."""
-
-    def __init__(self, where: str, reason: str) -> None:
-        self.where, self.reason = where, reason
-        super().__init__(f"cannot read image {where}: {reason}")
-
-
-def to_rgb(img: Image.Image) -> Image.Image:
-    """Any PIL image as 8-bit RGB: grayscale, 16-bit/float grayscale, palette, CMYK, LA/RGBA.
-
-    Transparent pixels are composited on black (the bundled sets are white on black); 16-bit and float
-    grayscale are scaled by their own range, because ``convert("RGB")`` would clip them at 255.
-    """
-    if img.mode == "RGB":
-        return img
-    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        a = np.asarray(img, dtype=np.float64)
-        lo, hi = float(a.min()), float(a.max())
-        a = np.zeros_like(a) if hi <= lo else (a - lo) * (255.0 / (hi - lo))
-        return Image.fromarray(np.rint(a).astype(np.uint8), mode="L").convert("RGB")
-    if img.mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")
-    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return img.convert("RGB")
-
-
-def open_image(path: str | Path) -> Image.Image:
-    """Decode an image file fully (so truncation is caught here) and return it as RGB."""
-    path = Path(path)
-    try:
-        if path.stat().st_size == 0:
-            raise BadImageError(str(path), "zero-byte file")
-        with Image.open(path) as im:
-            im.load()
-            return to_rgb(im)
-    except BadImageError:
-        raise
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise BadImageError(str(path), str(e) or type(e).__name__) from None
 
 
 class ImageDataset(torch.utils.data.Dataset):

@@ -190,7 +190,7 @@ def _load_animal_mnist() -> dict:
 
 @functools.lru_cache(maxsize=None)
 def _load_textiles() -> dict:
-    from PIL import Image
+    from resi_dual.core.images import open_image
 
     root = _package_dir("conformal_clip_data", "conformal-clip-data", "textiles") / "data" / "textile_images" / "simulated"
     folders = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
@@ -200,8 +200,7 @@ def _load_textiles() -> dict:
     for label, folder in enumerate(folders):
         names.append(TEXTILE_CLASSES.get(folder.name, folder.name))
         for path in sorted(folder.glob("*.jpg")):
-            with Image.open(path) as im:
-                images.append(np.asarray(im.convert("RGB"), dtype=np.uint8))
+            images.append(np.asarray(open_image(path), dtype=np.uint8))
             labels.append(label)
     sizes = {im.shape for im in images}
     if len(sizes) != 1:

@@ -52,9 +52,11 @@ class DemoTextTower:
     def __init__(self, logit_scale: float = 1.0, batch_size: int = 256, max_length: int = 64) -> None:
         from transformers import AutoModel, AutoTokenizer
 
+        from resi_dual.models.checkpoint_safety import NO_REMOTE_CODE
+
         path = minilm_path()
-        self.tokenizer = AutoTokenizer.from_pretrained(str(path))
-        self.model = AutoModel.from_pretrained(str(path)).eval().requires_grad_(False)
+        self.tokenizer = AutoTokenizer.from_pretrained(str(path), **NO_REMOTE_CODE)
+        self.model = AutoModel.from_pretrained(str(path), **NO_REMOTE_CODE).eval().requires_grad_(False)
         self.logit_scale = float(logit_scale)
         self.batch_size = int(batch_size)
         self.max_length = int(max_length)

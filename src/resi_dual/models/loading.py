@@ -120,8 +120,12 @@ def load_model(spec: str, convention: str = "paper", device: str | torch.device 
 
 # -- Hugging Face ------------------------------------------------------------------------------
 def looks_like_path(source: str) -> bool:
-    """True for strings that can only be a filesystem path (not an ``org/name`` hub id)."""
-    return source.startswith(("/", "./", "../", "~")) or source.count("/") > 1 or "\\" in source
+    """True for strings that can only be a filesystem path (not an ``org/name`` hub id), and for an
+    ``a/b`` whose ``a`` is a local directory (a relative path, never retried on the hub)."""
+    if source.startswith(("/", "./", "../", "~")) or source.count("/") > 1 or "\\" in source:
+        return True
+    head = source.split("/", 1)[0]
+    return "/" in source and Path(head).is_dir()
 
 
 def _offline_error(spec: str, source: str, err: Exception) -> ResiDualError:
@@ -145,10 +149,14 @@ def _load_hf(spec: str, source: str, convention: str):
     import transformers
     from transformers import AutoConfig
 
+    from resi_dual.models.checkpoint_safety import NO_REMOTE_CODE, pickle_guard, refuse_remote_code, refuse_remote_config
+
+    refuse_remote_code(source, spec)
     try:
-        config = AutoConfig.from_pretrained(source)
+        config = AutoConfig.from_pretrained(source, **NO_REMOTE_CODE)
     except (OSError, ValueError, EnvironmentError) as e:
         raise _offline_error(spec, source, e) from None
+    refuse_remote_config(config, spec, source)
     model_type = getattr(config, "model_type", "?")
     archs = list(getattr(config, "architectures", None) or [])
 
@@ -184,9 +192,9 @@ def _load_hf(spec: str, source: str, convention: str):
             f"{spec!r} has model type {model_type!r}; supported hf families: clip, clip_vision_model, blip, vit, dinov2"
         )
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), pickle_guard(spec, source):
             warnings.simplefilter("ignore")
-            library_model = cls.from_pretrained(source, dtype=torch.float32)
+            library_model = cls.from_pretrained(source, dtype=torch.float32, **NO_REMOTE_CODE)
     except (OSError, ValueError, EnvironmentError) as e:
         raise _offline_error(spec, source, e) from None
     vision_cfg = getattr(config, "vision_config", config)
@@ -200,11 +208,13 @@ def _hf_preprocess(source: str, vision_cfg, fallback: tuple) -> tuple:
     CLIP-style resize + centre crop at the config's image size when the checkpoint has none."""
     from transformers import AutoImageProcessor, CLIPImageProcessor
 
+    from resi_dual.models.checkpoint_safety import NO_REMOTE_CODE
+
     processor = None
     local = Path(source)
     if not local.is_dir() or (local / "preprocessor_config.json").exists():
         try:
-            processor = AutoImageProcessor.from_pretrained(source)
+            processor = AutoImageProcessor.from_pretrained(source, **NO_REMOTE_CODE)
         except (OSError, ValueError, EnvironmentError):
             processor = None
     if processor is None:
@@ -231,11 +241,13 @@ def _hf_preprocess(source: str, vision_cfg, fallback: tuple) -> tuple:
 def _hf_tokenizer(source: str):
     from transformers import AutoTokenizer
 
+    from resi_dual.models.checkpoint_safety import NO_REMOTE_CODE
+
     local = Path(source)
     if local.is_dir() and not any((local / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt")):
         return None
     try:
-        return AutoTokenizer.from_pretrained(source)
+        return AutoTokenizer.from_pretrained(source, **NO_REMOTE_CODE)
     except Exception:  # noqa: BLE001 - a missing tokenizer only disables text features
         return None
 

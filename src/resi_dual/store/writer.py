@@ -131,6 +131,8 @@ def make_plan(model, dataset: ImageDataset, cfg: EncodeConfig) -> tuple[dict, np
         raise ResiDualError(f"--dtype must be one of {', '.join(STORE_DTYPES)}, got {cfg.dtype!r}")
     if cfg.chunk_rows < 1 or cfg.batch_size < 1:
         raise ResiDualError("chunk rows and batch size must be positive")
+    if cfg.workers < 0:
+        raise ResiDualError(f"--workers must be 0 (decode in this process) or more, got {cfg.workers}")
     if cfg.limit is not None and cfg.limit < 1:
         raise ResiDualError(f"--limit must be positive, got {cfg.limit}")
     indices = stratified_limit(dataset.labels, cfg.limit)

@@ -277,7 +277,9 @@ class TracedModel:
         """(n, 3, H, W) float pixels from PIL images, with the checkpoint's own preprocessing (RGB)."""
         if not isinstance(images, (list, tuple)):
             images = [images]
-        return self._preprocess([im.convert("RGB") for im in images])
+        from resi_dual.core.images import to_rgb
+
+        return self._preprocess([to_rgb(im) for im in images])
 
     def check_pixels(self, pixels) -> torch.Tensor:
         """Validate a pixel batch; returns it as float32 on the model's device. Raises ResiDualError
