@@ -38,3 +38,15 @@ def test_readout_apply_matches_affine():
         torch.testing.assert_close(full[:, i], direct, rtol=1e-5, atol=1e-5)
     sub = enc.contributions(["L1H2", "emb"])
     torch.testing.assert_close(sub, full[:, [c.index("L1H2"), 0]])
+
+
+def test_relative_error_is_the_row_norm_ratio():
+    import torch
+
+    from resi_dual.core import relative_error
+
+    exact = torch.tensor([[3.0, 4.0], [0.0, 0.0], [1.0, 0.0]])
+    approx = torch.tensor([[3.0, 5.0], [0.0, 0.0], [1.0, 1e-3]], dtype=torch.float64)
+    err = relative_error(approx, exact)
+    assert err.dtype == torch.float64
+    assert err.tolist() == [0.2, 0.0, 1e-3]

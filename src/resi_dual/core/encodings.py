@@ -164,8 +164,13 @@ class UnitEncodings:
         total = self.readout.to(torch.float64).apply(
             self.composition, self.dense.double(), self.heads.double(), self.mu.double(), self.sigma.double()
         ).sum(1)
-        ref = self.output.double()
-        return (total - ref).norm(dim=-1) / ref.norm(dim=-1).clamp_min(1e-30)
+        return relative_error(total, self.output)
+
+
+def relative_error(approx: torch.Tensor, exact: torch.Tensor) -> torch.Tensor:
+    """(n,) ``‖approx − exact‖ / ‖exact‖`` over the last axis, in float64 (a zero ``exact`` row divides by 1e-30)."""
+    exact = exact.double()
+    return (approx.double() - exact).norm(dim=-1) / exact.norm(dim=-1).clamp_min(1e-30)
 
 
 def unit_features(

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from resi_dual.data.names import canonical_dataset
 from resi_dual.errors import ResiDualError
 
 #: Canonical names accepted by :func:`load_raw`.
@@ -63,10 +64,7 @@ def load_raw(name: str) -> dict:
         ``dict(train=(images uint8 (n,H,W) or (n,H,W,3), labels int64 (n,)), test=(…) or None,
         class_names=list[str])``.
     """
-    key = name.strip().lower().replace("_", "-")
-    aliases = {"fashion": "fashion-mnist", "fashionmnist": "fashion-mnist", "animal": "animal-mnist",
-               "animalmnist": "animal-mnist", "textile": "textiles", "sklearn-digits": "digits"}
-    key = aliases.get(key, key)
+    key = canonical_dataset(name)
     if key not in NAMES:
         raise ResiDualError(f"unknown bundled dataset {name!r}; choose one of {', '.join(NAMES)}")
     return _LOADERS[key]()

@@ -26,6 +26,7 @@ from typing import Sequence
 import numpy as np
 
 from resi_dual.data.base import SPLITS, ArrayDataset, CallableDataset, FileDataset, ImageDataset
+from resi_dual.data.names import canonical_dataset
 from resi_dual.data.splits import stratified_split, three_way_split, val_fraction
 from resi_dual.errors import ResiDualError
 
@@ -103,7 +104,7 @@ def _needed(split: str, native) -> list[str]:
 
 
 def _canonical(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.strip().lower()).strip("-") or "dataset"
+    return canonical_dataset(text) or "dataset"
 
 
 # -- bundled ------------------------------------------------------------------------------------
@@ -115,8 +116,6 @@ def _bundled(spec: str, name: str, split: str) -> ImageDataset:
         raise ResiDualError(f"dataset {spec!r}: use torchvision:{name.upper()} with --data-root, or folder:/hf:")
     raw = load_raw(name)
     key = _canonical(name)
-    key = {"fashion": "fashion-mnist", "fashionmnist": "fashion-mnist", "animal": "animal-mnist",
-           "animalmnist": "animal-mnist", "textile": "textiles", "sklearn-digits": "digits"}.get(key, key)
     full = {}
     for native in ("train", "test"):
         if raw.get(native) is not None:
@@ -258,7 +257,7 @@ def _torchvision(spec: str, name: str, split: str, root, names: list[str] | None
     root = Path(root).expanduser()
     if name in CIFAR:
         return _cifar(spec, name, split, root, names)
-    key = _canonical(name).replace("-", "")
+    key = _canonical(name)
     params = inspect.signature(cls.__init__).parameters
     if "split" in params:
         native = TV_NATIVE.get(name, {"train": "train", "test": "test"})

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from resi_dual.data.names import canonical_dataset
 from resi_dual.errors import ResiDualError
 
 SEED = 42
@@ -23,7 +24,7 @@ SEED = 42
 VAL_FRACTION = {
     "mnist": 0.1, "fashion-mnist": 0.1, "animal-mnist": 0.1, "kmnist": 0.1, "emnist": 0.1,
     "cifar10": 0.1, "cifar100": 0.1, "gtsrb": 0.1,
-    "imagenet": 0.2, "svhn": 0.2, "dtd": 0.2, "stanfordcars": 0.2, "cars": 0.2,
+    "imagenet": 0.2, "svhn": 0.2, "dtd": 0.2, "stanford-cars": 0.2,
 }
 DEFAULT_VAL_FRACTION = 0.1
 #: val and test shares when a dataset has neither (80/10/10)
@@ -31,7 +32,7 @@ NO_TEST_SPLIT = (0.1, 0.1)
 
 
 def val_fraction(name: str) -> float:
-    return VAL_FRACTION.get(name, DEFAULT_VAL_FRACTION)
+    return VAL_FRACTION.get(canonical_dataset(name), DEFAULT_VAL_FRACTION)
 
 
 def _round(x: float) -> int:

@@ -43,7 +43,7 @@ import torch
 from resi_dual.data.base import BadImageError, ImageDataset
 from resi_dual.data.splits import stratified_limit
 from resi_dual.errors import ResiDualError
-from resi_dual.core.encodings import UnitEncodings
+from resi_dual.core.encodings import UnitEncodings, relative_error
 from resi_dual.store.disk import (
     CHUNKS, COMPOSITION, FORMAT, FORMAT_VERSION, MANIFEST, PLAN, READOUT, ShardReader, atomic_write, chunk_path,
     file_sha256, is_tmp, json_bytes, read_manifest, safetensors_bytes,
@@ -275,8 +275,7 @@ def _relative_error(model, enc: UnitEncodings) -> float:
     summed = getattr(model, "summed_contributions", None)
     if summed is None:
         return float(enc.relative_error().max())
-    out = enc.output.double()
-    return float(((summed(enc).double() - out).norm(dim=-1) / out.norm(dim=-1).clamp_min(1e-30)).max())
+    return float(relative_error(summed(enc), enc.output).max())
 
 
 def _write_chunk(out: Path, k: int, parts: list[dict], skipped: list[dict], dtype: str, comp) -> None:

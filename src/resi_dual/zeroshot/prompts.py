@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Sequence
 
+from resi_dual.data.names import canonical_dataset
 from resi_dual.errors import ResiDualError
 
 GENERIC_TEMPLATES: tuple[str, ...] = (
@@ -314,19 +315,7 @@ def align_curated(curated: CuratedNames, dataset_class_names: Sequence) -> list[
     return None
 
 
-_ALIASES = {
-    "cifar-10": "cifar10", "cifar-100": "cifar100", "euro-sat": "eurosat", "cars": "stanford-cars",
-    "stanford_cars": "stanford-cars", "stanfordcars": "stanford-cars", "sun-397": "sun397",
-    "imagenet1k": "imagenet", "imagenet-1k": "imagenet", "imagenet_sketch": "imagenet-sketch",
-    "fashion_mnist": "fashion-mnist", "fashionmnist": "fashion-mnist", "animal_mnist": "animal-mnist",
-    "nwpu-resisc45": "resisc45", "resisc-45": "resisc45", "dtd-textures": "dtd",
-}
-
-
-def canonical(dataset: str | None) -> str:
-    """Canonical dataset key (lower case, known aliases folded)."""
-    key = (dataset or "").strip().lower()
-    return _ALIASES.get(key, key)
+canonical = canonical_dataset  # the data stage owns dataset names
 
 
 def templates_for(dataset: str | None) -> tuple[str, ...]:

@@ -47,7 +47,7 @@ import torch
 from torch import nn
 
 from resi_dual.errors import ResiDualError
-from resi_dual.core.encodings import Readout, UnitEncodings
+from resi_dual.core.encodings import Readout, UnitEncodings, relative_error
 from resi_dual.core.units import CONVENTIONS, Composition, block_share, head_share
 
 #: Largest relative decomposition error ``trace(check=True)`` accepts. The invariant holds to ~1e-6
@@ -394,8 +394,7 @@ class TracedModel:
         return enc
 
     def _check(self, enc: UnitEncodings, resid: torch.Tensor) -> None:
-        out = enc.output.double()
-        err = float(((self.summed_contributions(enc) - out).norm(dim=-1) / out.norm(dim=-1).clamp_min(1e-30)).max())
+        err = float(relative_error(self.summed_contributions(enc), enc.output).max())
         rerr = float(self.residual_error(enc, resid).max())
         if not (err <= self.tolerance and rerr <= self.tolerance):  # also catches NaN
             raise ResiDualError(
@@ -427,8 +426,7 @@ class TracedModel:
             if lay.attn_scale[layer] is not None:
                 term = term * lay.attn_scale[layer].detach().cpu()
             total = total + term
-        resid = resid.double()
-        return (total.double() - resid).norm(dim=-1) / resid.norm(dim=-1).clamp_min(1e-30)
+        return relative_error(total, resid)
 
     def weights_hash(self) -> str:
         """sha256 (hex) of the tensors that determine the image embedding; cached."""
