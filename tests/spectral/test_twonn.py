@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from resi_dual.errors import ResiDualError
-from resi_dual.spectral import twonn as twonn_mod
+from resi_dual.spectral import neighbours as twonn_mod
 from resi_dual.spectral.twonn import TwoNN, subsample_rows, two_nearest_neighbours, twonn_fit
 
 

@@ -17,7 +17,6 @@ straightforward algorithms (``resi_dual.interpret.reference``), much faster:
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 
 from resi_dual.errors import ResiDualError
+from resi_dual.runtime import single_thread
 
 
 @dataclass
@@ -70,18 +70,6 @@ def _check(data: torch.Tensor, dictionary: torch.Tensor, basis: torch.Tensor | N
         raise ResiDualError("the data contains NaN or inf")
 
 
-@contextmanager
-def _one_thread():
-    """Small steps run on one thread: on a loaded machine, waking a thread pool for each small
-    operation costs up to ~100× the work itself (measured: a 256 × 500 abs-sum, a 768² eigh)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def _texts(texts: Sequence[str] | None, idx: list[int]) -> list[str]:
     return [texts[i] for i in idx] if texts is not None else ["" for _ in idx]
 
@@ -109,7 +97,7 @@ def text_span(data, dictionary, k: int = 20, rank: int = 80, basis=None, texts: 
         t = t @ q
     n = y.shape[0]
     gram = y.T @ y  # uncentred, as the original (the SVD is taken before centring)
-    with _one_thread():  # a small eigh is latency-bound: a contended thread pool makes it ~20× slower
+    with single_thread():  # a small eigh is latency-bound: a contended thread pool only adds waiting
         evals, evecs = torch.linalg.eigh(gram)
     evals, evecs = evals.flip(0), evecs.flip(1)
     numerical_rank = int((evals > evals[0].clamp_min(1e-300) * rank_tol).sum())
@@ -120,7 +108,7 @@ def text_span(data, dictionary, k: int = 20, rank: int = 80, basis=None, texts: 
     total = float(torch.trace(cov_y))
     cov = w.T @ cov_y @ w  # (r, r) covariance of the centred data in the span's coordinates
     tc = t @ w  # (m, r) dictionary projected on the span
-    with _one_thread():
+    with single_thread():
         picks, weights, explained, removed = _text_span_steps(cov, tc, k, total)
     return Decomposition("textspan", picks, _texts(texts, picks), np.array(weights), np.array(explained), total,
                          {"rank": r_eff})
@@ -175,7 +163,7 @@ def somp(data, dictionary, k: int = 64, basis=None, texts: Sequence[str] | None 
     scores = torch.zeros(m, dtype=torch.float64)
     for s in range(0, n, block_rows):  # blockwise: no second n × m temporary
         scores += corr[s : s + block_rows].abs().sum(0)
-    with _one_thread():
+    with single_thread():
         for _ in range(k):
             scores[used] = -torch.inf
             j = int(torch.argmax(scores))

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from resi_dual.errors import ResiDualError
+from resi_dual.runtime import single_thread
 from resi_dual.spectral.bases import UnitBases
-from resi_dual.spectral.pca import lapack_single_thread
 from resi_dual.spectral.twonn import TwoNN, subsample_rows
 from resi_dual.store.base import EncodingSource
 
@@ -73,7 +73,7 @@ class UnitID:
 def distance_map(source: EncodingSource, index: int) -> torch.Tensor:
     """(r, d_in+2) ``R_u`` with ``A_u = Q_u R_u``: ``‖R_u (f_i − f_j)‖`` is the output-space distance."""
     a, _ = source.readout.to(torch.float64).affine(source.composition, index)
-    with lapack_single_thread():
+    with single_thread():
         return torch.linalg.qr(a, mode="reduced")[1]
 
 

@@ -12,31 +12,16 @@ Memory is independent of the number of samples.
 from __future__ import annotations
 
 import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from resi_dual.errors import ResiDualError
+from resi_dual.runtime import single_thread
 from resi_dual.core.units import Composition
 from resi_dual.spectral.bases import UnitBases
 from resi_dual.store.base import EncodingSource, RawBlock
-
-
-@contextmanager
-def lapack_single_thread():
-    """Run small dense factorisations (QR, eigh) on one thread.
-
-    Measured here: a batch of 144 eigendecompositions of 66×66 took 1.0 s on 2 threads and 0.16 s on
-    one when the cores were shared (threaded LAPACK spins waiting for busy cores); QR 7.1 s vs 0.7 s.
-    """
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
 
 
 def svd_flip_rows(components: torch.Tensor) -> torch.Tensor:
@@ -106,8 +91,7 @@ class UnitMoments:
     """
 
     #: float64 elements of one chunk of features (b · k' · p): temporaries stay about two chunks of
-    #: 16 MB, whatever the number of rows (measured on 144 heads, N = 20k, one thread: the moments pass
-    #: peaked ~230 MB above the store with 8M elements, ~95 MB with 2M, and took 4.8 s instead of 7.4 s)
+    #: 16 MB, whatever the number of rows (smaller chunks lower the peak and, staying in cache, run faster)
     CHUNK_ELEMENTS = 2_000_000
 
     def __init__(self, composition: Composition, unit_indices: list[int]) -> None:
@@ -222,7 +206,7 @@ def pca_from_moments(
         r = min(n−1, p, d_out), explained variance (..., r) descending, total variance (...). float64.
     """
     a, cov_f = a.to(torch.float64), cov_f.to(torch.float64)
-    with lapack_single_thread():
+    with single_thread():
         q, r = torch.linalg.qr(a, mode="reduced")  # q (d_out, m), r (m, p), m = min(d_out, p)
         s = r @ cov_f @ r.transpose(-1, -2)  # covariance of the contributions in the basis q
         s = 0.5 * (s + s.transpose(-1, -2))

@@ -1,0 +1,153 @@
+"""Machine tuning in one place: torch's thread count, the CPU's description, and the measured choice
+between float32 and bfloat16 products.
+
+Every module that runs a stretch of work at a particular thread count does it through
+:func:`torch_threads`, which restores torch's setting on the way out, even on error. The number format
+of the adapters' large products is decided by timing both formats on the actual shapes
+(:func:`faster_products`), never by CPU flags alone: a CPU may advertise bfloat16 dot products and still
+multiply bfloat16 more slowly than float32. The choice is cached per machine and shape in a small JSON
+file under the user cache directory (``$RESI_DUAL_CACHE``, else ``$XDG_CACHE_HOME/resi-dual``, else
+``~/.cache/resi-dual``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from contextlib import contextmanager
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+#: CPU flags that decide how fast the dense products run (as /proc/cpuinfo spells them)
+RELEVANT_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16")
+
+
+@contextmanager
+def torch_threads(n: int | None):
+    """``with torch_threads(n):`` run with n torch threads (None: leave the setting alone); the previous
+    count is restored on exit, also when the body raises."""
+    if n is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(n)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def single_thread():
+    """Small dense factorisations (QR, eigh) and short ops run on one thread: threaded LAPACK and
+    OpenMP fork/join cost more than they save at these sizes, most of all on busy shared cores."""
+    return torch_threads(1)
+
+
+@lru_cache(maxsize=1)
+def cpu_info() -> dict:
+    """``{"model": str, "flags": [relevant flags present], "cores": int}`` of this machine."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "model name" and model in ("", platform.machine(), platform.processor()):
+                    model = value.strip()
+                elif key == "flags" and not flags:
+                    flags = set(value.split())
+    except OSError:  # not Linux: fall back on what torch reports
+        cpu = getattr(torch, "cpu", None)
+        if cpu is not None and getattr(cpu, "_is_avx512_bf16_supported", lambda: False)():
+            flags.add("avx512_bf16")
+        if cpu is not None and getattr(cpu, "_is_amx_tile_supported", lambda: False)():
+            flags.add("amx_tile")
+    return {"model": model, "flags": [f for f in RELEVANT_FLAGS if f in flags], "cores": os.cpu_count() or 1}
+
+
+def machine_line() -> str:
+    """One line naming the CPU, its relevant flags and torch's thread count (for benchmark sections)."""
+    info = cpu_info()
+    flags = ", ".join(info["flags"]) or "none of " + "/".join(RELEVANT_FLAGS)
+    amx = "" if "amx_tile" in info["flags"] else ", no AMX"
+    return (f"{info['model']} ({info['cores']} cores; flags: {flags}{amx}), "
+            f"{torch.get_num_threads()} torch threads, torch {torch.__version__}")
+
+
+def cache_dir() -> Path:
+    """The user cache directory of resi-dual (created on demand by writers)."""
+    root = os.environ.get("RESI_DUAL_CACHE")
+    if root:
+        return Path(root)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "resi-dual"
+
+
+def _products_seconds(dtype: torch.dtype, b: int, k: int, d: int, steps: int) -> float:
+    """Best-of-3 seconds of ``steps`` pairs (b × k)·(k × d) and (b × d)·(d × k) in ``dtype`` (float32 out)."""
+    g = torch.Generator().manual_seed(0)
+    v = torch.randn(k, d, generator=g).to(dtype)
+    a, gy = torch.randn(b, k, generator=g).to(dtype), torch.randn(b, d, generator=g).to(dtype)
+    y, ga = torch.empty(b, d, dtype=dtype), torch.empty(b, k, dtype=dtype)
+    best = float("inf")
+    for _ in range(3):
+        t = time.perf_counter()
+        for _ in range(steps):
+            torch.mm(a, v, out=y)
+            torch.mm(gy, v.T, out=ga)
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def _cache_file() -> Path:
+    return cache_dir() / "products.json"
+
+
+def _machine_key() -> str:
+    info = cpu_info()
+    return f"{info['model']}|{'+'.join(info['flags'])}|torch {torch.__version__}"
+
+
+def faster_products(b: int, k: int, d: int, steps: int = 8, use_cache: bool = True) -> str:
+    """``"float32"`` or ``"bfloat16"``: the faster format for the adapters' two products at shape
+    (b × k)·(k × d), timed at one thread (the count the step mostly runs them at); bfloat16 must be
+    clearly faster (≥ 1.15×) to be picked, as it rounds. Cached per machine and shape."""
+    key = f"{_machine_key()}|{b}x{k}x{d}"
+    path = _cache_file()
+    cached = {}
+    if use_cache:
+        try:
+            cached = json.loads(path.read_text())
+        except (OSError, ValueError):
+            cached = {}
+        if isinstance(cached, dict) and cached.get(key) in ("float32", "bfloat16"):
+            return cached[key]
+    with torch_threads(1):
+        _products_seconds(torch.bfloat16, b, k, d, 1)  # first call pays for kernel set-up
+        t32 = _products_seconds(torch.float32, b, k, d, steps)
+        t16 = _products_seconds(torch.bfloat16, b, k, d, steps)
+    choice = "bfloat16" if t16 * 1.15 < t32 else "float32"
+    if use_cache:
+        _write_json_entry(path, key, choice)
+    return choice
+
+
+def _write_json_entry(path: Path, key: str, value: str) -> None:
+    """Add one entry to a small JSON dict file (temp name + rename; a cache that cannot be written is skipped)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            data = json.loads(path.read_text())
+            data = data if isinstance(data, dict) else {}
+        except (OSError, ValueError):
+            data = {}
+        data[key] = value
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+        os.replace(tmp, path)
+    except OSError:
+        pass
