@@ -1,0 +1,310 @@
+"""The adaptation peers a PEFT reader compares with, on cached image embeddings (docs/DESIGN.md §12).
+
+Every peer reads the model's own output embedding ``f`` of each sample, L2-normalised, and the
+frozen zero-shot class rows ``W`` (C, d). Each one picks its settings on the validation split only,
+from a grid of the same size as every other trained method's:
+
+================  ==========================================================  =====================
+peer              logits                                                      trainable parameters
+================  ==========================================================  =====================
+linear probe      multinomial logistic regression on f, L2 strength on val   C·d + C
+                  (CLIP's protocol)
+Tip-Adapter       ``s·f Wᵀ + α·exp(−β(1 − f Fᵀ)) L`` (F: train embeddings,    0 (α, β on val)
+                  L: their one-hot labels); training-free
+Tip-Adapter-F     the same with the cache keys F trained                     n_cache·d
+CLIP-Adapter      ``s·normalise(ρ·MLP(f) + (1 − ρ)·f) Wᵀ``, bottleneck d/4     2·d·d/4
+================  ==========================================================  =====================
+
+``s`` is the classifier's logit scale. With α = 0 Tip-Adapter is zero-shot exactly, and with ρ = 0
+CLIP-Adapter is zero-shot exactly (tested).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Literal, get_args
+
+import numpy as np
+import torch
+from torch import nn
+
+from resi_dual.errors import ResiDualError
+from resi_dual.store.base import EncodingSource
+
+Peer = Literal["linear-probe", "tip-adapter", "tip-adapter-f", "clip-adapter"]
+PEERS: tuple[str, ...] = get_args(Peer)
+
+#: Learning rates every trained peer chooses from on validation (the same budget for each).
+LR_GRID: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1)
+#: L2 strengths of the linear probe: a log grid, then a finer one around the best (CLIP's search).
+PROBE_C_GRID: tuple[float, ...] = tuple(10.0 ** np.arange(-6, 7, 1.0))
+
+
+@dataclass
+class Features:
+    """L2-normalised output embeddings of some rows of a store. embeddings (n, d) float32, labels (n,) int64."""
+
+    embeddings: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+def output_features(source: EncodingSource, rows: np.ndarray | None = None, block_rows: int = 4096) -> Features:
+    """The model's own embeddings of ``rows`` (all rows by default), L2-normalised."""
+    idx = np.arange(len(source)) if rows is None else np.asarray(rows, dtype=np.int64)
+    out = []
+    for start in range(0, len(idx), block_rows):
+        blk = source.raw(idx[start : start + block_rows])
+        out.append(torch.nn.functional.normalize(blk.output.float(), dim=-1))
+    emb = torch.cat(out) if out else torch.empty(0, source.composition.d_out)
+    return Features(emb, torch.as_tensor(source.labels[idx], dtype=torch.int64))
+
+
+@dataclass
+class PeerResult:
+    """What a peer learned and how it was chosen. ``settings``: the values picked on validation."""
+
+    name: str
+    trainable_parameters: int
+    val_accuracy: float
+    settings: dict
+    predict: Callable[[torch.Tensor], torch.Tensor] = field(repr=False)
+    seconds: float = 0.0
+    candidates: int = 0
+
+    def accuracy(self, feats: Features) -> float:
+        """Top-1 accuracy on ``feats``."""
+        return accuracy(self.predict(feats.embeddings), feats.labels)
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Top-1 accuracy of (n, C) logits against (n,) labels."""
+    return float((logits.argmax(1) == labels).float().mean()) if len(labels) else float("nan")
+
+
+def zero_shot_logits(f: torch.Tensor, classifier: torch.Tensor, logit_scale: float) -> torch.Tensor:
+    """(n, C) ``s · f Wᵀ`` for normalised f."""
+    return logit_scale * f @ classifier.T
+
+
+# -- linear probe ---------------------------------------------------------------------------------
+def linear_probe(train: Features, val: Features, n_classes: int, c_grid=PROBE_C_GRID, max_iter: int = 1000) -> PeerResult:
+    """CLIP's linear-probe protocol: multinomial logistic regression, inverse L2 strength C chosen on val
+    from a log grid and then a finer grid around the best value."""
+    from sklearn.linear_model import LogisticRegression
+
+    t0 = time.perf_counter()
+    x, y = train.embeddings.double().numpy(), train.labels.numpy()
+    if len(np.unique(y)) < 2:
+        raise ResiDualError("the linear probe needs at least two classes in the training rows")
+    xv, yv = val.embeddings.double().numpy(), val.labels.numpy()
+
+    def fit(c: float):
+        return LogisticRegression(C=c, max_iter=max_iter, tol=1e-6).fit(x, y)
+
+    tried: dict[float, tuple[float, object]] = {}
+    for c in c_grid:
+        m = fit(float(c))
+        tried[float(c)] = (float((m.predict(xv) == yv).mean()), m)
+    best = max(tried, key=lambda c: (tried[c][0], -abs(np.log10(c))))
+    for c in best * 10.0 ** np.linspace(-0.75, 0.75, 7):
+        if float(c) not in tried:
+            m = fit(float(c))
+            tried[float(c)] = (float((m.predict(xv) == yv).mean()), m)
+    best = max(tried, key=lambda c: (tried[c][0], -abs(np.log10(c / best))))
+    model = tried[best][1]
+    w = torch.zeros(n_classes, x.shape[1], dtype=torch.float64)
+    b = torch.full((n_classes,), -torch.inf, dtype=torch.float64)
+    cls = torch.as_tensor(model.classes_, dtype=torch.int64)
+    coef = torch.as_tensor(model.coef_)
+    inter = torch.as_tensor(model.intercept_)
+    if len(cls) == 2:  # sklearn keeps one row for two classes: logit of the second
+        coef, inter = torch.cat([-coef / 2, coef / 2]), torch.cat([-inter / 2, inter / 2])
+    w[cls], b[cls] = coef, inter
+
+    def predict(f: torch.Tensor) -> torch.Tensor:
+        return (f.double() @ w.T + b).float()
+
+    return PeerResult("linear-probe", n_classes * x.shape[1] + n_classes, tried[best][0], {"C": best},
+                      predict, time.perf_counter() - t0, len(tried))
+
+
+# -- Tip-Adapter ----------------------------------------------------------------------------------
+def tip_logits(f: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, classifier: torch.Tensor,
+               logit_scale: float, alpha: float, beta: float) -> torch.Tensor:
+    """(n, C) ``s·f Wᵀ + α·exp(−β(1 − f Kᵀ)) V``; f (n, d), keys (m, d), values (m, C) one-hot."""
+    affinity = torch.exp(-beta * (1.0 - f @ keys.T))
+    return zero_shot_logits(f, classifier, logit_scale) + alpha * affinity @ values
+
+
+#: Tip-Adapter's validation search: β over [0.1, 7], α over [0.1, 3] (its released settings, at logit
+#: scale 100; α is scaled with the classifier's logit scale so the cache keeps its weight against it).
+TIP_BETAS: tuple[float, ...] = tuple(np.linspace(0.1, 7.0, 24))
+TIP_ALPHAS: tuple[float, ...] = tuple(np.linspace(0.1, 3.0, 20))
+
+
+def _search_alpha_beta(val: Features, keys, values, classifier, logit_scale) -> tuple[float, float, float]:
+    best = (-1.0, 0.0, 0.0)
+    zs = zero_shot_logits(val.embeddings, classifier, logit_scale)
+    for beta in TIP_BETAS:
+        cache = torch.exp(-beta * (1.0 - val.embeddings @ keys.T)) @ values
+        for alpha in np.asarray(TIP_ALPHAS) * logit_scale / 100.0:
+            acc = accuracy(zs + alpha * cache, val.labels)
+            if acc > best[0]:
+                best = (acc, float(alpha), float(beta))
+    return best
+
+
+def tip_adapter(train: Features, val: Features, classifier: torch.Tensor, logit_scale: float) -> PeerResult:
+    """Training-free Tip-Adapter: the cache is the training rows, α and β searched on val."""
+    t0 = time.perf_counter()
+    keys = train.embeddings
+    values = torch.nn.functional.one_hot(train.labels, classifier.shape[0]).float()
+    acc, alpha, beta = _search_alpha_beta(val, keys, values, classifier, logit_scale)
+
+    def predict(f: torch.Tensor) -> torch.Tensor:
+        return tip_logits(f, keys, values, classifier, logit_scale, alpha, beta)
+
+    return PeerResult("tip-adapter", 0, acc, {"alpha": alpha, "beta": beta}, predict,
+                      time.perf_counter() - t0, len(TIP_ALPHAS) * len(TIP_BETAS))
+
+
+# -- trained peers --------------------------------------------------------------------------------
+@dataclass
+class PeerTraining:
+    """The shared budget of the trained peers: the same epochs, patience and batch as the λ-adapters."""
+
+    max_epochs: int = 30
+    patience: int = 5
+    batch_size: int = 64
+    seed: int = 1
+    lr_grid: tuple[float, ...] = LR_GRID
+
+
+def _train(module: nn.Module, logits_fn, train: Features, val: Features, lr: float, budget: PeerTraining) -> tuple[float, dict]:
+    """Schedule-Free AdamW on cross-entropy, early stopping on val accuracy; returns (best val acc, best state)."""
+    import schedulefree
+
+    gen = torch.Generator().manual_seed(budget.seed)
+    opt = schedulefree.AdamWScheduleFree([p for p in module.parameters() if p.requires_grad], lr=lr)
+    best_acc, best_state, stale = -1.0, None, 0
+    for _epoch in range(budget.max_epochs):
+        module.train(), opt.train()
+        order = torch.randperm(len(train), generator=gen)
+        for start in range(0, len(order), budget.batch_size):
+            b = order[start : start + budget.batch_size]
+            loss = nn.functional.cross_entropy(logits_fn(train.embeddings[b]), train.labels[b])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        module.eval(), opt.eval()
+        with torch.no_grad():
+            acc = accuracy(logits_fn(val.embeddings), val.labels)
+        if acc > best_acc:
+            best_acc, stale = acc, 0
+            best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+        else:
+            stale += 1
+            if stale >= budget.patience:
+                break
+    return best_acc, best_state
+
+
+def _best_over_lrs(make, train, val, budget: PeerTraining):
+    """Train a fresh module per learning rate of the grid; keep the best on val."""
+    best = None
+    for lr in budget.lr_grid:
+        torch.manual_seed(budget.seed)
+        module, logits_fn = make()
+        acc, state = _train(module, logits_fn, train, val, lr, budget)
+        if best is None or acc > best[0]:
+            best = (acc, lr, state)
+    acc, lr, state = best
+    module, logits_fn = make()
+    module.load_state_dict(state)
+    module.eval()
+    return module, logits_fn, acc, lr
+
+
+class ClipAdapterModule(nn.Module):
+    """``ρ·MLP(f) + (1 − ρ)·f`` with a bias-free bottleneck MLP (reduction 4), as CLIP-Adapter."""
+
+    def __init__(self, d: int, ratio: float, reduction: int = 4) -> None:
+        super().__init__()
+        self.ratio = ratio
+        self.mlp = nn.Sequential(nn.Linear(d, d // reduction, bias=False), nn.ReLU(),
+                                 nn.Linear(d // reduction, d, bias=False), nn.ReLU())
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        return self.ratio * self.mlp(f) + (1.0 - self.ratio) * f
+
+
+def clip_adapter(train: Features, val: Features, classifier: torch.Tensor, logit_scale: float,
+                 budget: PeerTraining | None = None, ratio: float = 0.2) -> PeerResult:
+    """CLIP-Adapter (Gao et al.) at its published residual ratio 0.2; learning rate chosen on val."""
+    budget = budget or PeerTraining()
+    t0 = time.perf_counter()
+    d = train.embeddings.shape[1]
+
+    def make():
+        m = ClipAdapterModule(d, ratio)
+
+        def logits(f):
+            return zero_shot_logits(nn.functional.normalize(m(f), dim=-1), classifier, logit_scale)
+        return m, logits
+
+    module, logits_fn, acc, lr = _best_over_lrs(make, train, val, budget)
+
+    def predict(f: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return logits_fn(f)
+
+    n_params = sum(p.numel() for p in module.parameters())
+    return PeerResult("clip-adapter", n_params, acc, {"lr": lr, "ratio": ratio}, predict,
+                      time.perf_counter() - t0, len(budget.lr_grid))
+
+
+def tip_adapter_f(train: Features, val: Features, classifier: torch.Tensor, logit_scale: float,
+                  budget: PeerTraining | None = None) -> PeerResult:
+    """Tip-Adapter-F: the cache keys are trained (from the training-free search's α, β), then α and β
+    are searched again on val; learning rate chosen on val."""
+    budget = budget or PeerTraining()
+    t0 = time.perf_counter()
+    values = torch.nn.functional.one_hot(train.labels, classifier.shape[0]).float()
+    _, alpha0, beta0 = _search_alpha_beta(val, train.embeddings, values, classifier, logit_scale)
+
+    def make():
+        keys = nn.Linear(train.embeddings.shape[1], len(train), bias=False)
+        keys.weight.data.copy_(train.embeddings)
+
+        def logits(f):
+            return tip_logits(f, keys.weight, values, classifier, logit_scale, alpha0, beta0)
+        return keys, logits
+
+    keys, _, _, lr = _best_over_lrs(make, train, val, budget)
+    trained = keys.weight.detach().clone()
+    acc, alpha, beta = _search_alpha_beta(val, trained, values, classifier, logit_scale)
+
+    def predict(f: torch.Tensor) -> torch.Tensor:
+        return tip_logits(f, trained, values, classifier, logit_scale, alpha, beta)
+
+    return PeerResult("tip-adapter-f", trained.numel(), acc, {"lr": lr, "alpha": alpha, "beta": beta}, predict,
+                      time.perf_counter() - t0, len(budget.lr_grid) + 2 * len(TIP_ALPHAS) * len(TIP_BETAS))
+
+
+def run_peer(name: str, train: Features, val: Features, classifier: torch.Tensor, logit_scale: float,
+             budget: PeerTraining | None = None) -> PeerResult:
+    """Fit one peer by name (one of :data:`PEERS`)."""
+    classifier = torch.nn.functional.normalize(torch.as_tensor(classifier, dtype=torch.float32), dim=-1)
+    if name == "linear-probe":
+        return linear_probe(train, val, classifier.shape[0])
+    if name == "tip-adapter":
+        return tip_adapter(train, val, classifier, logit_scale)
+    if name == "tip-adapter-f":
+        return tip_adapter_f(train, val, classifier, logit_scale, budget)
+    if name == "clip-adapter":
+        return clip_adapter(train, val, classifier, logit_scale, budget)
+    raise ResiDualError(f"unknown peer {name!r}; choose one of {', '.join(PEERS)}")

@@ -1,0 +1,142 @@
+"""The adaptation peers (Tip-Adapter, CLIP-Adapter, linear probe) and the few-shot protocol."""
+
+import numpy as np
+import pytest
+import torch
+
+from resi_dual.adapters import fewshot, peers
+from resi_dual.adapters.peers import Features
+from resi_dual.errors import ResiDualError
+from tests.adapters.adapter_synth import make_model, make_source
+
+
+def clustered(n_per_class: int, n_classes: int = 4, d: int = 16, spread: float = 0.35, seed: int = 0) -> Features:
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.nn.functional.normalize(torch.randn(n_classes, d, generator=torch.Generator().manual_seed(99)), dim=1)
+    labels = torch.arange(n_classes).repeat_interleave(n_per_class)
+    x = centres[labels] + spread * torch.randn(len(labels), d, generator=g)
+    return Features(torch.nn.functional.normalize(x, dim=1), labels)
+
+
+def random_classifier(n_classes=4, d=16):
+    return torch.nn.functional.normalize(torch.randn(n_classes, d, generator=torch.Generator().manual_seed(7)), dim=1)
+
+
+def test_tip_adapter_with_alpha_zero_is_zero_shot():
+    tr, te = clustered(8), clustered(20, seed=1)
+    w = random_classifier()
+    values = torch.nn.functional.one_hot(tr.labels, 4).float()
+    got = peers.tip_logits(te.embeddings, tr.embeddings, values, w, 100.0, alpha=0.0, beta=5.5)
+    assert torch.equal(got, peers.zero_shot_logits(te.embeddings, w, 100.0))
+
+
+def test_tip_adapter_with_sharp_cache_is_nearest_neighbour():
+    tr = clustered(6)
+    g = torch.Generator().manual_seed(3)
+    # queries close to one cache key each: as β grows Tip-Adapter becomes the 1-NN classifier of its cache
+    te = torch.nn.functional.normalize(tr.embeddings + 0.02 * torch.randn(tr.embeddings.shape, generator=g), dim=1)
+    values = torch.nn.functional.one_hot(tr.labels, 4).float()
+    got = peers.tip_logits(te, tr.embeddings, values, random_classifier(), 1.0, alpha=1e6, beta=500.0)
+    nearest = tr.labels[(te @ tr.embeddings.T).argmax(1)]
+    assert torch.equal(got.argmax(1), nearest)
+    assert torch.equal(nearest, tr.labels)
+
+
+def test_tip_adapter_beats_an_uninformative_zero_shot_head():
+    tr, va, te = clustered(8), clustered(4, seed=1), clustered(50, seed=2)
+    w = almost_alike_classifier()
+    res = peers.run_peer("tip-adapter", tr, va, w, 100.0)
+    zs = peers.accuracy(peers.zero_shot_logits(te.embeddings, w, 100.0), te.labels)
+    assert res.trainable_parameters == 0
+    assert res.accuracy(te) > zs + 0.3
+    assert res.settings["alpha"] in [float(a) for a in peers.TIP_ALPHAS] and res.settings["beta"] in peers.TIP_BETAS
+
+
+def test_clip_adapter_with_ratio_zero_is_identity():
+    m = peers.ClipAdapterModule(16, ratio=0.0)
+    f = clustered(3).embeddings
+    assert torch.equal(m(f), f)
+    assert sum(p.numel() for p in m.parameters()) == 2 * 16 * 4
+
+
+def test_linear_probe_matches_sklearn_and_counts_parameters():
+    from sklearn.linear_model import LogisticRegression
+
+    tr, va, te = clustered(10), clustered(10, seed=1), clustered(30, seed=2)
+    res = peers.linear_probe(tr, va, 4)
+    ref = LogisticRegression(C=res.settings["C"], max_iter=1000, tol=1e-6).fit(tr.embeddings.double().numpy(), tr.labels.numpy())
+    assert np.array_equal(res.predict(te.embeddings).argmax(1).numpy(), ref.predict(te.embeddings.double().numpy()))
+    assert res.trainable_parameters == 4 * 16 + 4
+    assert res.accuracy(te) > 0.8  # the clusters overlap: nearest-centroid gets about 0.85 here
+
+
+def almost_alike_classifier():
+    """Class rows nearly alike, as CLIP's text rows are (cosines differ by a few hundredths)."""
+    common = torch.nn.functional.normalize(torch.ones(1, 16), dim=1)
+    return torch.nn.functional.normalize(common + 0.05 * random_classifier(), dim=1)
+
+
+def test_trained_peers_choose_lr_on_val_and_beat_zero_shot():
+    tr, va, te = clustered(32), clustered(4, seed=1), clustered(30, seed=2)
+    w = almost_alike_classifier()
+    zs = peers.accuracy(peers.zero_shot_logits(te.embeddings, w, 100.0), te.labels)
+    budget = peers.PeerTraining(max_epochs=30, patience=5)
+    for name in ("clip-adapter", "tip-adapter-f"):
+        res = peers.run_peer(name, tr, va, w, 100.0, budget)
+        assert res.settings["lr"] in peers.LR_GRID
+        assert res.accuracy(te) > zs + 0.3, name
+    assert res.trainable_parameters == len(tr) * 16
+
+
+def test_unknown_peer_is_one_line():
+    with pytest.raises(ResiDualError, match="unknown peer"):
+        peers.run_peer("coop++", clustered(2), clustered(2), random_classifier(), 1.0)
+
+
+def test_few_shot_split_counts_and_caps_validation():
+    labels = np.repeat(np.arange(5), 30)
+    for k in fewshot.SHOTS:
+        s = fewshot.few_shot_split(labels, labels, k, seed=1)
+        assert np.bincount(labels[s.train_rows]).tolist() == [k] * 5
+        assert np.bincount(labels[s.val_rows]).tolist() == [min(k, 4)] * 5
+    a, b = fewshot.few_shot_split(labels, labels, 4, 1), fewshot.few_shot_split(labels, labels, 4, 2)
+    assert not np.array_equal(a.train_rows, b.train_rows)
+    assert np.array_equal(a.train_rows, fewshot.few_shot_split(labels, labels, 4, 1).train_rows)
+    with pytest.raises(ResiDualError, match="class 2 has 3 examples"):
+        fewshot.per_class_rows(np.array([0] * 5 + [1] * 5 + [2] * 3), 4, 0)
+
+
+class RecordingSource:
+    """Wraps a store and records every labelled row that anything reads through it."""
+
+    def __init__(self, inner):
+        self.inner, self.rows_read = inner, set()
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def __len__(self):
+        return len(self.inner)
+
+    def raw(self, rows=None, dtype=torch.float32):
+        idx = np.arange(len(self.inner)) if rows is None else np.asarray(rows).reshape(-1)
+        self.rows_read.update(int(i) for i in idx)
+        return self.inner.raw(rows, dtype)
+
+    def iter_blocks(self, *a, **k):  # reading whole splits is exactly what the protocol must not do
+        raise AssertionError("a few-shot run iterated over a whole labelled split")
+
+
+def test_a_few_shot_run_reads_only_its_shots_and_capped_validation():
+    comp, readout = make_model()
+    train = RecordingSource(make_source(comp, readout, 60, seed=1, labels=np.repeat(np.arange(3), 20)))
+    val = RecordingSource(make_source(comp, readout, 45, seed=2, labels=np.repeat(np.arange(3), 15)))
+    test = make_source(comp, readout, 30, seed=3, labels=np.repeat(np.arange(3), 10))
+    w = torch.nn.functional.normalize(torch.randn(3, comp.d_out), dim=1)
+    rows = fewshot.run_peers(train, val, test, w, 10.0, shots=2, seed=1,
+                             budget=peers.PeerTraining(max_epochs=2, patience=1))
+    split = fewshot.few_shot_split(train.labels, val.labels, 2, 1)
+    assert train.rows_read == set(split.train_rows.tolist()) and len(train.rows_read) == 6
+    assert val.rows_read == set(split.val_rows.tolist()) and len(val.rows_read) == 6
+    assert {r["method"] for r in rows} == set(peers.PEERS)
+    assert all(r["n"] == {"train": 6, "val": 6, "test": 30} for r in rows)
