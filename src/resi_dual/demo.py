@@ -185,8 +185,9 @@ def run_demo(out: str | Path, quick: bool = False, progress: bool = True) -> Pat
     spec_dir = grid_dir / "specialization"
     top = _read_tsv(spec_dir / "top_heads.tsv")
     top_labels = [r["unit"] for r in top if r.get("ranking") == "S" and r.get("dataset") == cfg.datasets[0].name][:4]
-    top_labels = [lab for lab in top_labels if lab in bases.labels] or [lab for lab in bases.labels if "H" in lab][:4]
-    rep.figure(_spectra_figure(bases, top_labels + ["L5.mlp"] if "L5.mlp" in bases.labels else top_labels,
+    top_labels = [lab for lab in top_labels if lab in bases.labels] or [u.label for u in bases.composition.head_units if u.label in bases.labels][:4]
+    last_mlp = [u.label for u in bases.composition.units if u.kind == "mlp" and u.label in bases.labels][-1:]
+    rep.figure(_spectra_figure(bases, top_labels + last_mlp,
                                out / "figures" / "spectra.png"),
                f"cumulative explained variance of the top heads' PCA on {cfg.reference.name} train")
 

@@ -50,3 +50,26 @@ def test_relative_error_is_the_row_norm_ratio():
     err = relative_error(approx, exact)
     assert err.dtype == torch.float64
     assert err.tolist() == [0.2, 0.0, 1e-3]
+
+
+def test_select_is_the_one_unit_selection():
+    from resi_dual.core import Composition
+    from resi_dual.errors import ResiDualError
+
+    comp = Composition("m", "vit", n_layers=2, n_heads=2, d_model=8, d_head=4, d_out=8)
+    labels = comp.labels  # emb, L0H0, L0H1, L0.mlp, L1H0, L1H1, L1.mlp
+    pick = lambda units, **kw: [labels[i] for i in comp.select(units, **kw)]  # noqa: E731
+    assert pick(None) == pick("all") == labels
+    assert pick("heads") == [u.label for u in comp.units if u.kind == "head"]
+    assert pick("mlps") == ["L0.mlp", "L1.mlp"] and pick("emb") == ["emb"]
+    # shorthands and labels mix; explicit units keep their order; duplicates appear once
+    assert pick("L1H0, mlps,L1H0") == ["L1H0", "L0.mlp", "L1.mlp"]
+    assert pick([3, comp.units[0], "L1H1", 3]) == ["L0.mlp", "emb", "L1H1"]
+    assert pick("") == pick("none") == pick([]) == []
+    assert comp.select_labels("mlps,L0H1") == ["L0H1", "L0.mlp", "L1.mlp"] and comp.select_labels(None) == []
+    with pytest.raises(ResiDualError, match="no units selected by 'none'"):
+        comp.select("none", require=True)
+    with pytest.raises(ResiDualError, match="'L9H0' is not part of model"):
+        comp.select("heads,L9H0")
+    with pytest.raises(ResiDualError, match="unit index 7 out of range"):
+        comp.select([7])

@@ -8,7 +8,6 @@ from resi_dual.adapters.adapter import (
     build_adapter,
     describe,
     few_shot_rows,
-    select_units,
 )
 from resi_dual.adapters.cache import CachedSplit, Projection, check_same_labels, check_same_model, encode_split
 from resi_dual.adapters.training import FitResult, TrainConfig, fit, lr_range_test
@@ -16,5 +15,5 @@ from resi_dual.adapters.training import FitResult, TrainConfig, fit, lr_range_te
 __all__ = [
     "Adapter", "AdapterConfig", "CachedSplit", "DEFAULT_LR", "FitResult", "Projection", "TrainConfig", "VARIANTS",
     "build_adapter", "check_same_labels", "check_same_model", "describe", "encode_split", "few_shot_rows", "fit",
-    "lr_range_test", "select_units",
+    "lr_range_test",
 ]

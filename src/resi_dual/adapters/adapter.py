@@ -117,15 +117,6 @@ class AdapterConfig:
         )
 
 
-def select_units(comp: Composition, spec: str) -> list[str]:
-    """Labels for a comma-separated mix of shorthands (``heads``, ``mlps``, ``emb``, ``all``) and labels."""
-    picked: list[int] = []
-    for token in (t.strip() for t in (spec or "").split(",")):
-        if token and token != "none":
-            picked.extend(i for i in comp.select(token) if i not in picked)
-    return [comp.units[i].label for i in sorted(picked)]
-
-
 def _make_module(cfg: dict, proj: Projection, d_out: int) -> nn.Module:
     if cfg["variant"] == "linear":
         return LinearAdapter(d_out)
@@ -326,8 +317,8 @@ def build_adapter(
             raise ResiDualError(
                 f"the basis was fitted on another model ({bases.composition.model_id!r}) than the store ({comp.model_id!r})"
             )
-        adapted = select_units(comp, cfg["units"])
-        kept = [lab for lab in select_units(comp, cfg["keep"]) if lab not in adapted]
+        adapted = comp.select_labels(cfg["units"])
+        kept = [lab for lab in comp.select_labels(cfg["keep"]) if lab not in adapted]
         missing = [lab for lab in adapted if lab not in bases.labels]
         if missing:
             raise ResiDualError(f"the basis has no PCA for units {missing[:5]}{'…' if len(missing) > 5 else ''}")
@@ -376,4 +367,4 @@ def describe(adapter: Adapter) -> dict:
 
 
 __all__ = ["Adapter", "AdapterConfig", "VARIANTS", "DEFAULT_LR", "build_adapter", "few_shot_rows", "describe",
-           "select_units", "CachedSplit"]
+           "CachedSplit"]

@@ -32,9 +32,9 @@ def _bases_for(store, path, units, block_rows: int, progress: bool):
     from pathlib import Path
 
     from resi_dual.spectral.bases import UnitBases
-    from resi_dual.spectral.pca import UnitPCA, _select
+    from resi_dual.spectral.pca import UnitPCA
 
-    wanted = [store.composition.units[i].label for i in _select(store.composition, units)]
+    wanted = [store.composition.units[i].label for i in store.composition.select(units, require=True)]
     saved = Path(path) / "analysis" / "bases.safetensors"
     if saved.is_file():
         b = UnitBases.load(saved)

@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from resi_dual import open_store
-    from resi_dual.adapters.adapter import AdapterConfig, select_units
+    from resi_dual.adapters.adapter import AdapterConfig
     from resi_dual.adapters.protocol import check_splits, summarise_seeds, train_and_evaluate
     from resi_dual.adapters.training import TrainConfig
     from resi_dual.errors import ResiDualError
@@ -142,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = config.resolved()
     bases = reference = None
     if cfg["source"] == "units":
-        bases = load_bases(args.basis, train, select_units(train.composition, cfg["units"]), progress=not args.quiet)
+        bases = load_bases(args.basis, train, train.composition.select_labels(cfg["units"]), progress=not args.quiet)
     elif cfg["units"] == "output" and args.basis:  # spectral: the output PCA of the reference store
         from resi_dual.adapters.cache import check_same_model
 

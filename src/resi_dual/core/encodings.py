@@ -150,8 +150,7 @@ class UnitEncodings:
 
     def contributions(self, units=None) -> torch.Tensor:
         """(n, U', d_out) contributions of the selected units (labels, Units, indices or a shorthand)."""
-        idx = units if units is None or (isinstance(units, list) and all(isinstance(i, int) for i in units)) \
-            else self.composition.select(units)
+        idx = None if units is None else self.composition.select(units)
         return self.readout.apply(self.composition, self.dense, self.heads, self.mu, self.sigma, idx)
 
     def features(self, unit: Unit | str | int) -> torch.Tensor:

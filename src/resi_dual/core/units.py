@@ -9,6 +9,7 @@ the LayerNorm centring and the biases among them (DESIGN.md §3). Both round-tri
 from __future__ import annotations
 
 import json
+import numbers
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Iterable, Literal, get_args
@@ -24,6 +25,9 @@ UnitKind = Literal["emb", "mlp", "head"]
 #:   I − 11ᵀ/D, so this is also exact); β and projection bias are shared as in ``paper``.
 Convention = Literal["paper", "centred"]
 CONVENTIONS: tuple[str, ...] = get_args(Convention)
+
+#: shorthand -> the unit kind it selects (``all``: every unit, ``none``: nothing)
+_SHORTHANDS: dict[str, str] = {"all": "all", "heads": "head", "mlps": "mlp", "emb": "emb", "none": "none"}
 
 _LABEL_RE = re.compile(r"^(?:emb|L(\d+)\.mlp|L(\d+)H(\d+))$")
 
@@ -111,19 +115,42 @@ class Composition:
         except ValueError:
             raise ResiDualError(f"unit {label!r} is not part of model {self.model_id!r}") from None
 
-    def select(self, units: Iterable[Unit | str] | str | None = None) -> list[int]:
-        """Indices of the requested units. Accepts labels, Unit objects, or the shorthand strings
-        ``all``, ``heads``, ``mlps``, ``emb`` and comma-separated labels."""
+    def select(self, units: Iterable[Unit | str | int] | str | None = None, require: bool = False) -> list[int]:
+        """Indices of the requested units: the one unit selection of the package.
+
+        ``units``: None (all); a string of comma-separated tokens, each a shorthand (``all``,
+        ``heads``, ``mlps``, ``emb``; ``none`` for nothing) or a label (``L3H7``, ``L3.mlp``); or a
+        sequence of labels, :class:`Unit` objects or indices. Shorthands expand in composition order,
+        explicit units keep the order given; a unit selected twice appears once. ``require``: raise
+        when nothing is selected.
+        """
         if units is None:
-            return list(range(len(self.units)))
-        if isinstance(units, str):
-            key = units.strip()
-            kinds = {"all": None, "heads": "head", "mlps": "mlp", "emb": "emb"}
-            if key in kinds:
-                kind = kinds[key]
-                return [i for i, u in enumerate(self.units) if kind is None or u.kind == kind]
-            units = [s for s in key.split(",") if s.strip()]
-        return [self.index(u) for u in units]
+            out = list(range(len(self.units)))
+        else:
+            tokens = [t.strip() for t in units.split(",")] if isinstance(units, str) else list(units)
+            out, seen = [], set()
+            for t in tokens:
+                for i in self._token(t):
+                    if i not in seen:
+                        seen.add(i)
+                        out.append(i)
+        if require and not out:
+            raise ResiDualError(f"no units selected by {units!r}")
+        return out
+
+    def select_labels(self, units: Iterable[Unit | str | int] | str | None) -> list[str]:
+        """Labels of :meth:`select` in composition order; None or ``""`` selects nothing here."""
+        return [self.units[i].label for i in sorted(self.select(units or ""))]
+
+    def _token(self, token: Unit | str | int) -> list[int]:
+        if isinstance(token, numbers.Integral) and not isinstance(token, bool):
+            if not 0 <= int(token) < len(self.units):
+                raise ResiDualError(f"unit index {int(token)} out of range for {len(self.units)} units")
+            return [int(token)]
+        if isinstance(token, str) and token in _SHORTHANDS:
+            kind = _SHORTHANDS[token]
+            return [i for i, u in enumerate(self.units) if kind == "all" or u.kind == kind]
+        return [] if token == "" else [self.index(token)]
 
     @property
     def head_units(self) -> list[Unit]:

@@ -76,9 +76,7 @@ def decompose_units(source, dictionary: torch.Tensor, texts: Sequence[str], meth
     if dictionary.shape[0] != len(texts):
         raise ResiDualError(f"{dictionary.shape[0]} dictionary embeddings for {len(texts)} texts")
     comp = source.composition
-    idx = comp.select(units)
-    if not idx:
-        raise ResiDualError(f"no units selected by {units!r}")
+    idx = comp.select(units, require=True)
     if dictionary.shape[1] != comp.d_out:
         raise ResiDualError(f"dictionary is {dictionary.shape[1]}-d but the model's output is {comp.d_out}-d")
     rows = sample_rows(len(source), max_samples, seed)

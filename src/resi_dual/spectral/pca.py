@@ -260,7 +260,7 @@ class UnitPCA:
 
     def fit(self, source: EncodingSource) -> "UnitPCA":
         comp = source.composition
-        idx = _select(comp, self.units)
+        idx = comp.select(self.units, require=True)
         moments = UnitMoments(comp, idx)
         with _progress(self.progress) as bar:
             task = bar.add_task("PCA: moments", total=len(source)) if bar else None
@@ -287,17 +287,6 @@ class UnitPCA:
         a, k = source.readout.to(torch.float64).affine(source.composition, i)
         f = source.features(i, rows, dtype=torch.float64)
         return (f @ a.T + k - b.means[unit]) @ b.components[unit].T
-
-
-def _select(comp: Composition, units) -> list[int]:
-    if units is None:
-        return list(range(len(comp.units)))
-    if isinstance(units, (list, tuple, range, np.ndarray)) and all(isinstance(i, (int, np.integer)) for i in units):
-        return [int(i) for i in units]
-    idx = comp.select(units)
-    if not idx:
-        raise ResiDualError(f"no units selected by {units!r}")
-    return idx
 
 
 class _NullBar:

@@ -88,7 +88,7 @@ class EncodingSource:
 
     def contributions(self, units=None, rows=None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """(n', U', d_out) unit contributions in output space, computed from the raw encodings."""
-        idx = self.composition.select(units) if units is not None and not _is_index_list(units) else units
+        idx = None if units is None else self.composition.select(units)
         b = self.raw(rows, dtype)
         return self.readout.to(dtype).apply(self.composition, b.dense, b.heads, b.mu, b.sigma, idx)
 
@@ -101,12 +101,6 @@ class EncodingSource:
     def output(self, rows=None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """(n', d_out) the model's own embedding, as recorded at encoding time."""
         return self.raw(rows, dtype).output
-
-
-def _is_index_list(units) -> bool:
-    return isinstance(units, (list, tuple, range, np.ndarray)) and all(
-        isinstance(i, (int, np.integer)) for i in units
-    )
 
 
 class MemorySource(EncodingSource):
