@@ -17,6 +17,13 @@ def load_model(spec: str, **kwargs):
     return _load(spec, **kwargs)
 
 
+def list_models():
+    """The registered model families (name, summary, spec form, short names); see `resi_dual.models.registry`."""
+    from resi_dual.models.registry import list_models as _list
+
+    return _list()
+
+
 def open_store(path, **kwargs):
     """Open an encoding store written by `resi-dual encode` (see `resi_dual.store`)."""
     from resi_dual.store import open_store as _open
@@ -24,4 +31,4 @@ def open_store(path, **kwargs):
     return _open(path, **kwargs)
 
 
-__all__ = ["ResiDualError", "Unit", "Composition", "load_model", "open_store", "__version__"]
+__all__ = ["ResiDualError", "Unit", "Composition", "list_models", "load_model", "open_store", "__version__"]

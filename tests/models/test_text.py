@@ -195,7 +195,7 @@ def test_open_clip_trimmed_equals_full_context(oc_clip):
     """Sorted, trimmed batches give the full-77-token embeddings, in the caller's order."""
     import open_clip
 
-    from resi_dual.models.text import _open_clip_trimmed_forward
+    from resi_dual.models.tracing.openclip import _open_clip_trimmed_forward
 
     assert _open_clip_trimmed_forward(oc_clip) is not None
     clear_cache()
@@ -211,7 +211,7 @@ def test_open_clip_text_transformer_trimmed_and_siglip_style_untrimmed():
     import open_clip
     from open_clip.model import CLIPTextCfg, CLIPVisionCfg
 
-    from resi_dual.models.text import _open_clip_trimmed_forward
+    from resi_dual.models.tracing.openclip import _open_clip_trimmed_forward
 
     vis = CLIPVisionCfg(layers=1, width=16, head_width=8, patch_size=8, image_size=16)
     for extra, trims in (({}, True), ({"no_causal_mask": True, "pool_type": "last"}, False)):

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from tracing_models import HF_KINDS, OPEN_CLIP_VARIANTS
-from resi_dual import load_model
+from tracing_models import HF_KINDS, KIND_FAMILY, OPEN_CLIP_VARIANTS
+from resi_dual import list_models, load_model
 from resi_dual.errors import ResiDualError
 from resi_dual.core.units import block_share, head_share
 
@@ -54,6 +54,12 @@ def test_contributions_sum_to_library_embedding(saved_models, kind, convention):
     assert enc.heads.shape == (5, L, H, comp.d_head) and comp.d_head * H == comp.d_model
     assert enc.dense.shape == (5, 1 + L, comp.d_model)
     assert comp.convention == convention and comp.model_id == spec
+    assert comp.family == KIND_FAMILY[kind]
+
+
+def test_the_table_covers_every_registered_family():
+    assert set(KIND_FAMILY) == set(ALL_KINDS)
+    assert {f.name for f in list_models()} == set(KIND_FAMILY.values()) | {"demo"}
 
 
 def _resid(model, px):

@@ -87,6 +87,13 @@ def build_hf(kind: str, seed: int = 0):
 
 HF_KINDS = ["clip", "clip_vision_proj", "clip_vision", "blip", "vit", "vit_cls", "dinov2", "dinov2_swiglu"]
 
+#: the registered family each row of the table must be traced by (the demo family has the
+#: committed checkpoint, tests/models/test_demo.py)
+KIND_FAMILY = {"clip": "hf-clip", "clip_vision_proj": "hf-clip", "clip_vision": "hf-clip", "blip": "blip",
+               "vit": "vit", "vit_cls": "vit", "dinov2": "dinov2", "dinov2_swiglu": "dinov2",
+               "open_clip_mha": "open_clip", "open_clip_mha_quickgelu_ls": "open_clip",
+               "open_clip_custom_attention": "open_clip", "open_clip_custom_no_ln_pre": "open_clip"}
+
 
 # -- open_clip -----------------------------------------------------------------------------------
 OPEN_CLIP_VARIANTS = {

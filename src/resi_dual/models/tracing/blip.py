@@ -8,13 +8,65 @@ retrieval head reads the single-LN sequence, and so does the tracer (the first c
 
 from __future__ import annotations
 
+import math
+from typing import Callable
+
 import torch
 
+from resi_dual.errors import ResiDualError
+from resi_dual.models import hf
+from resi_dual.models.registry import local_weights, register_family
 from resi_dual.models.tracing.base import AttnSpec, Layout, TracedModel
 
 
+def _library_class(config, archs: list[str], spec: str):
+    import transformers
+
+    other = [a for a in archs if a != "BlipForImageTextRetrieval"]
+    if other and "BlipForImageTextRetrieval" not in archs:
+        raise ResiDualError(
+            f"{spec!r} is a {other[0]} checkpoint; only BlipForImageTextRetrieval (image–text space via vision_proj) is supported"
+        )
+    return transformers.BlipForImageTextRetrieval
+
+
+def _text_types() -> tuple[type, ...]:
+    from transformers import BlipForImageTextRetrieval
+
+    return (BlipForImageTextRetrieval,)
+
+
+def text_encoder(model, tokenizer) -> tuple[Callable[[list[str]], torch.Tensor], float]:
+    """(texts -> (b, d_out) ITC text embeddings, logit scale): the text encoder without image
+    cross-attention and ``text_proj`` on the CLS token, as the model does with ``use_itm_head=False``."""
+    from resi_dual.models.text import hf_tokenize
+
+    tokenize = hf_tokenize(model, tokenizer, "BLIP")
+
+    def encode(batch: list[str]) -> torch.Tensor:
+        ids, mask = tokenize(batch)
+        hidden = model.text_encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        return model.text_proj(hidden[:, 0, :])
+
+    # HF's retrieval model has no learned temperature; BLIP's is initialised at the config value
+    return encode, math.exp(float(model.config.logit_scale_init_value))
+
+
+@register_family(
+    name="blip",
+    summary="Hugging Face BlipForImageTextRetrieval (BLIP ITM checkpoints), image–text space via vision_proj",
+    scheme="hf",
+    load=hf.load_hf,
+    model_types=("blip",),
+    library_class=_library_class,
+    mean_std=(hf.CLIP_MEAN, hf.CLIP_STD),
+    text=text_encoder,
+    text_types=_text_types,
+    library_module="transformers",
+    short_names={"blip_l": "hf:Salesforce/blip-itm-large-flickr"},
+    weights_path=local_weights,
+)
 class BlipTraced(TracedModel):
-    family = "blip"
 
     def _layout(self) -> Layout:
         m = self.library_model

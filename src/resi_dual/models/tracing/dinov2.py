@@ -10,12 +10,30 @@ from __future__ import annotations
 
 import torch
 
+from resi_dual.models import hf
+from resi_dual.models.registry import local_weights, register_family
 from resi_dual.models.tracing.base import Layout, TracedModel
 from resi_dual.models.tracing.vit import attr_path, hf_attention
 
 
+def _library_class(config, archs: list[str], spec: str):
+    import transformers
+
+    return transformers.Dinov2Model
+
+
+@register_family(
+    name="dinov2",
+    summary="Hugging Face Dinov2Model (self-supervised, layer scale, MLP or SwiGLU); output = post-LN CLS",
+    scheme="hf",
+    load=hf.load_hf,
+    model_types=("dinov2",),
+    library_class=_library_class,
+    mean_std=(hf.IMAGENET_MEAN, hf.IMAGENET_STD),
+    short_names={"dinov2_l": "hf:facebook/dinov2-large"},
+    weights_path=local_weights,
+)
 class Dinov2Traced(TracedModel):
-    family = "dinov2"
     flexible_size = True
 
     def _layout(self) -> Layout:

@@ -8,13 +8,59 @@ output is then ``pooler_output``).
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
+from resi_dual.models import hf
+from resi_dual.models.registry import local_weights, register_family
 from resi_dual.models.tracing.base import AttnSpec, Layout, TracedModel, packed_qkv
 
 
+def _library_class(config, archs: list[str], spec: str):
+    import transformers
+
+    if config.model_type == "clip":
+        return transformers.CLIPModel
+    return transformers.CLIPVisionModel if "CLIPVisionModel" in archs else transformers.CLIPVisionModelWithProjection
+
+
+def _text_types() -> tuple[type, ...]:
+    from transformers import CLIPModel
+
+    return (CLIPModel,)
+
+
+def text_encoder(model, tokenizer) -> tuple[Callable[[list[str]], torch.Tensor], float]:
+    """(texts -> (b, d_out) projected text embeddings, logit scale) of an HF ``CLIPModel``."""
+    from resi_dual.models.text import hf_tokenize
+
+    tokenize = hf_tokenize(model, tokenizer, "HF CLIP")
+
+    def encode(batch: list[str]) -> torch.Tensor:
+        ids, mask = tokenize(batch)
+        out = model.get_text_features(input_ids=ids, attention_mask=mask)
+        # transformers ≥ 5 returns a model output whose pooler_output is the projected embedding
+        return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+    return encode, float(model.logit_scale.detach().exp())
+
+
+@register_family(
+    name="hf-clip",
+    summary="Hugging Face CLIP (CLIPModel, CLIPVisionModelWithProjection, CLIPVisionModel): OpenAI and LAION weights",
+    scheme="hf",
+    load=hf.load_hf,
+    model_types=("clip", "clip_vision_model"),
+    library_class=_library_class,
+    mean_std=(hf.CLIP_MEAN, hf.CLIP_STD),
+    text=text_encoder,
+    text_types=_text_types,
+    library_module="transformers",
+    short_names={"clip_b": "hf:openai/clip-vit-base-patch16", "clip_l": "hf:openai/clip-vit-large-patch14"},
+    weights_path=local_weights,
+)
 class HFClipTraced(TracedModel):
-    family = "hf-clip"
 
     @property
     def _vision(self):

@@ -17,7 +17,10 @@ Two attention implementations exist:
 Refused, because they break the sum over units: attentional pooling (``attn_pool``, CoCa),
 non-CLS pooling (``avg``/``none``), a LayerNorm mixing heads before ``out_proj`` (``ln_inner``,
 ``scale_attn_inner``) or after attention (``ln_attn``, ``scale_attn``), and non-ViT towers
-(``ModifiedResNet``, timm CNNs).
+(``ModifiedResNet``; timm towers are the ``open_clip-timm`` family, see ``timm_vit``).
+
+This module also holds the ``open_clip:`` loader shared by every open_clip family: it builds the
+model with open_clip's own factory and hands it to the first family that accepts its image tower.
 """
 
 from __future__ import annotations
@@ -25,12 +28,14 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from resi_dual.errors import ResiDualError
+from resi_dual.models import registry
 from resi_dual.models.tracing.base import AttnSpec, Layout, TracedModel
 
 
@@ -79,9 +84,100 @@ def _attn_spec(attn: nn.Module) -> AttnSpec:
     return AttnSpec(attn, qkv, dh ** -0.5, head_scale, logits)
 
 
-class OpenClipTraced(TracedModel):
-    family = "open_clip"
+def text_types() -> tuple[type, ...]:
+    import open_clip
 
+    return (open_clip.CLIP, open_clip.CustomTextCLIP)
+
+
+def _open_clip_trimmed_forward(model) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """``ids -> embeddings`` that runs open_clip's text tower on the batch's real tokens only, when that
+    is exact: a causal mask (no position reads a later one) and pooling at the end-of-text or first
+    token, no appended class token. None otherwise (SigLIP's bidirectional towers pool the last
+    padded position, so they run at their full context)."""
+    from open_clip.transformer import TextTransformer, text_global_pool
+
+    tower = model.text if isinstance(getattr(model, "text", None), TextTransformer) else model
+    pool = getattr(tower, "pool_type", None) or getattr(tower, "text_pool_type", None)
+    eos = getattr(tower, "eos_id", None) if tower is not model else getattr(model, "text_eos_id", None)
+    mask = getattr(tower, "attn_mask", None)
+    if getattr(tower, "cls_emb", None) is not None or pool not in ("argmax", "eos", "first") or mask is None:
+        return None
+    pad = int(getattr(tower, "pad_id", 0))
+
+    def forward(ids: torch.Tensor) -> torch.Tensor:
+        real = (ids != pad).any(0).nonzero()
+        n = int(real[-1]) + 1 if real.numel() else 1
+        ids = ids[:, :n]
+        cast = tower.transformer.get_cast_dtype()
+        x = tower.token_embedding(ids).to(cast) + tower.positional_embedding[:n].to(cast)
+        x = tower.ln_final(tower.transformer(x, attn_mask=mask[:n, :n]))
+        x = text_global_pool(x, ids, pool, eos_token_id=eos)
+        proj = tower.text_projection
+        if proj is None:
+            return x
+        return proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj
+
+    return forward
+
+
+def text_encoder(model, tokenizer) -> tuple[Callable[[list[str]], torch.Tensor], float]:
+    """(texts -> (b, d_out) ``encode_text`` embeddings, logit scale) of an open_clip model."""
+    from resi_dual.models.text import check_ids
+
+    if tokenizer is None:
+        from open_clip.tokenizer import SimpleTokenizer
+
+        tokenizer = SimpleTokenizer(context_length=int(getattr(model, "context_length", 77)))
+    device = next(model.parameters()).device
+    table = getattr(model, "token_embedding", None)
+    vocab = int(table.num_embeddings) if isinstance(table, torch.nn.Embedding) else None
+    trimmed = _open_clip_trimmed_forward(model)
+
+    def encode(batch: list[str]) -> torch.Tensor:
+        ids = check_ids(tokenizer(batch), vocab).to(device)
+        return trimmed(ids) if trimmed is not None else model.encode_text(ids, normalize=False)
+
+    return encode, float(model.logit_scale.detach().exp())
+
+
+def _is_vit_tower(model) -> bool:
+    from open_clip.transformer import VisionTransformer
+
+    return isinstance(model.visual, VisionTransformer)
+
+
+def load_open_clip(spec: str, rest: str, convention: str, device="cpu") -> TracedModel:
+    """Build an open_clip model from ``<arch>[@<tag or file>]``, ``<dir>`` or ``hf-hub:<repo>`` and
+    wrap it in the open_clip family that traces its image tower."""
+    model, preprocess, tokenizer = _create(spec, rest)
+    visual = model.visual
+    size = visual.image_size if hasattr(visual, "image_size") else 224
+    size = size[0] if isinstance(size, (tuple, list)) else size
+    patch = getattr(visual, "patch_size", None)
+    patch = patch[0] if isinstance(patch, (tuple, list)) else patch
+    for fam in registry.families():
+        if fam.scheme == "open_clip" and fam.accepts(model):
+            return fam.tracer(spec, model, preprocess, size, tokenizer, convention, patch_size=patch).to(device)
+    raise ResiDualError(
+        f"{spec!r} has a {type(visual).__name__} image tower, not a VisionTransformer or a timm ViT (no residual "
+        f"units to trace; supported open_clip families: {registry.supported('open_clip')})"
+    )
+
+
+@registry.register_family(
+    name="open_clip",
+    summary="open_clip VisionTransformer towers (OpenAI and LAION CLIP); both attention implementations",
+    scheme="open_clip",
+    load=load_open_clip,
+    accepts=_is_vit_tower,
+    text=text_encoder,
+    text_types=text_types,
+    library_module="open_clip",
+    short_names={"openclip_b": "open_clip:ViT-B-16@laion2b_s34b_b88k", "openclip_l": "open_clip:ViT-L-14@laion2b_s32b_b82k"},
+    weights_path=registry.local_weights,
+)
+class OpenClipTraced(TracedModel):
     @property
     def _visual(self):
         return self.library_model.visual
@@ -92,9 +188,7 @@ class OpenClipTraced(TracedModel):
         v = self._visual
         name = self.spec
         if not isinstance(v, VisionTransformer):
-            raise ResiDualError(
-                f"{name!r} has a {type(v).__name__} image tower, not a VisionTransformer (no residual units to trace)"
-            )
+            raise ResiDualError(f"{name!r} has a {type(v).__name__} image tower, not a VisionTransformer")
         if getattr(v, "attn_pool", None) is not None:
             raise ResiDualError(f"{name!r} uses attentional pooling (attn_pool), which breaks the sum over residual units")
         if getattr(v, "pool_type", "tok") != "tok":
@@ -144,8 +238,8 @@ class OpenClipTraced(TracedModel):
         return dict(self._visual.state_dict())
 
 
-def load_open_clip(spec: str, rest: str, convention: str) -> OpenClipTraced:
-    """Build an open_clip model from ``<arch>[@<tag or file>]``, ``<dir>`` or ``hf-hub:<repo>``."""
+def _create(spec: str, rest: str) -> tuple:
+    """(model, preprocess(list of PIL) -> (n,3,S,S), tokenizer or None) from open_clip's factory."""
     if not rest:
         raise ResiDualError(f"model spec {spec!r} names no architecture after 'open_clip:'")
     import open_clip
@@ -159,9 +253,7 @@ def load_open_clip(spec: str, rest: str, convention: str) -> OpenClipTraced:
     elif arch.startswith("hf-hub:"):
         name = tokenizer_name = arch
     else:
-        from resi_dual.models.loading import looks_like_path
-
-        if looks_like_path(arch) and not Path(arch).exists():
+        if registry.looks_like_path(arch) and not Path(arch).exists():
             raise ResiDualError(f"{spec!r}: no such directory {arch}")
         if arch not in open_clip.list_models():
             raise ResiDualError(f"{spec!r}: unknown open_clip architecture {arch!r} (see open_clip.list_models())")
@@ -197,9 +289,4 @@ def load_open_clip(spec: str, rest: str, convention: str) -> OpenClipTraced:
     def preprocess(images: list) -> torch.Tensor:
         return torch.stack([preprocess_val(im) for im in images]).float()
 
-    visual = model.visual
-    size = visual.image_size if hasattr(visual, "image_size") else 224
-    size = size[0] if isinstance(size, (tuple, list)) else size
-    patch = getattr(visual, "patch_size", None)
-    patch = patch[0] if isinstance(patch, (tuple, list)) else patch
-    return OpenClipTraced(spec, model, preprocess, size, tokenizer, convention, patch_size=patch)
+    return model, preprocess, tokenizer

@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 
 from resi_dual.errors import ResiDualError
+from resi_dual.models import hf
+from resi_dual.models.registry import local_weights, register_family
 from resi_dual.models.tracing.base import AttnSpec, Layout, TracedModel, packed_qkv
 
 
@@ -35,8 +37,24 @@ def hf_attention(attn) -> AttnSpec:
     return AttnSpec(attn, packed_qkv(q, k, v), (q.weight.shape[0] // n_heads) ** -0.5)
 
 
+def _library_class(config, archs: list[str], spec: str):
+    import transformers
+
+    return transformers.ViTForImageClassification if "ViTForImageClassification" in archs else transformers.ViTModel
+
+
+@register_family(
+    name="vit",
+    summary="Hugging Face ViTModel / ViTForImageClassification (supervised ViTs); output = post-LN CLS",
+    scheme="hf",
+    load=hf.load_hf,
+    model_types=("vit",),
+    library_class=_library_class,
+    mean_std=(hf.IMAGENET_MEAN, hf.IMAGENET_STD),
+    short_names={"vit_l": "hf:google/vit-large-patch16-224"},
+    weights_path=local_weights,
+)
 class ViTTraced(TracedModel):
-    family = "vit"
 
     @property
     def _vit(self):
