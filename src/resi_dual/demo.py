@@ -120,7 +120,8 @@ def run_demo(out: str | Path, quick: bool = False, progress: bool = True) -> Pat
     Returns the path of ``index.html``.
     """
     from resi_dual.experiments.grid import Grid, load_cell_bases
-    from resi_dual.experiments.runners import EXPERIMENTS, run_experiment
+    from resi_dual.experiments.runners import EXPERIMENTS
+    from resi_dual.report.experiments import run_experiment
     from resi_dual.report.html import Report
 
     out = Path(out)

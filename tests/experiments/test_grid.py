@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from resi_dual.experiments.config import load_config
-from resi_dual.experiments.runners import run_experiment
+from resi_dual.report.experiments import run_experiment
 
 GRID = """
 [grid]

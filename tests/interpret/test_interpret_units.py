@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from resi_dual.errors import ResiDualError
-from resi_dual.interpret import (decompose_units, load_dictionary, pc_descriptions, somp, text_span,
-                                 write_decompositions, write_pc_descriptions)
+from resi_dual.interpret import decompose_units, load_dictionary, pc_descriptions, somp, text_span
+from resi_dual.report.interpret import write_decompositions, write_pc_descriptions
 from resi_dual.spectral.bases import UnitBases
 
 

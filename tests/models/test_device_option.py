@@ -186,7 +186,7 @@ def test_experiment_carries_the_device_to_the_model(tiny, tmp_path, monkeypatch)
     do not depend on it, so the same cells are found again on the CPU."""
     import resi_dual.models.loading as loading
     from resi_dual.experiments.config import load_config
-    from resi_dual.experiments.runners import run_experiment
+    from resi_dual.report.experiments import run_experiment
 
     _quiet()
     seen = []

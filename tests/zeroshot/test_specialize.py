@@ -6,9 +6,10 @@ import torch
 import torch.nn.functional as F
 
 from resi_dual.errors import ResiDualError
+from resi_dual.report.plots import ablation_figure
 from resi_dual.zeroshot import prototype_classifier
 from resi_dual.zeroshot.specialize import (ablation_curves, head_means, jaccard, jaccard_table, keep_sizes,
-                                           plot_curves, rank_heads, summarize_random)
+                                           rank_heads, summarize_random)
 
 
 @pytest.fixture(scope="module")
@@ -80,9 +81,12 @@ def test_errors_and_jaccard(splits, tmp_path):
         rank_heads(val, head, methods=["X"])
     assert jaccard([1, 2, 3], [2, 3, 4]) == 0.5
     rows = jaccard_table({"a": ranks, "b": rank_heads(test, head, methods=["S"])}, [1, 3])
-    assert [r["method"] for r in rows] == ["S", "S"] and all(0 <= r["jaccard"] <= 1 for r in rows)
+    s_a = next(r.order for r in ranks if r.name == "S")
+    s_b = rank_heads(test, head, methods=["S"])[0].order
+    assert [r["method"] for r in rows] == ["S", "S"] and [r["n_heads"] for r in rows] == [1, 3]
+    assert [r["jaccard"] for r in rows] == [jaccard(s_a[:k], s_b[:k]) for k in (1, 3)]
     res = ablation_curves(test, head, ranks, modes=["zero"])
-    plot_curves(res, "toy", tmp_path / "curve.png")
+    ablation_figure(res, "toy", tmp_path / "curve.png")
     assert (tmp_path / "curve.png").stat().st_size > 1000
 
 

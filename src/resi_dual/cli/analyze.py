@@ -40,17 +40,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def write_table(rows: list[dict], out_dir, stem: str) -> list:
-    """Write rows as ``stem.tsv`` and ``stem.parquet``; returns the paths."""
-    import pandas as pd
-
-    df = pd.DataFrame(rows)
-    tsv, pq = out_dir / f"{stem}.tsv", out_dir / f"{stem}.parquet"
-    df.to_csv(tsv, sep="\t", index=False, float_format="%.6g")
-    df.to_parquet(pq, index=False)
-    return [tsv, pq]
-
-
 def head_heatmaps(rows: list[dict], comp, out_dir, measures: dict[str, str], prefix: str = "heatmap") -> list:
     """One layer × head PNG per measure over the head rows; returns the paths (none without heads)."""
     from resi_dual.report.plots import heatmap, layer_head_matrix
@@ -70,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from resi_dual.errors import ResiDualError
+    from resi_dual.report.tables import write_table
     from resi_dual.spectral.intrinsic_dim import unit_intrinsic_dimensions
     from resi_dual.spectral.pca import UnitPCA
     from resi_dual.store import open_store
@@ -89,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     table = unit_intrinsic_dimensions(store, bases, threshold=args.threshold, twonn_samples=args.twonn_samples,
                                       twonn_discard=args.twonn_discard, seed=args.seed, progress=progress)
     rows = [asdict(r) for r in table]
-    written = [bases_path] + write_table(rows, out, "id")
+    written = [bases_path] + write_table(rows, out / "id", formats=("tsv", "parquet"), precision=".6g")
     measures = {k: v.format(threshold=args.threshold) for k, v in MEASURES.items()}
     if args.twonn_samples == 0:
         measures = {k: v for k, v in measures.items() if k not in ("twonn_id", "ratio")}

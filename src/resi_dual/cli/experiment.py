@@ -33,7 +33,7 @@ def run(args) -> int:
     import torch
 
     from resi_dual.experiments.config import load_config
-    from resi_dual.experiments.runners import run_experiment
+    from resi_dual.report.experiments import run_experiment
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -37,8 +37,8 @@ def run(args: argparse.Namespace) -> int:
 
     from resi_dual import load_model, open_store
     from resi_dual.errors import ResiDualError
-    from resi_dual.interpret import (decompose_units, embed_dictionary, load_dictionary, pc_descriptions,
-                                     write_decompositions, write_pc_descriptions)
+    from resi_dual.interpret import decompose_units, embed_dictionary, load_dictionary, pc_descriptions
+    from resi_dual.report.interpret import write_decompositions, write_pc_descriptions
     from resi_dual.models.text import get_text_tower
 
     store = open_store(args.store)

@@ -61,11 +61,9 @@ def run(args: argparse.Namespace) -> int:
     from dataclasses import asdict
     from pathlib import Path
 
-    import pandas as pd
-
-    from resi_dual.cli.analyze import write_table
     from resi_dual.errors import ResiDualError
     from resi_dual.report.plots import heatmap, layer_head_matrix
+    from resi_dual.report.tables import write_table
     from resi_dual.spectral.similarity import similarity_matrix, similarity_table
     from resi_dual.store import open_store
 
@@ -81,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     rows = [asdict(r) for r in similarity_table(bases_a, bases_b, labels, args.variance)]
     name_a = a.meta.get("dataset_name", Path(args.store_a).name)
     name_b = b.meta.get("dataset_name", Path(args.store_b).name)
-    written = write_table(rows, out, "similarity")
+    written = write_table(rows, out / "similarity", formats=("tsv", "parquet"), precision=".6g")
     heads = [r for r in rows if r["kind"] == "head"]
     if heads:
         comp = a.composition
@@ -90,9 +88,9 @@ def run(args: argparse.Namespace) -> int:
                                cmap="magma", vmin=0.0, vmax=1.0))
     if args.matrix:
         m = similarity_matrix(bases_a, bases_b, labels, labels, args.variance)
-        tsv = out / "similarity_matrix.tsv"
-        pd.DataFrame(m, index=labels, columns=labels).to_csv(tsv, sep="\t", float_format="%.6g")
-        written += [tsv, heatmap(m, f"unit × unit spectral cosine: {name_a} (rows) vs {name_b} (columns)",
+        matrix_rows = [{"unit": lab, **{col: float(v) for col, v in zip(labels, row)}} for lab, row in zip(labels, m)]
+        written += write_table(matrix_rows, out / "similarity_matrix", ["unit", *labels], formats=("tsv",), precision=".6g")
+        written += [heatmap(m, f"unit × unit spectral cosine: {name_a} (rows) vs {name_b} (columns)",
                                  out / "similarity_matrix.png", xlabel=name_b, ylabel=name_a, annotate=False)]
     sims = sorted(r["similarity"] for r in rows)
     print(f"{len(rows)} units, bases A {how_a}, B {how_b}; similarity median {sims[len(sims) // 2]:.3f}, "

@@ -42,8 +42,9 @@ def run(args: argparse.Namespace) -> int:
     from resi_dual import load_model, open_store
     from resi_dual.errors import ResiDualError
     from resi_dual.zeroshot import classifier_for_source
+    from resi_dual.report.plots import ablation_figure
     from resi_dual.zeroshot.specialize import (MODES, ablation_curves, fraction_label, head_means, jaccard_table,
-                                               plot_curves, rank_heads, summarize_random)
+                                               rank_heads, summarize_random)
 
     n = len(args.stores)
     if len(args.train) != n or (args.rank_on and len(args.rank_on) != n):
@@ -95,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
                     abl_rows.append([name, method, mode, s, f"{s / res.n_heads:.4f}", f"{a:.6f}", f"{sd:.6f}",
                                      f"{res.base_accuracy:.6f}"])
         con.print(table)
-        plot_curves(res, name, out / f"ablation_{name}.png")
+        ablation_figure(res, name, out / f"ablation_{name}.png")
     _write(out / "rankings.tsv", ["dataset", "method", "rank", "head", "score"], rank_rows)
     _write(out / "ablation.tsv", ["dataset", "ranking", "ablation", "heads_kept", "fraction", "accuracy",
                                   "accuracy_std", "base_accuracy"], abl_rows)
@@ -108,9 +109,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _write(path, header, rows) -> None:
-    import csv
+    from resi_dual.report.tables import write_table
 
-    with open(path, "w", newline="") as fh:
-        w = csv.writer(fh, delimiter="\t", lineterminator="\n")
-        w.writerow(header)
-        w.writerows(rows)
+    write_table([dict(zip(header, r)) for r in rows], path, header, formats=("tsv",))

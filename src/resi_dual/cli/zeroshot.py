@@ -35,7 +35,6 @@ def read_lines(path: str, what: str) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    import csv
     import json
     from pathlib import Path
 
@@ -44,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
 
     from resi_dual import open_store
     from resi_dual.errors import ResiDualError
+    from resi_dual.report.tables import write_table
     from resi_dual.zeroshot import accuracy_report, classifier_for_source, source_logits
 
     store = open_store(args.store)
@@ -62,11 +62,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(args.store) / "zeroshot"
     out.mkdir(parents=True, exist_ok=True)
     (out / "zeroshot.json").write_text(json.dumps(rep, indent=1))
-    with (out / "per_class.tsv").open("w", newline="") as fh:
-        w = csv.writer(fh, delimiter="\t", lineterminator="\n")
-        w.writerow(["class", "n", "top1"])
-        for name, r in rep["per_class"].items():
-            w.writerow([name, r["n"], f"{r['top1']:.6f}"])
+    write_table([{"class": name, "n": r["n"], "top1": float(r["top1"])} for name, r in rep["per_class"].items()],
+                out / "per_class", ["class", "n", "top1"], formats=("tsv",), precision=".6f")
     con = Console()
     table = Table(title=f"zero-shot ({head.kind}) on {rep['dataset']} {rep['split']}: {rep['n']} samples")
     table.add_column("class")

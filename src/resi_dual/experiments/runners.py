@@ -1,43 +1,29 @@
-"""The paper's four experiments as grids of cached cells, each ending in tables and figures.
+"""The paper's four experiments as grids of cached cells: plan the cells, compute them, return rows.
 
-``run_experiment(name, config, out)`` plans the cells (:mod:`resi_dual.experiments.grid`), computes
-the missing ones and writes ``OUT/<name>/`` (tables as TSV + Markdown, figures as PNG, and
-``summary.json``). The stages do the work; this module only wires them and lays out results.
+``compute_experiment(name, config, out)`` plans the cells (:mod:`resi_dual.experiments.grid`),
+computes the missing ones under ``OUT/cells`` and returns an :class:`ExperimentRun` whose outputs
+(tables and figure specs, :mod:`resi_dual.experiments.summaries`) ``resi_dual.report.experiments``
+writes to ``OUT/<name>/``. The stages do the work; this module only wires them.
 """
 
 from __future__ import annotations
 
-import json
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
-import numpy as np
 import torch
 
 from resi_dual.errors import ResiDualError
-from resi_dual.experiments.cells import write_json_atomic
 from resi_dual.experiments.config import GridConfig, convert
 from resi_dual.experiments.grid import Grid, cell_rows, load_cell_bases, open_cell_store
-from resi_dual.experiments.tables import bar_plot, heatmaps, line_plot, mean_std, write_table
+from resi_dual.experiments.outputs import Outputs
+from resi_dual.experiments.summaries import (adaptation_outputs, intrinsic_dim_outputs, similarity_outputs,
+                                            specialization_outputs)
 from resi_dual.store.writer import StoreDtype
 
 EXPERIMENTS = ("intrinsic-dim", "similarity", "specialization", "adaptation")
-
-
-def _unit_rows_sorted(rows: list[dict]) -> list[dict]:
-    order = {"emb": 0, "head": 1, "mlp": 2}
-    return sorted(rows, key=lambda r: (r["model"], r["layer"], order[r["kind"]], r["head"]))
-
-
-def _layer_grid(rows: list[dict], key: str, n_layers: int, n_heads: int) -> list[list[float]]:
-    """(L, H+1) matrix of ``key``: heads, then the layer's MLP in the last column."""
-    m = [[float("nan")] * (n_heads + 1) for _ in range(n_layers)]
-    for r in rows:
-        if r["kind"] == "head":
-            m[r["layer"]][r["head"]] = r[key]
-        elif r["kind"] == "mlp":
-            m[r["layer"]][n_heads] = r[key]
-    return m
 
 
 # -- intrinsic dimension (paper §3.1) ----------------------------------------------------------------
@@ -56,7 +42,7 @@ def intrinsic_dim_rows(grid: Grid, store_cell, bases_cell, model_name: str, sett
             for r in table if r.unit in wanted]
 
 
-def plan_intrinsic_dim(grid: Grid) -> tuple[list, callable]:
+def plan_intrinsic_dim(grid: Grid) -> tuple[list, Callable[[], Outputs]]:
     cfg = grid.config
     cells = {}
     for m in cfg.models:
@@ -66,39 +52,10 @@ def plan_intrinsic_dim(grid: Grid) -> tuple[list, callable]:
         cells[m.name] = grid.analysis("intrinsic-dim", f"{m.name}.{cfg.reference.name}", {"model": m.name, "settings": s},
                                       [store, bases], lambda st=store, b=bases, n=m.name: intrinsic_dim_rows(grid, st, b, n, s))
 
-    def finalize(out: Path) -> dict:
-        all_rows = []
-        for m in cfg.models:
-            all_rows += cell_rows(cells[m.name])
-        all_rows = _unit_rows_sorted(all_rows)
-        cols = ["model", "unit", "kind", "layer", "head", "linear_id", "twonn_id", "id_ratio", "pc1_ratio",
-                "participation_ratio", "n"]
-        write_table(all_rows, out / "units", cols, "Intrinsic dimension per unit")
-        summary = []
-        for m in cfg.models:
-            rows = [r for r in all_rows if r["model"] == m.name]
-            layers = sorted({r["layer"] for r in rows})
-            for layer in layers:
-                for kind in ("emb", "head", "mlp"):
-                    sel = [r for r in rows if r["layer"] == layer and r["kind"] == kind]
-                    if not sel:
-                        continue
-                    summary.append({"model": m.name, "layer": layer, "kind": kind, "units": len(sel),
-                                    **{f"mean_{k}": mean_std([r[k] for r in sel])[0]
-                                       for k in ("linear_id", "twonn_id", "id_ratio", "pc1_ratio")}})
-            heads = [r for r in rows if r["kind"] == "head"]
-            if heads:
-                n_layers = max(r["layer"] for r in rows) + 1
-                n_heads = max(r["head"] for r in heads) + 1
-                panels = [(name, _layer_grid(rows, key, n_layers, n_heads)) for name, key in
-                          (("linear ID", "linear_id"), ("TwoNN ID", "twonn_id"), ("linear / TwoNN", "id_ratio"),
-                           ("PC1 ratio", "pc1_ratio"))]
-                heatmaps(panels, [f"H{h}" for h in range(n_heads)] + ["MLP"], [f"L{l}" for l in range(n_layers)],
-                         f"{m.name}: intrinsic dimension per unit on {cfg.reference.name}", out / "figures" / f"{m.name}.png")
-        write_table(summary, out / "summary_by_layer", None, "Intrinsic dimension: means per layer and unit kind")
-        return {"units": len(all_rows)}
+    def summarize() -> Outputs:
+        return intrinsic_dim_outputs(cfg, [r for c in cells.values() for r in cell_rows(c)])
 
-    return list(cells.values()), finalize
+    return list(cells.values()), summarize
 
 
 # -- similarity (paper §3.2) ---------------------------------------------------------------------------
@@ -113,7 +70,7 @@ def similarity_rows(ref_bases_cell, bases_cell, model_name: str, dataset_name: s
             for r in similarity_table(ref, other, units=heads, variance=variance)]
 
 
-def plan_similarity(grid: Grid) -> tuple[list, callable]:
+def plan_similarity(grid: Grid) -> tuple[list, Callable[[], Outputs]]:
     cfg, s = grid.config, grid.config.similarity
     cells = []
     datasets = [d for d in cfg.datasets]
@@ -130,46 +87,10 @@ def plan_similarity(grid: Grid) -> tuple[list, callable]:
             cells.append(grid.analysis("similarity", f"{m.name}.{d.name}", {"variance": s.variance}, [ref_bases, b],
                                        lambda r=ref_bases, b=b, mn=m.name, dn=d.name: similarity_rows(r, b, mn, dn, s.variance)))
 
-    def finalize(out: Path) -> dict:
-        rows = [r for c in cells for r in cell_rows(c)]
-        write_table(rows, out / "heads", ["model", "dataset", "unit", "layer", "head", "similarity", "k_reference", "k_dataset"],
-                    f"Spectral similarity of each head to {cfg.reference.name}")
-        names = [d.name for d in datasets] + (["noise"] if s.noise else [])
-        summary, per_model = [], {}
-        for m in cfg.models:
-            rec = {"model": m.name}
-            for dn in names:
-                v = [r["similarity"] for r in rows if r["model"] == m.name and r["dataset"] == dn]
-                rec[dn] = mean_std(v)[0]
-            summary.append(rec)
-            per_model[m.name] = [rec[dn] for dn in names]
-            mrows = [r for r in rows if r["model"] == m.name]
-            if mrows:
-                n_layers = max(r["layer"] for r in mrows) + 1
-                n_heads = max(r["head"] for r in mrows) + 1
-                panels = []
-                for dn in names:
-                    mat = [[float("nan")] * n_heads for _ in range(n_layers)]
-                    for r in mrows:
-                        if r["dataset"] == dn:
-                            mat[r["layer"]][r["head"]] = r["similarity"]
-                    panels.append((dn, mat))
-                heatmaps(panels, [f"H{h}" for h in range(n_heads)], [f"L{l}" for l in range(n_layers)],
-                         f"{m.name}: head similarity to {cfg.reference.name}", out / "figures" / f"{m.name}.png")
-        write_table(summary, out / "summary", ["model"] + names, "Mean head similarity to the reference, per dataset")
-        corr = []
-        for a in cfg.models:
-            rec = {"model": a.name}
-            for b in cfg.models:
-                x, y = np.asarray(per_model[a.name]), np.asarray(per_model[b.name])
-                ok = len(x) > 1 and x.std() > 0 and y.std() > 0
-                rec[b.name] = float(np.corrcoef(x, y)[0, 1]) if ok else float("nan")
-            corr.append(rec)
-        write_table(corr, out / "model_correlation", ["model"] + [m.name for m in cfg.models],
-                    "Pearson correlation of the per-dataset similarity patterns across models")
-        return {"rows": len(rows)}
+    def summarize() -> Outputs:
+        return similarity_outputs(cfg, [r for c in cells for r in cell_rows(c)])
 
-    return cells, finalize
+    return cells, summarize
 
 
 # -- specialization (paper §4) ----------------------------------------------------------------------
@@ -233,7 +154,7 @@ def _describe_heads(grid: Grid, m, source, rankings, s) -> dict[str, list[str]]:
     return {lab: list(d.texts) for lab, d in dec.items()}
 
 
-def plan_specialization(grid: Grid) -> tuple[list, callable]:
+def plan_specialization(grid: Grid) -> tuple[list, Callable[[], Outputs]]:
     cfg, s = grid.config, grid.config.specialization
     cells = []
     for m in cfg.models:
@@ -242,32 +163,10 @@ def plan_specialization(grid: Grid) -> tuple[list, callable]:
             cells.append(grid.analysis("specialization", f"{m.name}.{d.name}", {"settings": s}, list(stores.values()),
                                        lambda m=m, d=d, st=stores: specialization_rows(grid, m, d, st)))
 
-    def finalize(out: Path) -> dict:
-        rows = [r for c in cells for r in cell_rows(c)]
-        curve = [r for r in rows if r["table"] == "curve"]
-        desc = [r for r in rows if r["table"] == "descriptions"]
-        write_table(curve, out / "curves", ["model", "dataset", "ranking", "ablation", "heads_kept", "fraction", "accuracy",
-                                            "accuracy_std", "base_accuracy"],
-                    "Zero-shot accuracy vs heads kept (random: mean ± std over seeds)")
-        write_table(desc, out / "top_heads", ["model", "dataset", "ranking", "rank", "unit", "score", "descriptions"],
-                    "Top heads per ranking and their TextSpan descriptions")
-        for m in cfg.models:
-            for d in cfg.datasets:
-                sel = [r for r in curve if r["model"] == m.name and r["dataset"] == d.name]
-                series = {}
-                for r in sel:
-                    x, y = series.setdefault(r["ranking"], ([], []))
-                    x.append(r["heads_kept"])
-                    y.append(r["accuracy"])
-                if series:
-                    base = sel[0]["base_accuracy"]
-                    series["all heads"] = ([min(series[k][0][0] for k in series), max(series[k][0][-1] for k in series)],
-                                           [base, base])
-                    line_plot(series, "heads kept", "top-1 accuracy", f"{m.name} on {d.name} ({s.ablation} ablation)",
-                              out / "figures" / f"{m.name}.{d.name}.png", logx=True)
-        return {"curve_rows": len(curve), "described_heads": len(desc)}
+    def summarize() -> Outputs:
+        return specialization_outputs(cfg, [r for c in cells for r in cell_rows(c)])
 
-    return cells, finalize
+    return cells, summarize
 
 
 # -- adaptation (paper §5) --------------------------------------------------------------------------
@@ -313,7 +212,7 @@ def adaptation_rows(grid: Grid, m, d, method: str, seed: int, stores: dict, base
     return [row]
 
 
-def plan_adaptation(grid: Grid) -> tuple[list, callable]:
+def plan_adaptation(grid: Grid) -> tuple[list, Callable[[], Outputs]]:
     from resi_dual.adapters.training import resolve_products
 
     cfg, s = grid.config, grid.config.adaptation
@@ -343,37 +242,10 @@ def plan_adaptation(grid: Grid) -> tuple[list, callable]:
                         lambda m=m, d=d, method=method, seed=seed, st=stores, b=(bases if needs_bases else None):  # noqa: E731
                         adaptation_rows(grid, m, d, method, seed, st, b)))
 
-    def finalize(out: Path) -> dict:
-        rows = sorted((r for c in cells for r in cell_rows(c)),
-                      key=lambda r: (r["model"], r["dataset"], methods.index(r["method"]), r["seed"]))
-        write_table(rows, out / "runs", ["model", "dataset", "method", "seed", "trainable_parameters", "val_accuracy",
-                                         "test_accuracy", "epochs", "best_epoch"], "Adaptation: every run")
-        summary = []
-        for m in cfg.models:
-            for d in cfg.datasets:
-                for method in methods:
-                    sel = [r for r in rows if r["model"] == m.name and r["dataset"] == d.name and r["method"] == method]
-                    mu, sd = mean_std([r["test_accuracy"] for r in sel])
-                    summary.append({"model": m.name, "dataset": d.name, "method": method,
-                                    "trainable_parameters": sel[0]["trainable_parameters"], "seeds": len(sel),
-                                    "test_accuracy_mean": mu, "test_accuracy_std": sd,
-                                    "test_accuracy": f"{100 * mu:.1f} ± {100 * sd:.1f}"})
-        write_table(summary, out / "summary", ["model", "dataset", "method", "trainable_parameters", "seeds",
-                                                "test_accuracy", "test_accuracy_mean", "test_accuracy_std", "note"],
-                    "Adaptation: test accuracy (%), mean ± std over seeds")
-        for m in cfg.models:
-            series = {}
-            for method in methods:
-                vals = []
-                for d in cfg.datasets:
-                    rec = next(r for r in summary if r["model"] == m.name and r["dataset"] == d.name and r["method"] == method)
-                    vals.append((rec.get("test_accuracy_mean", float("nan")), rec.get("test_accuracy_std", 0.0)))
-                series[method] = vals
-            bar_plot([d.name for d in cfg.datasets], series, "test accuracy", f"{m.name}: adaptation",
-                     out / "figures" / f"{m.name}.png")
-        return {"runs": len(rows)}
+    def summarize() -> Outputs:
+        return adaptation_outputs(cfg, [r for c in cells for r in cell_rows(c)], methods)
 
-    return cells, finalize
+    return cells, summarize
 
 
 PLANNERS = {
@@ -414,21 +286,39 @@ def encode_commands(cells, nproc: int, device: str = "cpu") -> list[str]:
     return out
 
 
-def run_experiment(name: str, config: GridConfig, out: str | Path, progress: bool = True, status_only: bool = False,
-                   store_dtype: str | None = None, models: list[str] | None = None, workers: int = 0,
-                   print_encode: int = 0, device: str | None = None) -> dict:
-    """Plan, compute (resuming) and lay out one experiment. Returns ``run.json``'s content.
+@dataclass
+class ExperimentRun:
+    """What :func:`compute_experiment` hands to ``resi_dual.report.experiments`` to show or write.
+
+    ``summary`` is ``run.json``'s content; ``outputs`` the tables and figure specs (None when only the
+    status or the encode commands were asked for); ``cells`` every cell of the plan, dependencies first.
+    """
+
+    name: str
+    summary: dict
+    outputs: Outputs | None = None
+    cells: list = field(default_factory=list)
+    encode_commands: list[str] = field(default_factory=list)
+
+
+def compute_experiment(name: str, config: GridConfig, out: str | Path, progress: bool = True, status_only: bool = False,
+                       store_dtype: str | None = None, models: list[str] | None = None, workers: int = 0,
+                       print_encode: int = 0, device: str | None = None) -> ExperimentRun:
+    """Plan one experiment and compute its missing cells under ``out/cells`` (resuming); write no tables.
 
     Args:
         store_dtype: storage of the raw encodings (part of the stores' keys); default the grid's ``store_dtype``.
         models: run only these models of the grid (to split a grid across machines or GPUs; tables then
             cover these models only — a final run without the filter gathers everything from the cache).
         workers: DataLoader processes decoding images for the stores.
-        print_encode: only print the ``torchrun --nproc_per_node=<print_encode>`` commands of the missing stores.
+        status_only: only plan (``cells`` say what is done and left).
+        print_encode: only plan the ``torchrun --nproc_per_node=<print_encode>`` commands of the missing stores.
         device: where models run (``cpu``, ``cuda``, ``cuda:N``, ``mps``); default the grid's ``device``.
             Checked to exist before any cell is computed (not for ``status_only`` / ``print_encode``).
     """
     import dataclasses
+
+    from resi_dual.experiments.cells import topological
 
     if name not in PLANNERS:
         raise ResiDualError(f"unknown experiment {name!r}; choose one of {', '.join(EXPERIMENTS)}")
@@ -447,26 +337,16 @@ def run_experiment(name: str, config: GridConfig, out: str | Path, progress: boo
     if store_dtype is not None:
         config = dataclasses.replace(config, store_dtype=convert("--store-dtype", store_dtype, StoreDtype))
     grid = Grid(config, out, progress=progress, workers=workers, device=device)
-    cells, finalize = PLANNERS[name](grid)
+    cells, summarize = PLANNERS[name](grid)
     if print_encode:
         cmds = encode_commands(cells, print_encode, device)
-        print("\n".join(cmds))
-        return {"encode_commands": len(cmds)}
+        return ExperimentRun(name, {"encode_commands": len(cmds)}, cells=cells, encode_commands=cmds)
     if status_only:
-        from rich.console import Console
-
-        from resi_dual.experiments.cells import topological
-        from resi_dual.experiments.grid import GridView
-
         all_cells = topological(cells)
-        Console().print(GridView(all_cells, f"{name}: {config.source}").status_table())
-        return {"cells": len(all_cells), "done": sum(c.done() for c in all_cells)}
+        return ExperimentRun(name, {"cells": len(all_cells), "done": sum(c.done() for c in all_cells)}, cells=all_cells)
     t0 = time.perf_counter()
     counts = grid.run(cells, f"{name}: {config.source or 'grid'}")
-    results = out / name
-    results.mkdir(parents=True, exist_ok=True)
-    extra = finalize(results)
-    summary = {"experiment": name, "config": config.source, "models": [m.name for m in config.models], "device": device, **counts,
-               "seconds": round(time.perf_counter() - t0, 1), **(extra or {})}
-    write_json_atomic(results / "run.json", summary)
-    return summary
+    outputs = summarize()
+    summary = {"experiment": name, "config": config.source, "models": [m.name for m in config.models], "device": device,
+               **counts, "seconds": round(time.perf_counter() - t0, 1), **outputs.extra}
+    return ExperimentRun(name, summary, outputs, cells=topological(cells))

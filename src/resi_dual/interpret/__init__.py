@@ -7,11 +7,9 @@ from resi_dual.interpret.units import (
     embed_dictionary,
     load_dictionary,
     pc_descriptions,
-    write_decompositions,
-    write_pc_descriptions,
 )
 
 __all__ = [
     "Decomposition", "somp", "text_span", "decompose_units", "default_dictionary_path", "embed_dictionary",
-    "load_dictionary", "pc_descriptions", "write_decompositions", "write_pc_descriptions",
+    "load_dictionary", "pc_descriptions",
 ]

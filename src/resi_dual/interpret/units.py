@@ -8,7 +8,6 @@ space is. Per principal component, the descriptions whose normalised embeddings 
 
 from __future__ import annotations
 
-import csv
 from importlib import resources
 from pathlib import Path
 from typing import Sequence
@@ -124,50 +123,6 @@ def pc_descriptions(bases, dictionary: torch.Tensor, texts: Sequence[str], label
                     rows.append(dict(unit=lab, pc=pc, explained_variance_ratio=float(ratio[pc]), pole=pole, rank=r,
                                      text=texts[j], cosine=float(cos[pc, j])))
     return rows
-
-
-# -- reports ------------------------------------------------------------------------------------
-
-def write_decompositions(results: dict[str, Decomposition], out_dir: str | Path, top_units: int = 12) -> tuple[Path, Path]:
-    """``<method>.tsv`` (unit, step, text, weight, explained) and ``<method>.md`` (the units with the
-    largest variance). Returns both paths."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    method = next(iter(results.values())).method if results else "decomposition"
-    tsv = out_dir / f"{method}.tsv"
-    with tsv.open("w", newline="") as fh:
-        w = csv.writer(fh, delimiter="\t", lineterminator="\n")
-        w.writerow(["unit", "step", "dictionary_index", "text", "weight", "explained_variance", "unit_total_variance"])
-        for lab, d in results.items():
-            for s, (j, t, wt, ev) in enumerate(zip(d.indices, d.texts, d.weights, d.explained)):
-                w.writerow([lab, s, j, t, f"{wt:.6g}", f"{ev:.6f}", f"{d.total_variance:.6g}"])
-    ranked = sorted(results.items(), key=lambda kv: -kv[1].total_variance)[:top_units]
-    lines = [f"# {method}: the {len(ranked)} units with the largest variance", "",
-             f"Each line: description (weight) — cumulative explained variance after that step. All units: `{tsv.name}`.", ""]
-    for lab, d in ranked:
-        ev = d.explained[-1] if len(d.explained) else 0.0
-        lines.append(f"## {lab} — variance {d.total_variance:.4g}, {len(d.indices)} atoms explain {100 * ev:.1f} %")
-        lines.append("")
-        for t, wt, e in zip(d.texts, d.weights, d.explained):
-            lines.append(f"- {t} ({wt:.3g}) — {100 * e:.1f} %")
-        lines.append("")
-    md = out_dir / f"{method}.md"
-    md.write_text("\n".join(lines))
-    return tsv, md
-
-
-def write_pc_descriptions(rows: list[dict], out_dir: str | Path) -> Path:
-    """``pc_descriptions.tsv`` from :func:`pc_descriptions` rows."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "pc_descriptions.tsv"
-    cols = ["unit", "pc", "explained_variance_ratio", "pole", "rank", "text", "cosine"]
-    with path.open("w", newline="") as fh:
-        w = csv.writer(fh, delimiter="\t", lineterminator="\n")
-        w.writerow(cols)
-        for r in rows:
-            w.writerow([f"{r[c]:.6g}" if isinstance(r[c], float) else r[c] for c in cols])
-    return path
 
 
 class _NullProgress:

@@ -242,36 +242,6 @@ def jaccard_table(rankings_by_dataset: dict[str, Sequence[Ranking]], sizes: Sequ
     return rows
 
 
-def plot_curves(res: AblationResult, title: str, path) -> None:
-    """Accuracy vs number of kept heads, one line per ranking (random: mean ± std band), one panel per mode."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    summary = summarize_random(res)
-    modes = list(next(iter(summary.values())))
-    fig, axes = plt.subplots(1, len(modes), figsize=(5.2 * len(modes), 3.8), squeeze=False)
-    for ax, mode in zip(axes[0], modes):
-        for method, by_mode in summary.items():
-            mean, std = by_mode[mode]
-            (line,) = ax.plot(res.sizes, mean, marker="o", label=method)
-            if method == "random":
-                ax.fill_between(res.sizes, mean - std, mean + std, alpha=0.2, color=line.get_color())
-        ax.axhline(res.base_accuracy, color="k", ls="--", lw=1, label="all heads")
-        ax.set_xscale("log")
-        ax.set_xticks(res.sizes, [fraction_label(s, res.n_heads) for s in res.sizes], rotation=45, fontsize=8)
-        ax.minorticks_off()
-        ax.set_xlabel(f"heads kept (of {res.n_heads})")
-        ax.set_ylabel("top-1 accuracy")
-        ax.set_title(f"{title} — {mode} ablation")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
 def fraction_label(size: int, n_heads: int) -> str:
     """``1 head`` / ``5 %`` style label of a kept-head count."""
     return "1 head" if size == 1 else f"{100 * size / n_heads:.0f} %"

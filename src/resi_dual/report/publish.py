@@ -1,6 +1,6 @@
 """Copy an experiment folder's tables and figures into a documentation folder with an index page.
 
-``python -m resi_dual.experiments.publish RUN_DIR DEST [--title T] [--note FILE]`` copies
+``python -m resi_dual.report.publish RUN_DIR DEST [--title T] [--note FILE]`` copies
 ``RUN_DIR/<experiment>/`` (TSV, Markdown, PNG, run.json) to ``DEST/<experiment>/`` and writes
 ``DEST/README.md``: per experiment its wall time and cell counts, its Markdown tables inline and
 links to its figures. How docs/results/ is made from the offline grid.

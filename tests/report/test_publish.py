@@ -2,8 +2,8 @@
 
 import json
 
-from resi_dual.experiments.publish import publish
-from resi_dual.experiments.tables import write_table
+from resi_dual.report.publish import publish
+from resi_dual.report.tables import write_table
 
 
 def test_publish_copies_tables_and_indexes_them(tmp_path):

@@ -1,0 +1,67 @@
+"""Run one of the paper's experiments and write what it shows: ``OUT/<name>/`` tables, figures and ``run.json``.
+
+The experiments stage computes cells and returns rows and figure specs
+(:class:`~resi_dual.experiments.outputs.Outputs`); this module draws and writes them with the one
+table writer and the one matplotlib set-up.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from resi_dual.experiments.cells import write_json_atomic
+from resi_dual.experiments.config import GridConfig
+from resi_dual.experiments.outputs import Bars, Heatmaps, Lines, Outputs
+from resi_dual.experiments.runners import ExperimentRun, compute_experiment
+from resi_dual.report.plots import bar_plot, heatmaps, line_plot
+from resi_dual.report.tables import write_table
+
+
+def write_outputs(outputs: Outputs, out: str | Path) -> list[Path]:
+    """Write every table (TSV + Markdown) and figure (PNG) of ``outputs`` under ``out``; returns the paths."""
+    out = Path(out)
+    written = []
+    for t in outputs.tables:
+        written += write_table(t.rows, out / t.stem, t.columns, t.title)
+    for f in outputs.figures:
+        path = out / f"{f.stem}.png"
+        if isinstance(f, Heatmaps):
+            written.append(heatmaps(f.panels, f.title, path, xlabels=f.xlabels, ylabels=f.ylabels, xlabel="", ylabel="",
+                                    annotate=False, dpi=110))
+        elif isinstance(f, Lines):
+            written.append(line_plot(f.series, f.xlabel, f.ylabel, f.title, path, logx=f.logx))
+        elif isinstance(f, Bars):
+            written.append(bar_plot(f.groups, f.series, f.ylabel, f.title, path))
+        else:  # pragma: no cover - a new spec type without a writer is a programming error
+            raise TypeError(f"no writer for {type(f).__name__}")
+    return written
+
+
+def write_run(run: ExperimentRun, out: str | Path) -> Path:
+    """``out/<name>/``: the run's tables, figures and ``run.json``; returns that folder."""
+    results = Path(out) / run.name
+    results.mkdir(parents=True, exist_ok=True)
+    write_outputs(run.outputs, results)
+    write_json_atomic(results / "run.json", run.summary)
+    return results
+
+
+def run_experiment(name: str, config: GridConfig, out: str | Path, progress: bool = True, status_only: bool = False,
+                   **kwargs) -> dict:
+    """Compute (resuming) one experiment and write ``out/<name>/``; returns ``run.json``'s content.
+
+    ``status_only`` prints what is done and left; ``print_encode=K`` prints the ``torchrun`` commands
+    of the missing stores. Other arguments: :func:`resi_dual.experiments.runners.compute_experiment`.
+    """
+    run = compute_experiment(name, config, out, progress=progress, status_only=status_only, **kwargs)
+    if kwargs.get("print_encode"):
+        print("\n".join(run.encode_commands))
+    elif status_only:
+        from rich.console import Console
+
+        from resi_dual.experiments.grid import GridView
+
+        Console().print(GridView(run.cells, f"{name}: {config.source}").status_table())
+    else:
+        write_run(run, out)
+    return run.summary
