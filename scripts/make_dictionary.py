@@ -1,6 +1,6 @@
 """Write src/resi_dual/assets/dictionary.txt: short descriptions of visual properties.
 
-The dictionary TextSpan and SOMP pick from (DESIGN.md §6). Built from curated word lists written for
+The dictionary TextSpan and SOMP pick from (docs/DESIGN.md §6). Built from curated word lists written for
 this project, combined only where the combination is natural English ("a red car", "two dogs",
 "a watercolor painting of a cat"); deduplicated, order kept. Rerun after editing the lists:
 

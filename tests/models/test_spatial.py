@@ -1,4 +1,4 @@
-"""Spatial maps (DESIGN.md §10): Σ_t of a head's map is its CLS contribution along the direction, and
+"""Spatial maps (docs/DESIGN.md §10): Σ_t of a head's map is its CLS contribution along the direction, and
 heads + non-spatial remainder are the library's own score, for every family and both conventions."""
 
 from __future__ import annotations

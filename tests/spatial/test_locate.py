@@ -1,4 +1,4 @@
-"""`resi-dual locate` and the zero-shot localisation behind it (DESIGN.md §10)."""
+"""`resi-dual locate` and the zero-shot localisation behind it (docs/DESIGN.md §10)."""
 
 from __future__ import annotations
 

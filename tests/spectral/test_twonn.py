@@ -29,7 +29,7 @@ def test_linear_10d_subspace_in_512d_with_duplicates():
     x = torch.cat([x, x[:150], x[:20]])  # duplicates, some three times
     est = TwoNN().fit(x)
     assert est.n_duplicates_ == 150 + 150 + 20  # every original and every copy of the first 150 rows
-    # points whose nearest neighbour is duplicated have r1 = r2: dropped as ties (DESIGN.md §5)
+    # points whose nearest neighbour is duplicated have r1 = r2: dropped as ties (docs/DESIGN.md §5)
     assert est.n_ties_ > 0 and est.n_fit_ == math.floor((3170 - 320 - est.n_ties_) * 0.9)
     assert abs(est.dimension_ - 10) / 10 < 0.05, est.dimension_
 

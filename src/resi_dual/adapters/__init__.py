@@ -1,4 +1,4 @@
-"""ResiDual and its baselines: adapters trained on cached per-unit PCA coefficients (DESIGN.md §8)."""
+"""ResiDual and its baselines: adapters trained on cached per-unit PCA coefficients (docs/DESIGN.md §8)."""
 
 from resi_dual.adapters.adapter import (
     DEFAULT_LR,

@@ -1,6 +1,6 @@
 """Adapters as one object: what they read (`Projection`), what they learn (a module) and the frozen head.
 
-Variants (DESIGN.md §8):
+Variants (docs/DESIGN.md §8):
 
 ========================  ==================================================  =========================
 variant                   adapted units / components                          other units

@@ -8,7 +8,7 @@ d_in+2 coordinates::
 
 (66 numbers per sample for a 64-wide head, whatever d_out is). All adapted units' coefficients are
 stacked into one flattened (n, Σ_u k_u) matrix, and the units kept as they are summed once into a
-(n, d_out) ``fixed`` tensor — so a training step is a single matmul (DESIGN.md §8, §9).
+(n, d_out) ``fixed`` tensor — so a training step is a single matmul (docs/DESIGN.md §8).
 """
 
 from __future__ import annotations

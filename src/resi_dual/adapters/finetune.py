@@ -4,7 +4,7 @@ Unlike the other adapters this reruns the backbone on every step, so it needs th
 images: the model spec and dataset spec recorded in the stores' manifests, and the same samples
 (matched by sample id). The classifier (text prompts or class-mean prototypes) is built once from the
 frozen model and stays frozen. Schedule-Free AdamW, lr 1e-5, gradient clipping at norm 1.0, batch
-64, early stopping on validation accuracy (DESIGN.md §8). The backbone trains on the model's device
+64, early stopping on validation accuracy (docs/DESIGN.md §8). The backbone trains on the model's device
 (``device=`` of :func:`finetune_from_stores`); pixel batches, the classifier and the labels are moved
 there, and the saved weights and metrics are CPU values.
 """

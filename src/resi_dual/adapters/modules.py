@@ -3,7 +3,7 @@
 Every adapter reads one cached split (see :mod:`resi_dual.adapters.cache`): a coefficient matrix
 ``coef`` (n, K) — the projections ⟨x_u − m_u, v_{u,k}⟩ of the adapted units on their principal
 components, all units stacked — and a ``fixed`` part (n, d_out) that passes through unchanged. The
-adapted embedding of the ResiDual family is one matmul (DESIGN.md §8)::
+adapted embedding of the ResiDual family is one matmul (docs/DESIGN.md §8)::
 
     y = fixed + (coef ⊙ λ[group]) @ V  (+ Σ_u m_u, or + Σ_u λ_u m_u for Coarse)
 

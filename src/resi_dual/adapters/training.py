@@ -1,6 +1,6 @@
 """Training adapters on cached coefficients: Schedule-Free AdamW, early stopping, lr range test.
 
-The protocol of the paper (DESIGN.md §8): batch 64, at most 30 epochs, early stopping on validation
+The protocol of the paper (docs/DESIGN.md §8): batch 64, at most 30 epochs, early stopping on validation
 accuracy with patience 5, the best checkpoint (Schedule-Free's averaged weights, taken in the
 optimizer's eval mode) evaluated on test. Everything is seeded: the λ init, and a
 ``torch.Generator`` for the shuffling, so the same seed gives the same λ on CPU.

@@ -1,6 +1,6 @@
 """`resi-dual locate --model SPEC --text "a dog" IMAGES… --out DIR`: where the model sees a word.
 
-Per image, the sum over heads of the exact spatial maps along the text's embedding (DESIGN.md §10,
+Per image, the sum over heads of the exact spatial maps along the text's embedding (docs/DESIGN.md §10,
 Gandelsman et al.'s zero-shot localisation) drawn over the image (red: positive, blue: negative).
 ``--units`` restricts the sum to chosen heads, ``--ranking FILE --top N`` to the top heads of a
 ``resi-dual specialize`` ranking. Writes ``<index>_<name>.png`` per image and ``locate.tsv`` (image,

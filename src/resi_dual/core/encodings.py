@@ -2,7 +2,7 @@
 
 For a pre-LN ViT with final LayerNorm (γ, β, ε) and projection P (+ bias b_P), the CLS residual is
 ``r = Σ_u r_u`` and the output ``y = P(γ ⊙ (r − μ(r)) / σ(r) + β) + b_P``. With μ, σ fixed per
-sample every unit's share of ``y`` is affine in its raw encoding ``x_u`` (DESIGN.md §3, §4)::
+sample every unit's share of ``y`` is affine in its raw encoding ``x_u`` (docs/DESIGN.md §3, §4)::
 
     c_u = (W_u x_u + a_u) / σ + m_u · (μ / σ) + k_u          (d_out,)
 

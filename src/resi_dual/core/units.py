@@ -3,7 +3,7 @@
 A *unit* is one additive term of the CLS residual stream of a pre-LN vision transformer:
 the embedding (``emb``), each MLP (``L3.mlp``) and each attention head (``L3H7``).
 A *composition* is the ordered list of units of one model plus the convention used to share
-the LayerNorm centring and the biases among them (DESIGN.md §3). Both round-trip through JSON.
+the LayerNorm centring and the biases among them (docs/DESIGN.md §3). Both round-trip through JSON.
 """
 
 from __future__ import annotations

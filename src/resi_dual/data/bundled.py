@@ -1,4 +1,4 @@
-"""Real labelled images that are available offline (DESIGN.md §9), as raw uint8 arrays.
+"""Real labelled images that are available offline (docs/DESIGN.md §9), as raw uint8 arrays.
 
 ``load_raw(name)`` returns ``dict(train=(images, labels), test=(images, labels) or None,
 class_names=[...])`` with images uint8 ``(n, H, W)`` (grayscale) or ``(n, H, W, 3)`` (RGB) and labels

@@ -1,4 +1,4 @@
-"""A world with ground truth (docs/DESIGN.md, "A world with ground truth"): seeded images of known attributes.
+"""A world with ground truth (docs/DESIGN.md §13): seeded images of known attributes.
 
 Every image is an object — a Fashion-MNIST garment, a scikit-learn digit or an Animal-MNIST
 silhouette — drawn in one of :data:`COLOURS` at one of :data:`POSITIONS` and :data:`SIZES` on a

@@ -1,4 +1,4 @@
-"""Text interpretation of residual units: TextSpan, SOMP and per-component descriptions (DESIGN.md §6)."""
+"""Text interpretation of residual units: TextSpan, SOMP and per-component descriptions (docs/DESIGN.md §6)."""
 
 from resi_dual.interpret.decompose import Decomposition, somp, text_span
 from resi_dual.interpret.units import (

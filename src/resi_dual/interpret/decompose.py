@@ -1,4 +1,4 @@
-"""TextSpan and SOMP: describe a point cloud by a few dictionary atoms (DESIGN.md §6).
+"""TextSpan and SOMP: describe a point cloud by a few dictionary atoms (docs/DESIGN.md §6).
 
 Both take the data either as an explicit (n, D) matrix or factored, ``X = data @ basisᵀ`` with
 ``data`` (n, p) and ``basis`` (D, p) — a head's contributions are ``[f, 1] @ [A_u, k_u]ᵀ`` with

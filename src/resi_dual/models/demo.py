@@ -1,4 +1,4 @@
-"""The bundled demo vision-language model (DESIGN.md §9).
+"""The bundled demo vision-language model (docs/DESIGN.md §9).
 
 Pretrained CLIP weights cannot be downloaded on these machines, so the project ships its own small
 model: a transformers ``CLIPVisionModelWithProjection`` (28 px, patch 4, 6 layers × 6 heads) trained

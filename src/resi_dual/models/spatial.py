@@ -1,4 +1,4 @@
-"""Exact spatial decomposition of the heads along given directions (DESIGN.md §10).
+"""Exact spatial decomposition of the heads along given directions (docs/DESIGN.md §10).
 
 At layer l, head h's output at the CLS token is ``z_h = s_h Σ_t a_t (W_V,h x̂_t + b_V,h)`` (``a`` the
 CLS row of its attention, ``s_h`` an optional per-head scale), and its contribution in output space

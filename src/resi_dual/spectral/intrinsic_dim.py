@@ -1,4 +1,4 @@
-"""Intrinsic dimension of every unit: linear ID, PC1 ratio, participation ratio and TwoNN (DESIGN.md §5).
+"""Intrinsic dimension of every unit: linear ID, PC1 ratio, participation ratio and TwoNN (docs/DESIGN.md §5).
 
 The spectral measures come from a unit's :class:`~resi_dual.spectral.bases.UnitBases` entry. TwoNN
 runs on a seeded subsample (≤ 50k rows, as in the paper) of the unit's features ``f_u`` with output

@@ -1,4 +1,4 @@
-"""Per-unit PCA in the output space, in one streaming pass over a store (DESIGN.md §4, §5).
+"""Per-unit PCA in the output space, in one streaming pass over a store (docs/DESIGN.md §4, §5).
 
 Every unit's contribution is affine in its features, ``c_u = A_u f_u + k_u`` with
 ``f_u = [x_u/σ, 1/σ, μ/σ]`` (d_in+2 numbers; see :mod:`resi_dual.core.encodings`). So instead of

@@ -1,6 +1,6 @@
 """Similarity of a unit's principal subspace across datasets: the paper's normalised spectral cosine.
 
-For a unit's PCA on dataset X and on dataset Y (DESIGN.md §5): keep on each side the first k
+For a unit's PCA on dataset X and on dataset Y (docs/DESIGN.md §5): keep on each side the first k
 components reaching 90 % explained variance, weights w = eigenvalues;
 ``C = |V_X V_Yᵀ| ⊙ (w_X w_Yᵀ) / ‖w_X[:m] ⊙ w_Y[:m]‖`` with m = min(k_X, k_Y); greedily take the
 largest entry of C, strike its row and column, m times; the score is the ℓ2 norm of the picked

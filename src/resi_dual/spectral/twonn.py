@@ -2,7 +2,7 @@
 
 The neighbour distances r1, r2 are exact (:mod:`resi_dual.spectral.neighbours` finds them without the
 N × N distance matrix). Duplicates (r1 = 0) and ties (r1 = r2) are dropped before the fit, as
-DESIGN.md §5 specifies.
+docs/DESIGN.md §5 specifies.
 """
 
 from __future__ import annotations

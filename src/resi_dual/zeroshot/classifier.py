@@ -1,6 +1,6 @@
 """Zero-shot classifiers from class-name prompts, and class-mean prototypes for vision-only models.
 
-Classifier (CLIP; DESIGN.md §7): per class, every template filled with the class name is embedded,
+Classifier (CLIP; docs/DESIGN.md §7): per class, every template filled with the class name is embedded,
 L2-normalised, averaged and re-normalised; ``logits = logit_scale · normalise(image) · classesᵀ``.
 """
 

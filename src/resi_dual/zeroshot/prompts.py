@@ -241,7 +241,7 @@ CLASS_NAMES: dict[str, tuple[str, ...]] = {
     "fashion-mnist": (
         "t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot",
     ),
-    # labels 0-9 are alphabetical in the animal-mnist package (DESIGN.md §9)
+    # labels 0-9 are alphabetical in the animal-mnist package (docs/DESIGN.md §9)
     "animal-mnist": ("bear", "bird", "cat", "cow", "dog", "elephant", "giraffe", "horse", "sheep", "zebra"),
 }
 

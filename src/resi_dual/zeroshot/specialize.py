@@ -1,6 +1,6 @@
 """Head specialization: rank attention heads by task relevance, keep the top ones, ablate the rest.
 
-Rankings (DESIGN.md §7), computed on a ranking split (validation or train — never the evaluated one):
+Rankings (docs/DESIGN.md §7), computed on a ranking split (validation or train — never the evaluated one):
 
 * ``S``: each head alone — zero-shot top-1 accuracy of its contribution with the task's classifier.
 * ``U|T``: correlation of the head with the sum of all heads, both projected on an orthonormal basis
