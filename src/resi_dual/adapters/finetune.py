@@ -135,19 +135,9 @@ def _images_of(store, data_root: str | None = None) -> list:
     ``data_root``: where a ``torchvision:`` dataset lives; default the folder recorded in the store's
     manifest when it was encoded (``run.data_root``). The class names are the store's own.
     """
-    from resi_dual.data import load_dataset
+    from resi_dual.data.reopen import reopen_images
 
-    spec, split = store.meta.get("dataset_spec"), store.meta.get("split")
-    if not spec or not split:
-        raise ResiDualError("finetune needs the dataset spec and split recorded in the store manifest")
-    root = data_root if data_root is not None else (store.meta.get("run") or {}).get("data_root")
-    ds = load_dataset(spec, split, root=root, class_names=list(store.class_names))
-    index = {ds.sample_id(i): i for i in range(len(ds))}
-    missing = [sid for sid in store.sample_ids if sid not in index]
-    if missing:
-        where = f" under {root}" if root else ""
-        raise ResiDualError(f"{len(missing)} samples of the store are not in dataset {spec} ({split}){where}, e.g. {missing[0]!r}")
-    return [ds[index[sid]][0] for sid in store.sample_ids]
+    return reopen_images(store.meta, store.sample_ids, store.class_names, data_root=data_root)
 
 
 def finetune_from_stores(train, val, test, shots: int | None = None, seed: int = 1, lr: float = 1e-5, epochs: int = 30,
