@@ -27,6 +27,7 @@ COMMANDS = {
     "apply": "apply",
     "explain": "explain",
     "locate": "locate",
+    "explore": "explore",
     "pretrain-demo": "pretrain_demo",
     "demo": "demo",
     "experiment": "experiment",
