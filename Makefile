@@ -26,6 +26,14 @@ data:
 	    || echo "warning: could not install Debian package dataset-fashion-mnist"; \
 	  else echo "note: Fashion-MNIST missing; install Debian's dataset-fashion-mnist or set RESI_DUAL_FASHION_MNIST to a folder with its IDX .gz files"; fi; \
 	fi
+	@# the explorer's browser test drives Debian's headless chromium through its chromedriver
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1 || \
+	     (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1)) \
+	    || echo "warning: could not install Debian packages chromium and chromium-driver (the browser test will skip)"; \
+	  else echo "note: chromium/chromedriver missing; install Debian's chromium and chromium-driver for the explorer's browser test"; fi; \
+	fi
 
 test: install
 	$(BIN)/python -m pytest -q
