@@ -72,3 +72,26 @@ def test_bad_inputs():
         somp(x, np.zeros((0, 16)), 3)
     with pytest.raises(ResiDualError, match="dictionary is 8-d"):
         text_span(x, dic[:, :8], 3)
+
+
+def test_paper_mode_reproduces_the_original_code_when_the_rank_exceeds_the_data():
+    rng = np.random.default_rng(5)
+    D, p, m = 80, 9, 250
+    basis = rng.standard_normal((D, p))
+    f = rng.standard_normal((500, p)) * np.geomspace(4, 0.2, p)
+    dic = rng.standard_normal((m, D))
+    dic /= np.linalg.norm(dic, axis=1, keepdims=True)
+    x = f @ basis.T
+    paper = text_span(x, dic, 10, rank=40, mode="paper")
+    assert paper.meta == {"rank": 40, "mode": "paper"}
+    # the original algorithm, rank 40 > the data's rank 9: its null-space rows change the deflation.
+    # Those rows are numerically arbitrary, so only the same (n, D) matrix gives the same picks.
+    assert paper.indices == text_span_reference(x, dic, 10, 40)
+    assert text_span(f, dic, 10, rank=40, basis=basis, mode="paper").indices[0] == paper.indices[0]
+    fast = text_span(f, dic, 8, rank=40, basis=basis)  # 8 < the data's rank: past it the picks are noise
+    assert fast.indices == text_span_reference(x, dic, 8, p)
+    assert fast.indices[0] == paper.indices[0] and fast.indices[1] != paper.indices[1]
+    # at a rank the data reaches, both modes are the original algorithm
+    assert text_span(x, dic, 6, rank=p, mode="paper").indices == text_span(f, dic, 6, rank=p, basis=basis).indices
+    with pytest.raises(ResiDualError, match="TextSpan mode"):
+        text_span(f, dic, 3, basis=basis, mode="exact")

@@ -105,3 +105,55 @@ def test_correlation_rankings_match_explicit_formula(splits):
 
     np.testing.assert_allclose(ranks["U|T"].scores, score(c @ q, (c @ q).sum(1)).numpy(), rtol=1e-9)
     np.testing.assert_allclose(ranks["U"].scores, score(c, val.output(dtype=torch.float64)).numpy(), rtol=1e-9)
+
+
+# -- the paper's protocol: only the kept heads stay, U in the outputs' basis ---------------------------
+def paper_correlation(heads: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+    """The authors' score written out on whole arrays: heads (n, H, d) and the sum of heads projected on
+    ``basis`` (d, r); Pearson per coordinate (covariance / n, std / (n − 1)), averaged over r."""
+    x = heads @ basis
+    y = x.sum(1)
+    x, y = x - x.mean(0), y - y.mean(0)
+    cov = (y[:, None, :] * x).mean(0)
+    return (cov / (y.std(0)[None] * x.std(0))).mean(-1)
+
+
+def test_keep_sizes_paper():
+    assert keep_sizes(144, protocol="paper") == [1, 2, 7, 14, 36, 72, 108]
+    assert keep_sizes(36, protocol="paper") == [1, 2, 3, 9, 18, 27]
+    with pytest.raises(ResiDualError, match="specialization protocol"):
+        keep_sizes(36, protocol="authors")
+
+
+def test_paper_u_is_correlation_with_sum_of_heads_in_output_basis(splits):
+    train, val, test, head = splits
+    (u,) = rank_heads(val, head, methods=["U"], protocol="paper")
+    c = val.contributions("heads", dtype=torch.float64)
+    q = torch.linalg.qr(val.output(dtype=torch.float64).T).Q
+    np.testing.assert_allclose(u.scores, paper_correlation(c, q).numpy(), rtol=1e-9, atol=1e-12)
+    (u_project,) = rank_heads(val, head, methods=["U"])
+    assert not np.allclose(u.scores, u_project.scores)
+
+
+def test_paper_ablation_keeps_only_the_top_heads(splits):
+    train, val, test, head = splits
+    ranks = rank_heads(val, head, methods=["S", "U"], protocol="paper")
+    res = ablation_curves(test, head, ranks, protocol="paper")
+    assert res.sizes == keep_sizes(len(test.composition.head_units), protocol="paper")
+    c = test.contributions("heads", dtype=torch.float64)
+    every_unit = test.contributions(dtype=torch.float64)
+    labels = torch.as_tensor(test.labels)
+    w = head.weights.double()
+    for r in ranks:
+        for i, k in enumerate(res.sizes):
+            top = r.order[:k]
+            kept = c[:, top].sum(1)
+            zero = ((F.normalize(kept, dim=-1) @ w.T).argmax(-1) == labels).double().mean()
+            # mean mode: every unit not kept (other heads, MLPs, embedding) at its mean over the evaluated split
+            heads_idx = test.composition.select("heads")
+            kept_units = [heads_idx[j] for j in top]
+            others = [j for j in range(every_unit.shape[1]) if j not in kept_units]
+            filled = kept + every_unit[:, others].mean(0).sum(0)
+            mean = ((F.normalize(filled, dim=-1) @ w.T).argmax(-1) == labels).double().mean()
+            assert res.accuracy[r.name]["zero"][i] == pytest.approx(float(zero)), (r.name, k)
+            assert res.accuracy[r.name]["mean"][i] == pytest.approx(float(mean)), (r.name, k)

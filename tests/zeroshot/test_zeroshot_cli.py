@@ -72,6 +72,11 @@ def test_interpret_cli(stores):
     assert main(["interpret", str(stores["test"]), "--method", "textspan", "-k", "2", "--units", "L1H0",
                  "--dictionary", str(stores["dictionary"]), "--out", str(out), "--pcs", "0", "--no-progress"]) == 0
     assert len((out / "textspan.tsv").read_text().splitlines()) == 1 + 2
+    paper = stores["root"] / "interp_paper"
+    assert main(["interpret", str(stores["test"]), "--method", "textspan", "-k", "2", "--units", "L1H0",
+                 "--textspan-mode", "paper", "--dictionary", str(stores["dictionary"]), "--out", str(paper), "--pcs", "0",
+                 "--no-progress"]) == 0
+    assert len((paper / "textspan.tsv").read_text().splitlines()) == 1 + 2
 
 
 def test_specialize_cli(stores):
@@ -82,6 +87,11 @@ def test_specialize_cli(stores):
     assert full and all(float(r["accuracy"]) == pytest.approx(float(r["base_accuracy"])) for r in full)
     assert {r["ranking"] for r in rows} == {"S", "U|T", "U", "random"}
     assert (out / "ablation_digits.png").stat().st_size > 1000
+    paper = stores["root"] / "spec_paper"
+    assert main(["specialize", str(stores["test"]), "--train", str(stores["train"]), "--seeds", "2",
+                 "--protocol", "paper", "--out", str(paper)]) == 0
+    rows = list(csv.DictReader((paper / "ablation.tsv").open(), delimiter="\t"))
+    assert sorted({int(r["heads_kept"]) for r in rows}) == [1, 2, 3]  # the paper's sizes for 4 heads: no "all heads"
 
 
 def test_cli_errors(stores, tmp_path, capsys):

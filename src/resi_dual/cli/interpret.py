@@ -20,6 +20,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--units", default="heads", help="heads (default), mlps, all, emb, or comma-separated labels")
     p.add_argument("--dictionary", default=None, help="text file, one description per line (default: the bundled one)")
     p.add_argument("--rank", type=int, default=80, help="TextSpan: top right singular vectors the dictionary is projected on")
+    p.add_argument("--textspan-mode", default="fast", choices=("fast", "paper"),
+                   help="TextSpan's span: fast (clipped to the data's rank) or paper (Gandelsman et al.'s exact SVD "
+                        "of the explicit data; slower, picks can differ once the rank exceeds the data's)")
     p.add_argument("--max-samples", type=int, default=5000, help="seeded subsample of the store's rows (0: all)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--bases", default=None, help="bases.safetensors from `resi-dual analyze` (else fitted here)")
@@ -53,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
     dictionary = embed_dictionary(tower, texts)
     con = Console()
     res = decompose_units(store, dictionary, texts, args.method, k, units=args.units, rank=args.rank,
-                          max_samples=args.max_samples or None, seed=args.seed, progress=not args.no_progress)
+                          max_samples=args.max_samples or None, seed=args.seed, progress=not args.no_progress,
+                          textspan_mode=args.textspan_mode)
     out = Path(args.out) if args.out else Path(args.store) / "interpret"
     tsv, md = write_decompositions(res, out)
     written = [tsv, md]

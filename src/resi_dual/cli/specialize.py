@@ -3,7 +3,10 @@
 For each evaluated store (with the train store of the same dataset, in the same order): rank the
 heads on ``--rank-on`` (a validation store; the train store when omitted) by S, U|T, U and random
 (``--seeds`` orders); keep the top 1, 1 %, 5 %, 10 %, 25 %, 50 %, 75 % and all heads; zero- or
-mean-ablate the rest (means from the train store, never from the evaluated one). Writes into
+mean-ablate the rest (means from the train store, never from the evaluated one). ``--protocol paper``
+runs the authors' experiment instead: only the kept heads stay and every other unit (MLPs and
+embedding too) is zeroed or set to its mean over the evaluated split, ``U`` is computed in the
+outputs' basis, and the sizes are theirs (docs/DESIGN.md §7). Writes into
 ``--out``: ``rankings.tsv``, ``ablation.tsv``, ``ablation_<dataset>.png`` and, with several
 datasets, ``jaccard.tsv`` (overlap of the selected heads across datasets).
 """
@@ -22,6 +25,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rankings", default="S,U|T,U,random", help="comma-separated subset of S, U|T, U, random")
     p.add_argument("--seeds", type=int, default=10, help="random orders")
     p.add_argument("--ablation", default="zero,mean", help="comma-separated subset of zero, mean")
+    p.add_argument("--protocol", default="project", choices=("project", "paper"),
+                   help="project (MLPs and embedding kept, train-split means) or paper (the authors' code: only the "
+                        "top heads kept, every other unit ablated)")
     p.add_argument("--out", default="specialization", help="output directory")
 
 
@@ -72,9 +78,9 @@ def run(args: argparse.Namespace) -> int:
     for ev, tr, rk in zip(evals, trains, ranks_on):
         name = ev.meta.get("dataset_name") or Path(str(getattr(ev, "path", "store"))).name
         head = classifier_for_source(tr, model=model, train_source=tr)
-        rankings = rank_heads(rk, head, methods=methods, seeds=range(args.seeds))
-        means = head_means(tr) if "mean" in modes else None
-        res = ablation_curves(ev, head, rankings, modes=modes, means=means)
+        rankings = rank_heads(rk, head, methods=methods, seeds=range(args.seeds), protocol=args.protocol)
+        means = head_means(tr) if "mean" in modes and args.protocol == "project" else None
+        res = ablation_curves(ev, head, rankings, modes=modes, means=means, protocol=args.protocol)
         sizes = res.sizes
         by_dataset[name] = rankings
         labels = [u.label for u in ev.composition.head_units]

@@ -3,7 +3,8 @@
 Both take the data either as an explicit (n, D) matrix or factored, ``X = data @ basisᵀ`` with
 ``data`` (n, p) and ``basis`` (D, p) — a head's contributions are ``[f, 1] @ [A_u, k_u]ᵀ`` with
 p = d_head + 3 ≪ D, so the work happens in p dimensions. Both return the same picks as the
-straightforward algorithms (``resi_dual.interpret.reference``), much faster:
+straightforward algorithms (``resi_dual.interpret.reference``), much faster — TextSpan whenever the
+data's rank reaches r, and always in its ``paper`` mode (see :data:`TextSpanMode`):
 
 * TextSpan (Gandelsman et al., ICLR 2024): the dictionary is projected on the span of the top-r right
   singular vectors of the (uncentred) data; every later step only involves those r coordinates, so we
@@ -18,13 +19,21 @@ straightforward algorithms (``resi_dual.interpret.reference``), much faster:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Literal, Sequence, get_args
 
 import numpy as np
 import torch
 
 from resi_dual.errors import ResiDualError
 from resi_dual.runtime import single_thread
+
+
+#: TextSpan's span: ``fast`` takes the data's top-r right singular vectors in its own p coordinates,
+#: clipped to its numerical rank; ``paper`` reproduces Gandelsman et al.'s code exactly: the SVD of
+#: the explicit (n, D) data, whose rows beyond the data's rank are arbitrary null-space directions that
+#: still change how the texts are deflated (so the picks can differ from the second step on).
+TextSpanMode = Literal["fast", "paper"]
+TEXTSPAN_MODES: tuple[str, ...] = get_args(TextSpanMode)
 
 
 @dataclass
@@ -75,21 +84,37 @@ def _texts(texts: Sequence[str] | None, idx: list[int]) -> list[str]:
 
 
 def text_span(data, dictionary, k: int = 20, rank: int = 80, basis=None, texts: Sequence[str] | None = None,
-              rank_tol: float = 1e-10) -> Decomposition:
+              rank_tol: float = 1e-10, mode: TextSpanMode = "fast") -> Decomposition:
     """TextSpan: k descriptions that successively explain the most variance of the data.
 
     Args:
         data: (n, p) samples, or coefficients of ``basis`` when given.
         dictionary: (m, D) atoms (L2-normalised text embeddings).
         k: steps. rank: r, the number of top right singular vectors the dictionary is projected on
-            (clipped to the data's numerical rank, where extra directions would be arbitrary).
+            (``fast``: clipped to the data's numerical rank, where extra directions would be arbitrary).
         basis: optional (D, p); the data then is ``data @ basisᵀ``.
         texts: the m descriptions, for the report.
+        mode: ``fast`` or ``paper`` (see :data:`TextSpanMode`); both give the same picks whenever the
+            data's rank is at least r.
     """
+    if mode not in TEXTSPAN_MODES:
+        raise ResiDualError(f"unknown TextSpan mode {mode!r}; choose one of {', '.join(TEXTSPAN_MODES)}")
     y = _as_double(data)
     t = _as_double(dictionary)
     b = None if basis is None else _as_double(basis)
     _check(y, t, b, k)
+    if mode == "paper":
+        cov, tc, total, r_eff = _paper_span(y if b is None else y @ b.T, t, rank)
+    else:
+        cov, tc, total, r_eff = _fast_span(y, t, b, rank, rank_tol)
+    with single_thread():
+        picks, weights, explained, removed = _text_span_steps(cov, tc, k, total)
+    return Decomposition("textspan", picks, _texts(texts, picks), np.array(weights), np.array(explained), total,
+                         {"rank": r_eff, "mode": mode})
+
+
+def _fast_span(y: torch.Tensor, t: torch.Tensor, b: torch.Tensor | None, rank: int, rank_tol: float):
+    """(r × r covariance of the centred data, (m, r) text coordinates, total variance, r) in p coordinates."""
     if b is not None:
         # X = Y Bᵀ = (Y Rᵀ) Qᵀ with Q orthonormal: singular vectors of X are Q times those of Y Rᵀ
         q, r = torch.linalg.qr(b)
@@ -105,13 +130,17 @@ def text_span(data, dictionary, k: int = 20, rank: int = 80, basis=None, texts: 
     w = evecs[:, :r_eff]  # (p, r)
     mean = y.mean(0)
     cov_y = (gram - n * torch.outer(mean, mean)) / (n - 1)
-    total = float(torch.trace(cov_y))
-    cov = w.T @ cov_y @ w  # (r, r) covariance of the centred data in the span's coordinates
-    tc = t @ w  # (m, r) dictionary projected on the span
-    with single_thread():
-        picks, weights, explained, removed = _text_span_steps(cov, tc, k, total)
-    return Decomposition("textspan", picks, _texts(texts, picks), np.array(weights), np.array(explained), total,
-                         {"rank": r_eff})
+    return w.T @ cov_y @ w, t @ w, float(torch.trace(cov_y)), r_eff
+
+
+def _paper_span(x: torch.Tensor, t: torch.Tensor, rank: int):
+    """The same four quantities from the explicit (n, D) data, with the SVD the original code takes
+    (numpy's, ``full_matrices=False``, top ``rank`` rows whatever the data's rank)."""
+    vh = np.linalg.svd(x.numpy(), full_matrices=False)[2][:rank]
+    w = torch.from_numpy(np.ascontiguousarray(vh.T))  # (D, r) orthonormal columns
+    xc = x - x.mean(0)
+    cov_x = xc.T @ xc / (x.shape[0] - 1)
+    return w.T @ cov_x @ w, t @ w, float(torch.trace(cov_x)), int(w.shape[1])
 
 
 def _text_span_steps(cov: torch.Tensor, tc: torch.Tensor, k: int, total: float):

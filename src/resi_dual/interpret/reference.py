@@ -3,7 +3,8 @@
 Reference for tests and the baseline of ``bench/bench_interpret.py``: TextSpan keeps the full D × D
 projection of the dictionary and deflates the full data and text matrices at every step; SOMP refits
 a full least-squares problem on all chosen atoms at every step and recomputes the n × m correlations.
-Use :mod:`resi_dual.interpret.decompose` for real work: same picks, far less time and memory.
+Use :mod:`resi_dual.interpret.decompose` for real work: the same picks (TextSpan's ``paper`` mode always,
+its ``fast`` mode whenever the data's rank is at least r), far less time and memory.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ def text_span_reference(data: np.ndarray, dictionary: np.ndarray, k: int, rank: 
     """Picked dictionary rows for (n, D) data and (m, D) atoms."""
     data = np.asarray(data, dtype=np.float64)
     text = np.asarray(dictionary, dtype=np.float64)
-    vh = np.linalg.svd(data)[2][:rank]  # top-r right singular vectors of the uncentred data
+    vh = np.linalg.svd(data, full_matrices=False)[2][:rank]  # top-r right singular vectors of the uncentred data
     text = (vh.T @ np.linalg.inv(vh @ vh.T) @ vh @ text.T).T  # project the dictionary on their span
     data = data - data.mean(0, keepdims=True)
     picks = []

@@ -60,13 +60,14 @@ def sample_rows(n: int, max_samples: int | None, seed: int = 0) -> np.ndarray:
 
 def decompose_units(source, dictionary: torch.Tensor, texts: Sequence[str], method: str = "somp", k: int = 20,
                     units="heads", rank: int = 80, max_samples: int | None = 5000, seed: int = 0,
-                    progress: bool = True) -> dict[str, Decomposition]:
+                    progress: bool = True, textspan_mode: str = "fast") -> dict[str, Decomposition]:
     """TextSpan or SOMP of every selected unit of ``source``.
 
     Args:
         source: an EncodingSource. dictionary: (m, d_out) normalised atoms; texts: their m descriptions.
         method: ``textspan`` or ``somp``. k: atoms per unit. units: labels or shorthand (``heads``, ``all`` …).
         rank: TextSpan's r. max_samples: deterministic subsample of rows (memory ∝ n × units' widths).
+        textspan_mode: ``fast`` or ``paper`` (Gandelsman et al.'s exact span, see `decompose.TextSpanMode`).
     Returns:
         label -> :class:`Decomposition`, in composition order.
     """
@@ -98,7 +99,7 @@ def decompose_units(source, dictionary: torch.Tensor, texts: Sequence[str], meth
             if method == "somp":
                 out[label] = somp(data, dictionary, k, basis=basis, texts=texts)
             else:
-                out[label] = text_span(data, dictionary, k, rank=rank, basis=basis, texts=texts)
+                out[label] = text_span(data, dictionary, k, rank=rank, basis=basis, texts=texts, mode=textspan_mode)
             if prog:
                 prog.advance(task)
     return out

@@ -14,6 +14,17 @@ Ablation keeps the top-k heads of a ranking and replaces every other head's cont
 (``zero``) or with its mean over the *train* split (``mean``); all other units stay. Since the units
 sum to the model's output, the ablated embedding is ``output − Σ_{h ablated} (c_h − fill_h)``, so
 keeping every head reproduces the base accuracy exactly.
+
+Two protocols (docs/DESIGN.md §7):
+
+* ``project`` (above): MLPs and embedding kept, ``U`` against the model's output, head means from the
+  train split, kept sizes rounded, all heads as the last size.
+* ``paper``: as the authors' experiment code. Only the top-k heads are kept; *every* other unit —
+  other heads, MLPs and the embedding — is zeroed or replaced by its mean over the evaluated split
+  (label-free, but transductive: the code takes the test split's mean). ``U`` is the correlation of
+  each head with the sum of the heads, both projected on an orthonormal basis of the span of the
+  model's outputs on the ranking split (QR of the (d_out, n) output matrix). Sizes are floored
+  fractions of H, the 1 % size at least 2 heads, and no "all heads" size.
 """
 
 from __future__ import annotations
@@ -34,12 +45,34 @@ METHODS: tuple[str, ...] = get_args(RankingMethod)
 #: what replaces an ablated head: nothing, or its mean contribution on the train split
 Ablation = Literal["zero", "mean"]
 MODES: tuple[str, ...] = get_args(Ablation)
+#: which specialization experiment: the authors' code (``paper``) or this project's variant
+Protocol = Literal["paper", "project"]
+PROTOCOLS: tuple[str, ...] = get_args(Protocol)
 
 
-def keep_sizes(n_heads: int, fractions: Sequence[float] = FRACTIONS) -> list[int]:
-    """Numbers of heads kept: the top 1, then each fraction of ``n_heads`` (at least 1), then all."""
-    sizes = [1] + [max(1, int(round(f * n_heads))) for f in fractions] + [n_heads]
+def _check_protocol(protocol: str) -> None:
+    if protocol not in PROTOCOLS:
+        raise ResiDualError(f"unknown specialization protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+
+
+def keep_sizes(n_heads: int, fractions: Sequence[float] = FRACTIONS, protocol: Protocol = "project") -> list[int]:
+    """Numbers of heads kept: the top 1, then each fraction of ``n_heads`` (at least 1), then all.
+
+    ``paper``: fractions floored, the 1 % size at least 2 heads, no "all heads" size."""
+    _check_protocol(protocol)
+    if protocol == "paper":
+        sizes = [1] + [max(2 if f == 0.01 else 1, int(f * n_heads)) for f in fractions]
+    else:
+        sizes = [1] + [max(1, int(round(f * n_heads))) for f in fractions] + [n_heads]
     return sorted(set(sizes))
+
+
+def output_basis(source, block_rows: int = 4096) -> torch.Tensor:
+    """(d_out, r) orthonormal basis of the span of the model's outputs on ``source`` (Q of the QR of the
+    (d_out, n) output matrix, r = min(d_out, n)): the paper's basis for ``U``."""
+    outputs = torch.cat([source.output(slice(s, min(s + block_rows, len(source))), dtype=torch.float64)
+                         for s in range(0, len(source), block_rows)])
+    return torch.linalg.qr(outputs.T).Q
 
 
 def _head_indices(source) -> list[int]:
@@ -79,16 +112,20 @@ class Ranking:
 
 
 def rank_heads(source, classifier, methods: Sequence[str] = METHODS, seeds: Sequence[int] = range(10),
-               block_rows: int = 512) -> list[Ranking]:
+               block_rows: int = 512, protocol: Protocol = "project") -> list[Ranking]:
     """Rankings of the heads of ``source`` (the ranking split) for the task of ``classifier``.
 
     Args:
         source: EncodingSource of the ranking split. classifier: a ``ZeroShotHead`` (weights (C, d_out)).
         methods: any of ``S``, ``U|T``, ``U``, ``random``. seeds: one random order per seed.
+        protocol: ``project`` (``U`` against the output, unprojected) or ``paper`` (``U`` against the
+            sum of heads in the outputs' basis, see the module doc).
     """
     bad = [m for m in methods if m not in METHODS]
     if bad:
         raise ResiDualError(f"unknown ranking {bad[0]!r}; choose from {', '.join(METHODS)}")
+    _check_protocol(protocol)
+    basis_u = output_basis(source) if protocol == "paper" and "U" in methods else None
     idx = _head_indices(source)
     H = len(idx)
     w = classifier.weights.double()
@@ -107,9 +144,17 @@ def rank_heads(source, classifier, methods: Sequence[str] = METHODS, seeds: Sequ
         if "S" in methods:
             pred = (F.normalize(c, dim=-1) @ w.T).argmax(-1)  # (b, H)
             correct += (pred == labels[rows][:, None]).sum(0).double()
-        for key, x, y in (("U|T", c @ q, (c @ q).sum(1)), ("U", c, y_out)):
+        for key in ("U|T", "U"):
             if key not in methods:
                 continue
+            if key == "U|T":
+                x = c @ q
+                y = x.sum(1)
+            elif basis_u is not None:
+                x = c @ basis_u  # (b, H, r)
+                y = x.sum(1)
+            else:
+                x, y = c, y_out
             m = mom[key]
             m["sx"] = m["sx"] + x.sum(0)  # (H, r)
             m["sy"] = m["sy"] + y.sum(0)  # (r,)
@@ -152,37 +197,62 @@ class AblationResult:
     accuracy: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
 
-def ablation_curves(eval_source, classifier, rankings: Sequence[Ranking], sizes: Sequence[int] | None = None,
-                    modes: Sequence[str] = MODES, means: torch.Tensor | None = None,
-                    block_rows: int = 256) -> AblationResult:
-    """Top-1 accuracy on ``eval_source`` keeping the top-k heads of each ranking.
+def eval_means(eval_source, block_rows: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """((H, d_out) head means, (d_out,) output mean) over the evaluated split, float64: the fills of the
+    paper protocol's mean ablation (the output mean is the sum of every unit's mean)."""
+    return head_means(eval_source, block_rows), torch.cat([
+        eval_source.output(slice(s, min(s + block_rows, len(eval_source))), dtype=torch.float64)
+        for s in range(0, len(eval_source), block_rows)]).mean(0)
 
-    Args:
-        means: (H, d_out) head means from the train split (required for ``mean`` mode; never computed
-            here from the evaluated split).
-    """
-    bad = [m for m in modes if m not in MODES]
-    if bad:
-        raise ResiDualError(f"unknown ablation {bad[0]!r}; choose zero or mean")
-    if "mean" in modes and means is None:
-        raise ResiDualError("mean ablation needs head means from the train split (head_means(train_source))")
-    idx = _head_indices(eval_source)
-    H = len(idx)
-    sizes = list(sizes or keep_sizes(H))
-    w = classifier.weights.double()
-    # ablation masks: (K, H), 1 where the head is ablated
+
+def _ablation_masks(rankings: Sequence[Ranking], sizes: Sequence[int], H: int) -> torch.Tensor:
+    """(K, H) float64, 1 where a head is ablated, one row per (ranking, size) in that order."""
     configs = []
     for r in rankings:
         for s in sizes:
             m = torch.ones(H, dtype=torch.float64)
             m[r.order[:s]] = 0.0
             configs.append(m)
-    masks = torch.stack(configs)  # (K, H)
-    fills = {"zero": torch.zeros(H, w.shape[1], dtype=torch.float64)}
-    if "mean" in modes:
-        if means.shape != (H, w.shape[1]):
-            raise ResiDualError(f"head means have shape {tuple(means.shape)}, expected {(H, w.shape[1])}")
-        fills["mean"] = means.double()
+    return torch.stack(configs)
+
+
+def ablation_curves(eval_source, classifier, rankings: Sequence[Ranking], sizes: Sequence[int] | None = None,
+                    modes: Sequence[str] = MODES, means: torch.Tensor | None = None,
+                    block_rows: int = 256, protocol: Protocol = "project") -> AblationResult:
+    """Top-1 accuracy on ``eval_source`` keeping the top-k heads of each ranking.
+
+    Args:
+        means: (H, d_out) head means from the train split (``project`` protocol's ``mean`` mode; never
+            computed here from the evaluated split). The ``paper`` protocol ignores it and takes every
+            unit's mean over the evaluated split, as the authors' code does.
+        protocol: ``project`` (other heads ablated, MLPs and embedding kept) or ``paper`` (only the
+            kept heads stay; every other unit is ablated).
+    """
+    bad = [m for m in modes if m not in MODES]
+    if bad:
+        raise ResiDualError(f"unknown ablation {bad[0]!r}; choose zero or mean")
+    _check_protocol(protocol)
+    if protocol == "project" and "mean" in modes and means is None:
+        raise ResiDualError("mean ablation needs head means from the train split (head_means(train_source))")
+    idx = _head_indices(eval_source)
+    H = len(idx)
+    sizes = list(sizes or keep_sizes(H, protocol=protocol))
+    w = classifier.weights.double()
+    d = w.shape[1]
+    masks = _ablation_masks(rankings, sizes, H)  # (K, H)
+    if protocol == "paper":
+        # embedding = Σ_kept c_h + Σ_{every other unit} fill_u; with mean fills that sum is mean(output) − Σ_kept mean_h
+        kept = 1.0 - masks
+        fills = {"zero": torch.zeros(masks.shape[0], d, dtype=torch.float64)}
+        if "mean" in modes:
+            m_heads, m_out = eval_means(eval_source)
+            fills["mean"] = m_out[None] - kept @ m_heads  # (K, d)
+    else:
+        fills = {"zero": torch.zeros(H, d, dtype=torch.float64)}
+        if "mean" in modes:
+            if means.shape != (H, d):
+                raise ResiDualError(f"head means have shape {tuple(means.shape)}, expected {(H, d)}")
+            fills["mean"] = means.double()
     labels = torch.as_tensor(np.asarray(eval_source.labels), dtype=torch.long)
     correct = {mode: torch.zeros(masks.shape[0], dtype=torch.float64) for mode in modes}
     base_correct = 0.0
@@ -193,8 +263,11 @@ def ablation_curves(eval_source, classifier, rankings: Sequence[Ranking], sizes:
         y = labels[rows]
         base_correct += float(((F.normalize(out, dim=-1) @ w.T).argmax(-1) == y).sum())
         for mode in modes:
-            removed = torch.einsum("kh,bhd->kbd", masks, c - fills[mode][None])  # (K, b, d)
-            pred = (F.normalize(out[None] - removed, dim=-1) @ w.T).argmax(-1)  # (K, b)
+            if protocol == "paper":
+                emb = torch.einsum("kh,bhd->kbd", kept, c) + fills[mode][:, None]  # (K, b, d)
+            else:
+                emb = out[None] - torch.einsum("kh,bhd->kbd", masks, c - fills[mode][None])  # (K, b, d)
+            pred = (F.normalize(emb, dim=-1) @ w.T).argmax(-1)  # (K, b)
             correct[mode] += (pred == y[None]).sum(1).double()
     n = len(eval_source)
     res = AblationResult(sizes, H, base_correct / n)
