@@ -34,6 +34,15 @@ def _make_toy_source(n=300, L=2, H=3, d_model=12, d_head=4, d_out=24, seed=0, n_
     return MemorySource(enc, labels.numpy(), [f"class{i}" for i in range(n_classes)], meta={"dataset_name": "toy"})
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache_dir(tmp_path_factory):
+    """Measured machine choices (resi_dual.runtime) are cached in a private folder, not the user's."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("RESI_DUAL_CACHE", str(tmp_path_factory.mktemp("resi-dual-cache")))
+    yield
+    mp.undo()
+
+
 @pytest.fixture
 def toy_source():
     return _make_toy_source()

@@ -87,23 +87,25 @@ def cache_dir() -> Path:
     return (Path(xdg) if xdg else Path.home() / ".cache") / "resi-dual"
 
 
-def _products_seconds(dtype: torch.dtype, b: int, k: int, d: int, steps: int) -> float:
-    """Best-of-3 seconds of ``steps`` pairs (b × k)·(k × d) and (b × d)·(d × k) in ``dtype`` (float32 out)."""
+def _products_timer(dtype: torch.dtype, b: int, k: int, d: int):
+    """A function timing ``steps`` pairs (b × k)·(k × d) and (b × d)·(d × k) in ``dtype`` (seconds)."""
     g = torch.Generator().manual_seed(0)
     v = torch.randn(k, d, generator=g).to(dtype)
     a, gy = torch.randn(b, k, generator=g).to(dtype), torch.randn(b, d, generator=g).to(dtype)
     y, ga = torch.empty(b, d, dtype=dtype), torch.empty(b, k, dtype=dtype)
-    best = float("inf")
-    for _ in range(3):
+
+    def run(steps: int) -> float:
         t = time.perf_counter()
         for _ in range(steps):
             torch.mm(a, v, out=y)
             torch.mm(gy, v.T, out=ga)
-        best = min(best, time.perf_counter() - t)
-    return best
+        return time.perf_counter() - t
+
+    return run
 
 
-def _cache_file() -> Path:
+def products_cache_file() -> Path:
+    """The JSON file caching :func:`faster_products`' choices (machine and shape -> format)."""
     return cache_dir() / "products.json"
 
 
@@ -112,13 +114,13 @@ def _machine_key() -> str:
     return f"{info['model']}|{'+'.join(info['flags'])}|torch {torch.__version__}"
 
 
-def faster_products(b: int, k: int, d: int, steps: int = 8, use_cache: bool = True) -> str:
+def faster_products(b: int, k: int, d: int, steps: int = 8, rounds: int = 3, use_cache: bool = True) -> str:
     """``"float32"`` or ``"bfloat16"``: the faster format for the adapters' two products at shape
-    (b × k)·(k × d), timed at one thread (the count the step mostly runs them at); bfloat16 must be
-    clearly faster (≥ 1.15×) to be picked, as it rounds. Cached per machine and shape."""
+    (b × k)·(k × d), timed at one thread (the count the step mostly runs them at), both formats
+    interleaved, best of ``rounds``. bfloat16 rounds its inputs, so it must be clearly faster (by 15 %)
+    to be picked. The choice is cached per machine (CPU model, flags, torch version) and shape."""
     key = f"{_machine_key()}|{b}x{k}x{d}"
-    path = _cache_file()
-    cached = {}
+    path = products_cache_file()
     if use_cache:
         try:
             cached = json.loads(path.read_text())
@@ -127,10 +129,12 @@ def faster_products(b: int, k: int, d: int, steps: int = 8, use_cache: bool = Tr
         if isinstance(cached, dict) and cached.get(key) in ("float32", "bfloat16"):
             return cached[key]
     with torch_threads(1):
-        _products_seconds(torch.bfloat16, b, k, d, 1)  # first call pays for kernel set-up
-        t32 = _products_seconds(torch.float32, b, k, d, steps)
-        t16 = _products_seconds(torch.bfloat16, b, k, d, steps)
-    choice = "bfloat16" if t16 * 1.15 < t32 else "float32"
+        t32, t16 = _products_timer(torch.float32, b, k, d), _products_timer(torch.bfloat16, b, k, d)
+        t32(1), t16(1)  # first calls pay for kernel set-up
+        s32 = s16 = float("inf")
+        for _ in range(rounds):
+            s32, s16 = min(s32, t32(steps)), min(s16, t16(steps))
+    choice = "bfloat16" if s16 * 1.15 < s32 else "float32"
     if use_cache:
         _write_json_entry(path, key, choice)
     return choice

@@ -117,14 +117,17 @@ def test_bfloat16_fit_is_deterministic_and_lands_next_to_float32(world):
     assert [h["val_accuracy"] for h in ra.history] == [h["val_accuracy"] for h in rc.history]
 
 
-def test_products_auto_follows_the_cpu_and_the_dtype(monkeypatch):
+def test_products_auto_follows_the_measurement_and_the_dtype(monkeypatch):
     from resi_dual.adapters import training
 
-    monkeypatch.setattr(training, "native_bfloat16", lambda: True)
-    assert resolve_products("auto", torch.float32) == "bfloat16"
+    shapes = []
+    monkeypatch.setattr(training, "faster_products", lambda b, k, d: shapes.append((b, k, d)) or "bfloat16")
+    assert resolve_products("auto", torch.float32, (64, 100, 32)) == "bfloat16"
+    assert shapes == [(64, 100, 32)]  # measured on the shape it was given
+    assert resolve_products("auto", torch.float32) == "bfloat16" and shapes[-1] == training.AUTO_SHAPE
     assert resolve_products("float32", torch.float32) == "float32"
     assert resolve_products("auto", torch.float64) == "float64"  # the float64 tests are never rounded
-    monkeypatch.setattr(training, "native_bfloat16", lambda: False)
+    monkeypatch.setattr(training, "faster_products", lambda b, k, d: "float32")
     assert resolve_products("auto", torch.float32) == "float32"
     assert resolve_products("bfloat16", torch.float32) == "bfloat16"  # asked for explicitly: honoured
     with pytest.raises(ResiDualError, match="products must be one of"):

@@ -18,8 +18,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from resi_dual.adapters.adapter import few_shot_rows
+from resi_dual.adapters.adapter import DEFAULT_LR, few_shot_rows
 from resi_dual.adapters.modules import classify
+from resi_dual.adapters.training import TrainConfig
 from resi_dual.errors import ResiDualError
 
 
@@ -46,10 +47,10 @@ def finetune(
     val_labels: np.ndarray,
     classifier: torch.Tensor,
     logit_scale: float,
-    lr: float = 1e-5,
-    epochs: int = 30,
-    patience: int = 5,
-    batch_size: int = 64,
+    lr: float = DEFAULT_LR["finetune"],
+    epochs: int = TrainConfig.max_epochs,
+    patience: int = TrainConfig.patience,
+    batch_size: int = TrainConfig.batch_size,
     grad_clip: float = 1.0,
     seed: int = 0,
     progress: bool = True,
@@ -140,8 +141,9 @@ def _images_of(store, data_root: str | None = None) -> list:
     return reopen_images(store.meta, store.sample_ids, store.class_names, data_root=data_root)
 
 
-def finetune_from_stores(train, val, test, shots: int | None = None, seed: int = 1, lr: float = 1e-5, epochs: int = 30,
-                         patience: int = 5, batch_size: int = 64, progress: bool = True, weights_out=None,
+def finetune_from_stores(train, val, test, shots: int | None = None, seed: int = 1, lr: float = DEFAULT_LR["finetune"],
+                         epochs: int = TrainConfig.max_epochs, patience: int = TrainConfig.patience,
+                         batch_size: int = TrainConfig.batch_size, progress: bool = True, weights_out=None,
                          device: str = "cpu", data_root: str | None = None) -> dict:
     """The ``finetune`` row of the protocol: same samples, classifier and selection rule as the adapters.
 

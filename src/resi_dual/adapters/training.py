@@ -20,6 +20,7 @@ from resi_dual.adapters.adapter import DEFAULT_LR, Adapter
 from resi_dual.adapters.cache import CachedSplit
 from resi_dual.adapters.modules import ComponentScaling
 from resi_dual.errors import ResiDualError
+from resi_dual.runtime import faster_products, torch_threads
 
 
 @dataclass
@@ -41,8 +42,9 @@ class TrainConfig:
         products: number format of the two large products of the hand-written step (see
             :func:`resolve_products`): ``"float32"``, ``"bfloat16"`` (inputs rounded to bfloat16,
             float32 accumulation, as ``torch.autocast`` does on the CPU; everything else, validation
-            and test stay float32), or ``"auto"``: bfloat16 where the CPU has native bfloat16 dot
-            products (AVX512-BF16 or AMX), float32 elsewhere.
+            and test stay float32), or ``"auto"``: whichever runs the products faster on this machine
+            at the fit's shapes, timed once and cached (CPU flags alone mislead: a CPU may advertise
+            bfloat16 dot products and still multiply bfloat16 more slowly than float32).
     """
 
     lr: float | str | None = None
@@ -71,28 +73,27 @@ class FitResult:
     products: str = "autograd"
 
 
-#: number format of the λ-step's two large products (``auto``: bfloat16 where the CPU has it natively)
+#: number format of the λ-step's two large products (``auto``: the faster of the two, measured)
 Products = Literal["auto", "float32", "bfloat16"]
 PRODUCTS: tuple[str, ...] = get_args(Products)
 
 
-def native_bfloat16() -> bool:
-    """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX tiles), where a bfloat16
-    product runs ~2.4× faster than float32 (measured here, 64×2304·2304×512: 0.32 vs 0.77 s per 782)."""
-    cpu = getattr(torch, "cpu", None)
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(bool(getattr(cpu, c, lambda: False)()) for c in checks)
+#: the shape (batch × K × d) "auto" is measured at when no adapter is at hand (a grid's plan): ViT-B/32
+#: scale, 144 heads × 16 components into 512 dimensions
+AUTO_SHAPE = (64, 2304, 512)
 
 
-def resolve_products(products: str, dtype: torch.dtype) -> str:
-    """``"auto"`` -> ``"bfloat16"`` on a float32 adapter and a CPU with native bfloat16, else
-    ``"float32"``; anything but float32 adapters (the float64 tests) keeps its own dtype."""
+def resolve_products(products: str, dtype: torch.dtype, shape: tuple[int, int, int] | None = None) -> str:
+    """``"auto"`` -> whichever of ``"float32"`` and ``"bfloat16"`` runs the two products faster on this
+    machine at ``shape`` (batch, K, d) (default :data:`AUTO_SHAPE`), measured once and cached
+    (:func:`resi_dual.runtime.faster_products`); anything but float32 adapters (the float64 tests)
+    keeps its own dtype."""
     if products not in PRODUCTS:
         raise ResiDualError(f"products must be one of {', '.join(PRODUCTS)}, got {products!r}")
     if dtype != torch.float32:
         return str(dtype).removeprefix("torch.")
     if products == "auto":
-        return "bfloat16" if native_bfloat16() else "float32"
+        return faster_products(*(shape or AUTO_SHAPE))
     return products
 
 
@@ -147,11 +148,11 @@ class ScalingObjective:
         self.M = m.means if m.mean_mode == "scale" else None
         #: torch threads for the two (b × K)·(K × d) products; ``None``: the caller's count. Everything
         #: else in a step is small, and with more than one thread each of those ops pays an OpenMP
-        #: fork/join (profiled on 2 busy cores: ~10 ms per step at 2 threads, ~0.7 ms at 1).
+        #: fork/join that costs more than the op itself.
         self.threads: int | None = None
         K, d = self.V.shape
         dt = self.V.dtype
-        self.products = resolve_products(products, dt)
+        self.products = resolve_products(products, dt, (batch_size, K, d))
         low = torch.bfloat16 if self.products == "bfloat16" else dt
         self.a = torch.empty(batch_size, K, dtype=low)
         # the bfloat16 copy of V and the products' own outputs; empty when the products run in dt
@@ -264,9 +265,8 @@ class ThreadPicker:
     ``n`` threads (alternating), and run the rest of the window at the faster count.
 
     For these small products (64 × K by K × d) the better count depends on the machine's load, which
-    changes within a run. Measured on 2 cores (bench/bench_adapters.py): one epoch's products took
-    2.6 s at 1 thread and 1.5 s at 2 on a nearly idle machine, 5.0 s and 17.6 s under a load average
-    of ~4 (OpenMP threads waiting for each other's time slices). Switching is only enabled when both
+    changes within a run: more threads win on idle cores and lose badly on busy ones (OpenMP threads
+    waiting for each other's time slices; figures in BENCHMARKS.md). Switching is only enabled when both
     counts give bitwise the same loss and gradient on a first batch (of each batch size), so the
     choice never changes λ.
 
@@ -306,6 +306,140 @@ class ThreadPicker:
             self.times = {1: [], self.n: []}
 
 
+class _HandStep:
+    """One step of a `ComponentScaling` adapter by the hand-written λ-gradient, and its validation
+    accuracy by the arg-max shortcut. The batch is gathered into preallocated buffers (index_select),
+    and the two products run at the :class:`ThreadPicker`'s count, everything else at one thread."""
+
+    #: torch threads the loop runs at (the products get the picker's count)
+    threads = 1
+
+    def __init__(self, adapter: Adapter, train: CachedSplit, val: CachedSplit, opt, config: TrainConfig,
+                 n_threads: int) -> None:
+        self.train, self.opt, self.bs = train, opt, config.batch_size
+        bs = self.bs
+        self.objective = ScalingObjective(adapter, bs, config.products)
+        self.evaluator = ScalingEvaluator(adapter, val)
+        self.lam = next(p for p in adapter.parameters() if p.requires_grad)
+        self.lam.grad = torch.zeros_like(self.lam)
+        self.picker = ThreadPicker(n_threads)
+        self.picker.check(self._run_at)
+        self.coef = torch.empty(bs, train.coef.shape[1], dtype=train.coef.dtype)
+        self.fixed = torch.empty(bs, train.fixed.shape[1], dtype=train.fixed.dtype)
+        self.labels = torch.empty(bs, dtype=train.labels.dtype)
+
+    def _run_at(self, threads: int) -> tuple[torch.Tensor, ...]:
+        """Loss and gradient on the full first batch and on the last one (the products' two shapes)."""
+        tr, bs = self.train, self.bs
+        last = len(tr) - (math.ceil(len(tr) / bs) - 1) * bs
+        self.objective.threads = threads
+        return (*self.objective(tr.coef[:bs], tr.fixed[:bs], tr.labels[:bs]),
+                *self.objective(tr.coef[:last], tr.fixed[:last], tr.labels[:last]))
+
+    def __call__(self, b: torch.Tensor) -> torch.Tensor:
+        nb = b.numel()
+        c, f, y = self.coef[:nb], self.fixed[:nb], self.labels[:nb]
+        torch.index_select(self.train.coef, 0, b, out=c)
+        torch.index_select(self.train.fixed, 0, b, out=f)
+        torch.index_select(self.train.labels, 0, b, out=y)
+        self.objective.threads, probe = self.picker.next()
+        t = time.perf_counter()
+        loss, grad = self.objective(c, f, y)
+        self.lam.grad.copy_(grad)  # the optimizer rescales .grad in place
+        self.opt.step()
+        if probe:
+            self.picker.record(self.objective.threads, time.perf_counter() - t)
+        return loss
+
+    def accuracy(self) -> float:
+        return self.evaluator.accuracy()
+
+    def close(self) -> None:
+        self.lam.grad = None
+
+    @property
+    def products(self) -> str:
+        return self.objective.products
+
+
+class _AutogradStep:
+    """One step of any adapter through autograd (the reference loop), validation by its forward."""
+
+    threads = None
+    products = "autograd"
+
+    def __init__(self, adapter: Adapter, train: CachedSplit, val: CachedSplit, opt) -> None:
+        self.adapter, self.train, self.val, self.opt = adapter, train, val, opt
+
+    def __call__(self, b: torch.Tensor) -> torch.Tensor:
+        tr = self.train
+        loss = F.cross_entropy(self.adapter(tr.coef[b], tr.fixed[b]), tr.labels[b])
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        return loss.detach()
+
+    def accuracy(self) -> float:
+        return self.adapter.accuracy(self.val)
+
+    def close(self) -> None:
+        pass
+
+
+def _check_fit_inputs(adapter: Adapter, train: CachedSplit, val: CachedSplit, config: TrainConfig) -> None:
+    resolve_products(config.products, torch.float64)  # a bad value fails before any work
+    if len(train) == 0 or len(val) == 0:
+        raise ResiDualError("training needs non-empty train and validation splits")
+    if int(train.labels.max()) >= len(adapter.class_names):
+        raise ResiDualError("training labels exceed the classifier's classes")
+
+
+def _progress_bar(config: TrainConfig):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+               TextColumn("loss {task.fields[loss]:.4f}  val {task.fields[val]:.4f}"))
+    return Progress(*columns, transient=True, disable=not config.progress)
+
+
+def _train_epochs(adapter: Adapter, params: list, opt, step, n: int, config: TrainConfig) -> tuple[list, float, int, list]:
+    """Epochs of shuffled batches with early stopping on validation accuracy (Schedule-Free's averaged
+    weights, in its eval mode). Returns (history, best accuracy, best epoch, best parameters)."""
+    gen = torch.Generator().manual_seed(config.seed)
+    bs = config.batch_size
+    steps = math.ceil(n / bs)
+    every = max(1, steps // 20)  # progress updates per epoch: ~20, not one per step
+    best_acc, best_epoch, best_state, bad = -1.0, 0, None, 0
+    history: list[dict] = []
+    with _progress_bar(config) as bar:
+        task = bar.add_task(f"train {adapter.config['variant']}", total=config.max_epochs * steps,
+                            loss=float("nan"), val=float("nan"))
+        for epoch in range(1, config.max_epochs + 1):
+            adapter.train()
+            opt.train()
+            perm = torch.randperm(n, generator=gen)
+            total = torch.zeros((), dtype=torch.float64)
+            for i, s in enumerate(range(0, n, bs)):
+                b = perm[s : s + bs]
+                total += step(b) * len(b)
+                if (i + 1) % every == 0:
+                    bar.advance(task, every)
+            bar.update(task, completed=epoch * steps)
+            adapter.eval()
+            opt.eval()  # Schedule-Free: evaluate (and checkpoint) the averaged weights
+            acc = step.accuracy()
+            history.append({"epoch": epoch, "loss": float(total) / n, "val_accuracy": acc})
+            bar.update(task, loss=float(total) / n, val=acc)
+            if acc > best_acc:
+                best_acc, best_epoch, bad = acc, epoch, 0
+                best_state = [p.detach().clone() for p in params]
+            else:
+                bad += 1
+                if bad >= config.patience:
+                    break
+    return history, best_acc, best_epoch, best_state
+
+
 def fit(adapter: Adapter, train: CachedSplit, val: CachedSplit, config: TrainConfig | None = None) -> FitResult:
     """Train ``adapter`` in place on cached coefficients; leave it holding its best-validation weights.
 
@@ -313,118 +447,32 @@ def fit(adapter: Adapter, train: CachedSplit, val: CachedSplit, config: TrainCon
     gradient of :class:`ScalingObjective` and the validation shortcut of :class:`ScalingEvaluator`
     (``config.hand_gradient``); the others, or ``hand_gradient=False``, the plain autograd loop.
     The hand-written loop runs torch at 1 thread except for its two products (see
-    :class:`ThreadPicker`) and restores the process's thread count on return.
+    :class:`ThreadPicker`) and restores the process's thread count on return, also on error.
     """
-    config = config or TrainConfig()
     import schedulefree
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    config = config or TrainConfig()
     t0 = time.perf_counter()
     params = [p for p in adapter.parameters() if p.requires_grad]
     if not params:
         return FitResult(float("nan"), 0, 0, adapter.accuracy(val), time.perf_counter() - t0)
-    resolve_products(config.products, torch.float32)  # a bad value fails before any work
-    if len(train) == 0 or len(val) == 0:
-        raise ResiDualError("training needs non-empty train and validation splits")
-    if int(train.labels.max()) >= len(adapter.class_names):
-        raise ResiDualError("training labels exceed the classifier's classes")
+    _check_fit_inputs(adapter, train, val, config)
     lr, curve = resolve_lr(adapter, train, config)
     opt = schedulefree.AdamWScheduleFree(params, lr=lr, weight_decay=config.weight_decay)
-    gen = torch.Generator().manual_seed(config.seed)
-    n, bs = len(train), config.batch_size
-    steps = math.ceil(n / bs)
     hand = (config.hand_gradient and len(params) == 1 and ScalingObjective.supports(adapter, train)
             and ScalingObjective.supports(adapter, val))
-    n_threads = torch.get_num_threads()
-    picker = ThreadPicker(n_threads)
-    if hand:
-        objective = ScalingObjective(adapter, bs, config.products)
-        evaluator = ScalingEvaluator(adapter, val)
-        lam = params[0]
-        lam.grad = torch.zeros_like(lam)
-        last = n - (steps - 1) * bs  # the full batch and the last one: the two shapes of the products
-
-        def run_at(threads: int) -> tuple[torch.Tensor, ...]:
-            objective.threads = threads
-            return (*objective(train.coef[:bs], train.fixed[:bs], train.labels[:bs]),
-                    *objective(train.coef[:last], train.fixed[:last], train.labels[:last]))
-
-        picker.check(run_at)
-        # the batch is gathered into preallocated buffers (index_select), not new tensors per step
-        coef_b = torch.empty(bs, train.coef.shape[1], dtype=train.coef.dtype)
-        fixed_b = torch.empty(bs, train.fixed.shape[1], dtype=train.fixed.dtype)
-        labels_b = torch.empty(bs, dtype=train.labels.dtype)
-
-        def step(b: torch.Tensor) -> torch.Tensor:
-            nb = b.numel()
-            c, f, y = coef_b[:nb], fixed_b[:nb], labels_b[:nb]
-            torch.index_select(train.coef, 0, b, out=c)
-            torch.index_select(train.fixed, 0, b, out=f)
-            torch.index_select(train.labels, 0, b, out=y)
-            objective.threads, probe = picker.next()
-            t = time.perf_counter()
-            loss, grad = objective(c, f, y)
-            lam.grad.copy_(grad)  # the optimizer rescales .grad in place
-            opt.step()
-            if probe:
-                picker.record(objective.threads, time.perf_counter() - t)
-            return loss
-    else:
-
-        def step(b: torch.Tensor) -> torch.Tensor:
-            loss = F.cross_entropy(adapter(train.coef[b], train.fixed[b]), train.labels[b])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            return loss.detach()
-
-    every = max(1, steps // 20)  # progress updates per epoch: ~20, not one per step
-    best_acc, best_epoch, best_state, bad, pending = -1.0, 0, None, 0, 0
-    history: list[dict] = []
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-               TextColumn("loss {task.fields[loss]:.4f}  val {task.fields[val]:.4f}"))
+    step = (_HandStep(adapter, train, val, opt, config, torch.get_num_threads()) if hand
+            else _AutogradStep(adapter, train, val, opt))
     try:
-        if hand:
-            torch.set_num_threads(1)  # the small ops; the two products get the picker's count
-        with Progress(*columns, transient=True, disable=not config.progress) as bar:
-            task = bar.add_task(f"train {adapter.config['variant']}", total=config.max_epochs * steps, loss=float("nan"), val=float("nan"))
-            for epoch in range(1, config.max_epochs + 1):
-                adapter.train()
-                opt.train()
-                perm = torch.randperm(n, generator=gen)
-                total = torch.zeros((), dtype=torch.float64)
-                for s in range(0, n, bs):
-                    b = perm[s : s + bs]
-                    loss = step(b)
-                    total += loss * len(b)
-                    pending += 1
-                    if pending == every:
-                        bar.advance(task, pending)
-                        pending = 0
-                bar.advance(task, pending)
-                pending = 0
-                adapter.eval()
-                opt.eval()  # Schedule-Free: evaluate (and checkpoint) the averaged weights
-                acc = evaluator.accuracy() if hand else adapter.accuracy(val)
-                history.append({"epoch": epoch, "loss": float(total) / n, "val_accuracy": acc})
-                bar.update(task, loss=float(total) / n, val=acc)
-                if acc > best_acc:
-                    best_acc, best_epoch, bad = acc, epoch, 0
-                    best_state = [p.detach().clone() for p in params]
-                else:
-                    bad += 1
-                    if bad >= config.patience:
-                        break
+        with torch_threads(step.threads):
+            history, best_acc, best_epoch, best_state = _train_epochs(adapter, params, opt, step, len(train), config)
     finally:
-        torch.set_num_threads(n_threads)
+        step.close()
     with torch.no_grad():
         for p, q in zip(params, best_state):
             p.copy_(q)
-    if hand:
-        params[0].grad = None
     adapter.eval()
-    return FitResult(lr, len(history), best_epoch, best_acc, time.perf_counter() - t0, history, curve,
-                     objective.products if hand else "autograd")
+    return FitResult(lr, len(history), best_epoch, best_acc, time.perf_counter() - t0, history, curve, step.products)
 
 
 def lr_range_test(

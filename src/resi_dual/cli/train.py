@@ -17,6 +17,9 @@ HELP = "train an adapter (residual, residual-full, coarse, spectral, linear, fin
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from resi_dual.adapters.adapter import VARIANTS
+    from resi_dual.adapters.training import PRODUCTS, TrainConfig
+
+    tc = TrainConfig()
 
     p.add_argument("--train", required=True, help="store of the training split")
     p.add_argument("--val", required=True, help="store of the validation split (model selection only uses it)")
@@ -28,9 +31,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", default=None, help="learning rate, or 'auto' for a range test (default: 0.8 ResiDual-type, 1e-3 linear/spectral, 1e-5 finetune)")
     p.add_argument("--shots", type=int, default=None, help="K training examples per class (stratified, seeded); default all")
     p.add_argument("--seeds", default=None, help="comma-separated seeds, one run each (default 1,2,3 with --shots, else 1)")
-    p.add_argument("--epochs", type=int, default=30, help="maximum epochs (default 30)")
-    p.add_argument("--patience", type=int, default=5, help="early-stopping patience in epochs (default 5)")
-    p.add_argument("--batch", type=int, default=64, help="batch size (default 64)")
+    p.add_argument("--epochs", type=int, default=tc.max_epochs, help="maximum epochs (default %(default)s)")
+    p.add_argument("--patience", type=int, default=tc.patience, help="early-stopping patience in epochs (default %(default)s)")
+    p.add_argument("--batch", type=int, default=tc.batch_size, help="batch size (default %(default)s)")
     p.add_argument("--variance", type=float, default=None, help="explained-variance cut per unit (default: the variant's, 0.9 for residual)")
     p.add_argument("--mean-mode", choices=["drop", "add", "scale"], default=None, help="adapted units' means: drop (paper), add back, scale")
     p.add_argument("--init", choices=["ones", "paper"], default="ones", help="λ init: ones, or 1+N(0,1) as the paper's code")
@@ -40,11 +43,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", default=None,
                    help="finetune: where the stores' torchvision: dataset lives (default: the folder recorded when "
                         "the stores were encoded)")
-    p.add_argument("--products", choices=["auto", "float32", "bfloat16"], default="auto",
+    p.add_argument("--products", choices=PRODUCTS, default=tc.products,
                    help="number format of the two large products of each λ step (residual, residual-full, coarse, "
-                        "spectral): bfloat16 inputs with float32 accumulation run ~2.4x faster on CPUs with "
-                        "AVX512-BF16 or AMX, and shift λ by ~1e-4 relative; auto takes bfloat16 there, float32 "
-                        "elsewhere; validation and test are always float32 (default auto)")
+                        "spectral): bfloat16 inputs with float32 accumulation are faster on some CPUs and shift λ "
+                        "by ~1e-4 relative; auto times both on the fit's shapes once per machine and takes the "
+                        "faster (cached under ~/.cache/resi-dual); validation and test are always float32 "
+                        "(default %(default)s)")
     p.add_argument("--out", default="adapters", help="output directory (default ./adapters)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_device_argument(p, extra="; only finetune reruns the model, the other adapters train on cached "
@@ -96,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from resi_dual import open_store
-    from resi_dual.adapters.adapter import AdapterConfig
+    from resi_dual.adapters.adapter import DEFAULT_LR, AdapterConfig
     from resi_dual.adapters.protocol import check_splits, summarise_seeds, train_and_evaluate
     from resi_dual.adapters.training import TrainConfig
     from resi_dual.errors import ResiDualError
@@ -121,7 +125,8 @@ def run(args: argparse.Namespace) -> int:
         runs = []
         for seed in seeds:
             stem = out_dir / _stem(dataset, "finetune", args.shots, seed)
-            metrics = finetune_from_stores(train, val, test, shots=args.shots, seed=seed, lr=1e-5 if lr is None else lr,
+            metrics = finetune_from_stores(train, val, test, shots=args.shots, seed=seed,
+                                           lr=DEFAULT_LR["finetune"] if lr is None else lr,
                                            epochs=args.epochs, patience=args.patience, batch_size=args.batch,
                                            progress=not args.quiet, weights_out=None, device=device,
                                            data_root=args.data_root)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Callable, Literal, Union, get_args, get_origin, get_type_hints
 
 from resi_dual.adapters.adapter import Init, Variant
-from resi_dual.adapters.training import Products
+from resi_dual.adapters.training import Products, TrainConfig
 from resi_dual.core.units import Convention
 from resi_dual.data.base import Split
 from resi_dual.errors import ResiDualError
@@ -96,13 +96,13 @@ class SpecializationSettings:
 class AdaptationSettings:
     methods: tuple[Variant, ...] = ADAPTATION_METHODS  # rows of the adaptation table
     bases: Literal["reference", "task"] = "reference"  # PCA bases for ResiDual: ``reference`` (the paper) or ``task`` (train split)
-    max_epochs: PosInt = 30  # the paper: ≤ 30 epochs
-    patience: PosInt = 5  # early stopping on val accuracy
-    batch_size: PosInt = 64  # the paper: 64
+    max_epochs: PosInt = TrainConfig.max_epochs  # the paper: ≤ 30 epochs
+    patience: PosInt = TrainConfig.patience  # early stopping on val accuracy
+    batch_size: PosInt = TrainConfig.batch_size  # the paper: 64
     init: Init = "ones"  # λ init: ``ones`` or ``paper`` (1 + N(0, 1))
-    finetune_max_epochs: PosInt = 30  # full fine-tuning epochs (lr 1e-5, grad clip 1)
+    finetune_max_epochs: PosInt = TrainConfig.max_epochs  # full fine-tuning epochs (lr 1e-5, grad clip 1)
     finetune_seeds: tuple[int, ...] | None = None  # seeds of full fine-tuning (None: the grid's seeds); it reruns the backbone
-    products: Products = "auto"  # number format of the λ-step's two big products: auto, float32, bfloat16 (TrainConfig)
+    products: Products = TrainConfig.products  # number format of the λ-step's two big products: auto, float32, bfloat16 (TrainConfig)
 
 
 @dataclass(frozen=True)

@@ -187,6 +187,7 @@ def _zero_shot_head(grid: Grid, m, train_store):
 def adaptation_rows(grid: Grid, m, d, method: str, seed: int, stores: dict, bases_cell) -> list[dict]:
     """One training run through the adapters' protocol (train on cached coefficients, test the best)."""
     from resi_dual.adapters import AdapterConfig, TrainConfig
+    from resi_dual.adapters.training import resolve_products
 
     s = grid.config.adaptation
     train, val, test = (open_cell_store(stores[k]) for k in ("train", "val", "test"))
@@ -205,7 +206,7 @@ def adaptation_rows(grid: Grid, m, d, method: str, seed: int, stores: dict, base
         _, res = train_and_evaluate(
             AdapterConfig(variant=method, init=s.init, seed=seed), train, val, test, head.weights, head.logit_scale,
             bases=bases, train_config=TrainConfig(batch_size=s.batch_size, max_epochs=s.max_epochs, patience=s.patience,
-                                                  products=s.products,
+                                                  products=resolve_products(s.products, torch.float32),
                                                   seed=seed, progress=False))
     row.update(trainable_parameters=int(res["trainable_parameters"]), val_accuracy=float(res["accuracy"]["val"]),
                test_accuracy=float(res["accuracy"]["test"]), epochs=int(res["epochs"]), best_epoch=int(res["best_epoch"]))
@@ -216,7 +217,9 @@ def plan_adaptation(grid: Grid) -> tuple[list, Callable[[], Outputs]]:
     from resi_dual.adapters.training import resolve_products
 
     cfg, s = grid.config, grid.config.adaptation
-    products = resolve_products(s.products, torch.float32)  # "auto" is keyed by what it resolves to here
+    # "auto" is keyed by what it resolves to here (measured once per machine, cached), and each cell
+    # trains with that same resolved format
+    products = resolve_products(s.products, torch.float32)
     methods = list(s.methods)
     cells = []
     for m in cfg.models:
