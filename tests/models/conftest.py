@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tracing_models import HF_KINDS, OPEN_CLIP_VARIANTS, build_hf, open_clip_cfg, save_open_clip_dir
+from tracing_models import HF_KINDS, OPEN_CLIP_VARIANTS, TIMM_VARIANTS, build_hf, open_clip_cfg, save_open_clip_dir, timm_clip_cfg
 
 
 @pytest.fixture(scope="session")
@@ -23,6 +23,9 @@ def saved_models(tmp_path_factory):
     for i, (name, (extra, quick)) in enumerate(OPEN_CLIP_VARIANTS.items()):
         m = save_open_clip_dir(root / f"oc_{name}", open_clip_cfg(extra, quick), seed=100 + i)
         out[f"open_clip_{name}"] = (f"open_clip:{root / f'oc_{name}'}", m, m.encode_image)
+    for i, name in enumerate(TIMM_VARIANTS):
+        m = save_open_clip_dir(root / f"timm_{name}", timm_clip_cfg(name), seed=200 + i)
+        out[f"timm_{name}"] = (f"open_clip:{root / f'timm_{name}'}", m, m.encode_image)
     torch.set_num_threads(threads)
     return out
 

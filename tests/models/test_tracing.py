@@ -8,12 +8,12 @@ import pytest
 import torch
 from torch import nn
 
-from tracing_models import HF_KINDS, KIND_FAMILY, OPEN_CLIP_VARIANTS
+from tracing_models import HF_KINDS, KIND_FAMILY, OPEN_CLIP_VARIANTS, TIMM_VARIANTS
 from resi_dual import list_models, load_model
 from resi_dual.errors import ResiDualError
 from resi_dual.core.units import block_share, head_share
 
-ALL_KINDS = HF_KINDS + [f"open_clip_{v}" for v in OPEN_CLIP_VARIANTS]
+ALL_KINDS = HF_KINDS + [f"open_clip_{v}" for v in OPEN_CLIP_VARIANTS] + [f"timm_{v}" for v in TIMM_VARIANTS]
 TOL = 1e-5
 
 

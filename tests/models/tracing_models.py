@@ -92,7 +92,9 @@ HF_KINDS = ["clip", "clip_vision_proj", "clip_vision", "blip", "vit", "vit_cls",
 KIND_FAMILY = {"clip": "hf-clip", "clip_vision_proj": "hf-clip", "clip_vision": "hf-clip", "blip": "blip",
                "vit": "vit", "vit_cls": "vit", "dinov2": "dinov2", "dinov2_swiglu": "dinov2",
                "open_clip_mha": "open_clip", "open_clip_mha_quickgelu_ls": "open_clip",
-               "open_clip_custom_attention": "open_clip", "open_clip_custom_no_ln_pre": "open_clip"}
+               "open_clip_custom_attention": "open_clip", "open_clip_custom_no_ln_pre": "open_clip",
+               "timm_eva02_clip": "open_clip-timm", "timm_eva_ls_fc_norm": "open_clip-timm",
+               "timm_vit_registers": "open_clip-timm"}
 
 
 # -- open_clip -----------------------------------------------------------------------------------
@@ -114,14 +116,75 @@ def open_clip_cfg(vision_extra: dict, quick_gelu: bool) -> dict:
 
 
 def save_open_clip_dir(directory: Path, cfg: dict, seed: int = 0):
-    """Build an open_clip CLIP from ``cfg``, perturb it, save it in open_clip's local-dir layout
-    (open_clip_config.json + open_clip_model.safetensors, as ``push_to_hf_hub`` writes it)."""
-    from open_clip.model import CLIP
+    """Build an open_clip CLIP (CustomTextCLIP when ``cfg['custom_text']``) from ``cfg``, perturb it,
+    save it in open_clip's local-dir layout (open_clip_config.json + open_clip_model.safetensors, as
+    ``push_to_hf_hub`` writes it)."""
+    from open_clip.model import CLIP, CustomTextCLIP
     from safetensors.torch import save_file
 
     torch.manual_seed(seed)
-    model = perturb(CLIP(**json.loads(json.dumps(cfg))), seed)
+    cls = CustomTextCLIP if cfg.get("custom_text") else CLIP
+    kwargs = {k: v for k, v in json.loads(json.dumps(cfg)).items() if k != "custom_text"}
+    model = perturb(cls(**kwargs), seed)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg, "preprocess_cfg": {}}))
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(directory / "open_clip_model.safetensors"))
     return model
+
+
+# -- timm towers inside open_clip -------------------------------------------------------------------
+#: tiny timm trunks: (timm class, its arguments, open_clip vision_cfg extras). Odd sizes on purpose:
+#: 3 and 5 heads, images of 30, 21 and 20 px.
+TIMM_VARIANTS = {
+    # EVA-02-CLIP's block: separate q/k/v, rotary embeddings, SwiGLU with inner LN, LN over the heads
+    "eva02_clip": ("eva", dict(img_size=30, patch_size=6, embed_dim=36, depth=2, num_heads=3, qkv_fused=False,
+                               mlp_ratio=4 * 2 / 3, swiglu_mlp=True, scale_mlp=True, scale_attn_inner=True,
+                               use_rot_pos_emb=True, ref_feat_shape=(5, 5)), {"timm_proj": None}),
+    # EVA with layer scale γ₁/γ₂, fused qkv with q/v biases, packed SwiGLU, fc_norm after token pooling
+    "eva_ls_fc_norm": ("eva", dict(img_size=21, patch_size=7, embed_dim=40, depth=3, num_heads=5, qkv_fused=True,
+                                   swiglu_mlp=True, init_values=0.3, use_rot_pos_emb=True, ref_feat_shape=(3, 3),
+                                   use_fc_norm=True), {"timm_proj": None}),
+    # timm ViT: register tokens, pre-norm, qk-norm, LayerScale, LN over the heads; open_clip's linear proj with bias
+    "vit_registers": ("vit", dict(img_size=20, patch_size=5, embed_dim=24, depth=2, num_heads=3, reg_tokens=2,
+                                  pre_norm=True, qk_norm=True, init_values=0.4, scale_attn_norm=True),
+                      {"timm_proj": "linear", "timm_proj_bias": True}),
+}
+
+
+def register_timm_variant(name: str, kind: str | None = None, args: dict | None = None) -> str:
+    """Register a tiny timm model ``resi_dual_test_<name>`` (once; default: the row of
+    :data:`TIMM_VARIANTS`) and return its timm name."""
+    import timm
+    from timm.models import register_model
+
+    if kind is None:
+        kind, args, _ = TIMM_VARIANTS[name]
+    timm_name = f"resi_dual_test_{name}"
+    if timm_name in timm.list_models(timm_name):
+        return timm_name
+
+    def build(pretrained: bool = False, **kwargs):
+        from timm.models import build_model_with_cfg
+
+        if kind == "eva":
+            from timm.models.eva import Eva as cls
+        else:
+            from timm.models.vision_transformer import VisionTransformer as cls
+        kwargs["pretrained_cfg"] = kwargs.get("pretrained_cfg") or {"num_classes": 0}  # no hub weights: say so
+        return build_model_with_cfg(cls, timm_name, pretrained, **dict(args, **kwargs))
+
+    build.__name__ = timm_name
+    register_model(build)
+    return timm_name
+
+
+def timm_clip_cfg(name: str, **vision_extra) -> dict:
+    """An open_clip CustomTextCLIP config whose image tower is the tiny timm trunk ``name``
+    (a row of :data:`TIMM_VARIANTS`, or any timm name with ``image_size`` in ``vision_extra``)."""
+    _, args, extra = TIMM_VARIANTS.get(name, (None, {}, {}))
+    timm_name = register_timm_variant(name) if name in TIMM_VARIANTS else name
+    extra = {**extra, **vision_extra}
+    vision = {"image_size": args.get("img_size"), "timm_model_name": timm_name,
+              "timm_model_pretrained": False, "timm_pool": "token", **extra}
+    return {"embed_dim": 20, "custom_text": True, "vision_cfg": vision,
+            "text_cfg": {"context_length": 16, "vocab_size": 64, "width": 32, "heads": 2, "layers": 1}}

@@ -29,6 +29,7 @@ FAMILY_MODULES = (
     "resi_dual.models.tracing.vit",
     "resi_dual.models.tracing.dinov2",
     "resi_dual.models.tracing.openclip",
+    "resi_dual.models.tracing.timm_vit",
     "resi_dual.models.demo",
 )
 

@@ -108,6 +108,12 @@ class Layout:
         instance_forwards: (module, forward) pairs installed on those module *instances* during
             capture (e.g. an explicit attention that calls ``out_proj`` as a module).
         attention: per block, an :class:`AttnSpec` (empty: the family has no spatial decomposition).
+        head_norm: per block, a LayerNorm over the concatenated heads just before ``attn_out``
+            (timm's ``scale_norm``, EVA-CLIP's ``scale_attn_inner``), or None. Given the token's own
+            σ it is affine, so the captured head outputs are ``z/σ`` and the out-projection becomes
+            ``W_o·diag(γ)·(I − 11ᵀ/(H·d_head))`` with bias ``W_o·β + b_o`` (see :func:`head_projection`).
+        mlp_scale: per block, a layer scale multiplied onto the ``mlp_out`` output by the block
+            itself (EVA's ``gamma_2``), or None; empty means none anywhere.
     """
 
     blocks: Sequence[nn.Module]
@@ -121,6 +127,8 @@ class Layout:
     batch_first: bool = True
     instance_forwards: Sequence[tuple[nn.Module, Callable]] = field(default_factory=tuple)
     attention: Sequence[AttnSpec] = field(default_factory=tuple)
+    head_norm: Sequence[nn.Module | None] = field(default_factory=tuple)
+    mlp_scale: Sequence[torch.Tensor | None] = field(default_factory=tuple)
 
     @property
     def n_layers(self) -> int:
@@ -137,6 +145,30 @@ class Layout:
     @property
     def d_out(self) -> int:
         return self.d_model if self.proj_weight is None else int(self.proj_weight.shape[0])
+
+
+def _norm_eps(norm: nn.Module) -> float:
+    return float(getattr(norm, "eps", 1e-5))
+
+
+def head_projection(layout: Layout, layer: int, dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
+    """(W (D, H·d_head), b (D,)) on the CPU: the affine map from the captured heads of ``layer`` to
+    its residual term, before the attention layer scale (which :func:`build_readout` folds in)."""
+    lin = layout.attn_out[layer]
+    norm = layout.head_norm[layer] if layout.head_norm else None
+    if norm is None:
+        w = lin.weight.detach().to("cpu", dtype)
+        b = lin.bias.detach().to("cpu", dtype) if lin.bias is not None else torch.zeros(w.shape[0], dtype=dtype)
+        return w, b
+    f64 = dict(dtype=torch.float64, device="cpu")
+    w_o = lin.weight.detach().to(**f64)
+    b_o = lin.bias.detach().to(**f64) if lin.bias is not None else torch.zeros(w_o.shape[0], **f64)
+    width = w_o.shape[1]
+    gamma = norm.weight.detach().to(**f64) if getattr(norm, "weight", None) is not None else torch.ones(width, **f64)
+    beta = norm.bias.detach().to(**f64) if getattr(norm, "bias", None) is not None else torch.zeros(width, **f64)
+    wg = w_o * gamma[None, :]
+    w = wg - wg.mean(dim=1, keepdim=True)  # W_o·diag(γ)·(I − 11ᵀ/width): the norm's centring
+    return w.to(dtype), (w_o @ beta + b_o).to(dtype)
 
 
 def build_readout(layout: Layout, convention: str = "paper") -> Readout:
@@ -159,9 +191,7 @@ def build_readout(layout: Layout, convention: str = "paper") -> Readout:
     head_weight = torch.empty(L, H, d_out, dh, **f64)
     head_bias = torch.empty(L, d_out, **f64)
     for layer in range(L):
-        w_o = layout.attn_out[layer].weight.detach().to(**f64)  # (D, H·dh)
-        b = layout.attn_out[layer].bias
-        b_o = b.detach().to(**f64) if b is not None else torch.zeros(D, **f64)
+        w_o, b_o = head_projection(layout, layer)  # (D, H·dh), (D,)
         scale = layout.attn_scale[layer]
         if scale is not None:
             w_o = scale.detach().to(**f64)[:, None] * w_o
@@ -319,18 +349,21 @@ class TracedModel:
         def emb_hook(_mod, args, kwargs):
             store["emb"] = _cls(_first_tensor(args, kwargs), bf)
 
-        def z_hook(layer):
+        def z_hook(layer, norm):
             def hook(_mod, args):
                 z = args[0]
                 # the out-projection input is always batch-first here: (n, T, H·dh) -> CLS -> (n, H, dh)
-                store["z"][layer] = _cls(z, True).view(z.shape[0], H, dh)
+                z = _cls(z, True)
+                if norm is not None:  # a head norm is affine given this token's σ: store z/σ
+                    z = z / (z.double().var(dim=-1, unbiased=False, keepdim=True) + _norm_eps(norm)).sqrt().to(z.dtype)
+                store["z"][layer] = z.view(z.shape[0], H, dh)
 
             return hook
 
-        def mlp_hook(layer):
+        def mlp_hook(layer, scale):
             def hook(_mod, _args, output):
                 out = output[0] if isinstance(output, tuple) else output
-                store["mlp"][layer] = _cls(out, bf)
+                store["mlp"][layer] = _cls(out, bf) if scale is None else _cls(out, bf) * scale.detach()
 
             return hook
 
@@ -344,8 +377,11 @@ class TracedModel:
                 mod.forward = fwd
             handles.append(lay.blocks[0].register_forward_pre_hook(emb_hook, with_kwargs=True))
             for layer in range(lay.n_layers):
-                handles.append(lay.attn_out[layer].register_forward_pre_hook(z_hook(layer)))
-                handles.append(lay.mlp_out[layer].register_forward_hook(mlp_hook(layer)))
+                norm = lay.head_norm[layer] if lay.head_norm else None
+                z_at = lay.attn_out[layer] if norm is None else norm
+                handles.append(z_at.register_forward_pre_hook(z_hook(layer, norm)))
+                scale = lay.mlp_scale[layer] if lay.mlp_scale else None
+                handles.append(lay.mlp_out[layer].register_forward_hook(mlp_hook(layer, scale)))
             handles.append(lay.final_norm.register_forward_pre_hook(resid_hook))
             yield store
         finally:
@@ -420,8 +456,7 @@ class TracedModel:
         lay = self.layout
         total = enc.dense.sum(dim=1)  # (n, D)
         for layer in range(lay.n_layers):
-            lin = lay.attn_out[layer]
-            w, b = lin.weight.detach().cpu(), None if lin.bias is None else lin.bias.detach().cpu()
+            w, b = head_projection(lay, layer, torch.float32)
             term = torch.nn.functional.linear(enc.heads[:, layer].flatten(1), w, b)
             if lay.attn_scale[layer] is not None:
                 term = term * lay.attn_scale[layer].detach().cpu()

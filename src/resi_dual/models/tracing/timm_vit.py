@@ -1,0 +1,143 @@
+"""Tracer for timm ViT towers inside open_clip (``TimmModel``): timm ``VisionTransformer`` and EVA / EVA-02 (``Eva``).
+
+Blocks are pre-LN:
+
+* timm ``Block``: ``x + ls1(attn(norm1(x)))``, ``x + ls2(mlp(norm2(x)))`` with timm's ``Attention``;
+* EVA ``EvaBlock``: ``x + γ₁ ⊙ attn(norm1(x), rope)``, ``x + γ₂ ⊙ mlp(norm2(x))`` with ``EvaAttention``
+  (fused or separate q/k/v, rotary embeddings on the patch tokens' q and k), and an MLP or a
+  SwiGLU (with or without its inner LayerNorm) — all of it inside the MLP unit.
+
+Rotary embeddings and q/k norms change only the attention weights: each head's output at the CLS
+token is still its own weighted sum of values, and the heads meet only in ``proj``. EVA-CLIP's
+``scale_attn_inner`` (timm's ``scale_norm``) puts a LayerNorm over the concatenated heads before
+``proj``; given the CLS token's own σ it is affine, so it is folded exactly (``Layout.head_norm``).
+γ₁ is folded into the head readout; γ₂ multiplies the captured MLP output (``Layout.mlp_scale``).
+
+Output: the post-LN CLS token (``norm``, or ``fc_norm`` after token pooling), then the trunk's
+``head`` (a Linear with bias) and open_clip's own ``head`` (an optional Linear), composed into one
+projection. Refused, with the reason: post-norm or parallel blocks, other attention modules, gated
+attention, pooling other than the class token (average, attention pooling), an MLP projection
+head, two final LayerNorms, and trunks that are not ViTs (ConvNeXt and other CNNs).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from resi_dual.errors import ResiDualError
+from resi_dual.models import registry
+from resi_dual.models.tracing import openclip
+from resi_dual.models.tracing.base import Layout, TracedModel
+
+
+def _is_timm_tower(model) -> bool:
+    from open_clip.timm_model import TimmModel
+
+    return isinstance(model.visual, TimmModel)
+
+
+def _projection(name: str, visual) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(W (d_out, D), b (d_out,)) float64 of the trunk's ``head`` followed by open_clip's ``head``, or (None, None)."""
+    w = b = None
+    for mod in [visual.trunk.head, *visual.head]:
+        if isinstance(mod, (nn.Identity, nn.Dropout)):
+            continue
+        if not isinstance(mod, nn.Linear):
+            raise ResiDualError(f"{name!r}: the image head has a {type(mod).__name__}, which is not linear")
+        mw = mod.weight.detach().double()
+        mb = mod.bias.detach().double() if mod.bias is not None else torch.zeros(mw.shape[0], dtype=torch.float64, device=mw.device)
+        w, b = (mw, mb) if w is None else (mw @ w, mw @ b + mb)
+    return w, b
+
+
+def _final_norm(name: str, trunk) -> nn.Module:
+    pool = getattr(trunk, "global_pool", None)
+    if getattr(trunk, "attn_pool", None) is not None or pool == "map":
+        raise ResiDualError(f"{name!r} pools with an attention probe (MAP head), which is not a sum over residual units")
+    if pool != "token":
+        raise ResiDualError(f"{name!r} pools with {pool!r}; only class-token pooling ('token') is traceable")
+    norm, fc_norm = trunk.norm, trunk.fc_norm
+    if not isinstance(norm, nn.Identity) and not isinstance(fc_norm, nn.Identity):
+        raise ResiDualError(f"{name!r} applies two LayerNorms (norm and fc_norm) to the class token; only one is traceable")
+    final = fc_norm if isinstance(norm, nn.Identity) else norm
+    if not isinstance(final, nn.LayerNorm):
+        raise ResiDualError(f"{name!r}: the final norm is a {type(final).__name__}, not a LayerNorm")
+    return final
+
+
+def _block_terms(name: str, i: int, block) -> tuple:
+    """(attention, attention layer scale, MLP-term module, MLP layer scale) of one block."""
+    from timm.layers import Attention, LayerScale
+    from timm.models.eva import EvaAttention, EvaBlock
+    from timm.models.vision_transformer import Block
+
+    if type(block) is Block:
+        attn, want = block.attn, Attention
+        ls1 = block.ls1.gamma if isinstance(block.ls1, LayerScale) else None
+        terms = (ls1, block.ls2, None)  # ls2 (Identity or LayerScale) outputs the scaled MLP term
+    elif type(block) is EvaBlock:
+        attn, want = block.attn, EvaAttention
+        terms = (block.gamma_1, block.mlp, block.gamma_2)
+    else:
+        raise ResiDualError(
+            f"{name!r}: block {i} is a timm {type(block).__name__}; only pre-LN Block and EvaBlock are sums of residual units"
+        )
+    if type(attn) is not want:
+        raise ResiDualError(f"{name!r}: block {i} has an unknown attention module {type(attn).__name__}")
+    if getattr(attn, "gate", None) is not None:
+        raise ResiDualError(f"{name!r}: block {i} gates its heads with a token-dependent sigmoid, which is not linear")
+    if not isinstance(attn.norm, (nn.Identity, nn.LayerNorm)):
+        raise ResiDualError(f"{name!r}: block {i} normalises its heads with a {type(attn.norm).__name__}, not a LayerNorm")
+    return (attn, *terms)
+
+
+@registry.register_family(
+    name="open_clip-timm",
+    summary="open_clip towers built on timm: EVA-02 / EVA-01 CLIP (rotary, SwiGLU, inner LayerNorm) and timm ViTs",
+    scheme="open_clip",
+    load=openclip.load_open_clip,
+    accepts=_is_timm_tower,
+    text=openclip.text_encoder,
+    text_types=openclip.text_types,
+    library_module="open_clip",
+    short_names={"eva02_b": "open_clip:EVA02-B-16@merged2b_s8b_b131k", "eva02_l": "open_clip:EVA02-L-14@merged2b_s4b_b131k"},
+    weights_path=registry.local_weights,
+)
+class TimmTraced(TracedModel):
+    @property
+    def _visual(self):
+        return self.library_model.visual
+
+    def _layout(self) -> Layout:
+        from timm.models.eva import Eva
+        from timm.models.vision_transformer import VisionTransformer
+
+        trunk, name = self._visual.trunk, self.spec
+        if not isinstance(trunk, (VisionTransformer, Eva)):
+            raise ResiDualError(
+                f"{name!r} has a timm {type(trunk).__name__} trunk, not a ViT (no residual units to trace; "
+                "traceable timm trunks: VisionTransformer, Eva)"
+            )
+        final = _final_norm(name, trunk)
+        blocks = list(trunk.blocks)
+        terms = [_block_terms(name, i, b) for i, b in enumerate(blocks)]
+        proj_w, proj_b = _projection(name, self._visual)
+        return Layout(
+            blocks=blocks,
+            attn_out=[t[0].proj for t in terms],
+            mlp_out=[t[2] for t in terms],
+            attn_scale=[t[1] for t in terms],
+            final_norm=final,
+            proj_weight=proj_w,
+            proj_bias=proj_b,
+            n_heads=terms[0][0].num_heads,
+            head_norm=[None if isinstance(t[0].norm, nn.Identity) else t[0].norm for t in terms],
+            mlp_scale=[t[3] for t in terms],
+        )
+
+    def _forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.library_model.encode_image(pixels)  # unnormalised
+
+    def _hashed_state(self) -> dict[str, torch.Tensor]:
+        return dict(self._visual.state_dict())
