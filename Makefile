@@ -35,8 +35,11 @@ data:
 	  else echo "note: chromium/chromedriver missing; install Debian's chromium and chromium-driver for the explorer's browser test"; fi; \
 	fi
 
+# The tiers in order (markers in pyproject.toml): a failing unit test stops before the slower tiers.
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m unit
+	$(BIN)/python -m pytest -q -m integration
+	$(BIN)/python -m pytest -q -m slow
 
 demo: install
 	$(BIN)/resi-dual demo --out $(OUT)

@@ -10,6 +10,9 @@ from PIL import Image
 from resi_dual.cli import main
 
 
+pytestmark = pytest.mark.integration  # the CLI / real stores end to end
+
+
 def _folder(root, classes, per_split, seed):
     rng = np.random.default_rng(seed)
     for split, n in per_split.items():

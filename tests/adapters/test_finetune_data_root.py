@@ -8,9 +8,13 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from resi_dual.cli import main
+
+
+pytestmark = pytest.mark.integration  # the CLI / real stores end to end
 
 
 def _idx(path: Path, arr: np.ndarray) -> None:

@@ -9,6 +9,9 @@ import pytest
 from fault_helpers import assert_one_line_error, run_cli
 
 
+pytestmark = pytest.mark.integration  # the CLI / real stores end to end
+
+
 def _copy(world, tmp_path, name="ckpt"):
     dst = tmp_path / name
     shutil.copytree(world["root"] / "vit", dst)

@@ -10,6 +10,9 @@ from PIL import Image
 from fault_helpers import CLASSES, assert_one_line_error, run_cli, run_sub, snapshot
 
 
+pytestmark = pytest.mark.integration  # the CLI / real stores end to end
+
+
 def _odd_images(folder):
     """An RGBA, a palette-with-transparency and a 16-bit grayscale PNG in each class folder."""
     rng = np.random.default_rng(7)

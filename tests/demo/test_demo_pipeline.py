@@ -5,9 +5,13 @@ import re
 import subprocess
 import sys
 
+import pytest
 from PIL import Image
 
 from resi_dual.demo import DEMO_GRID, demo_config
+
+
+pytestmark = pytest.mark.integration  # the CLI / real stores end to end
 
 
 def test_demo_config_is_valid_and_quick_is_smaller():

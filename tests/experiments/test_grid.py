@@ -13,6 +13,9 @@ import torch
 from resi_dual.experiments.config import load_config
 from resi_dual.report.experiments import run_experiment
 
+pytestmark = pytest.mark.integration  # the CLI / real stores end to end
+
+
 GRID = """
 [grid]
 seeds = [0]

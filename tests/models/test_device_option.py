@@ -19,6 +19,9 @@ from resi_dual.cli import build_parser, main
 from resi_dual.errors import ResiDualError
 from resi_dual.models.loading import check_device_string, load_model, resolve_device
 
+pytestmark = pytest.mark.integration  # the CLI / real stores end to end
+
+
 GRID = """
 [grid]
 seeds = [0]

@@ -14,6 +14,9 @@ from spatial_images import half_canvas_digits
 from resi_dual.cli import main
 
 
+pytestmark = pytest.mark.integration  # the CLI / real stores end to end
+
+
 @pytest.fixture(scope="module")
 def folder_store(tmp_path_factory):
     """A folder dataset of 36 half-canvas digits (3 classes) encoded by the demo model (float32)."""

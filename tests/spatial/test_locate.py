@@ -13,6 +13,9 @@ from resi_dual.models.loading import load_model
 from resi_dual.models.spatial import text_maps
 from resi_dual.report.overlay import upsample
 
+pytestmark = pytest.mark.integration  # the CLI / real stores end to end
+
+
 TEMPLATE = "a handwritten digit {}."
 
 

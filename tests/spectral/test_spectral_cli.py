@@ -9,6 +9,9 @@ from resi_dual.spectral.pca import fit_bases
 from resi_dual.store import open_store
 
 
+pytestmark = pytest.mark.integration  # the CLI / real stores end to end
+
+
 def test_analyze_writes_bases_table_and_heatmaps(disk_stores, tmp_path, capsys):
     store = disk_stores["digits"]
     out = tmp_path / "a"

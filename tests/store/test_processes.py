@@ -8,10 +8,14 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 
 from resi_dual.data import load_dataset
 from resi_dual.store.disk import MANIFEST
 from resi_dual.store.writer import EncodeConfig, encode_store
+
+
+pytestmark = pytest.mark.integration  # the CLI / real stores end to end
 
 
 def _cmd(spec: str, out: Path, limit: int, chunk_rows: int = 8) -> list[str]:

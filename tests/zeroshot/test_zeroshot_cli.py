@@ -14,6 +14,9 @@ import torch.nn.functional as F
 from resi_dual.cli import main
 
 
+pytestmark = pytest.mark.integration  # the CLI / real stores end to end
+
+
 @pytest.fixture(scope="module")
 def stores(tmp_path_factory, tiny_clip_model):
     from resi_dual.models.text import clip_tokenizer_from_open_clip_bpe
