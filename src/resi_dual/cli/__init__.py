@@ -23,6 +23,7 @@ COMMANDS = {
     "zeroshot": "zeroshot",
     "interpret": "interpret",
     "specialize": "specialize",
+    "groundtruth": "groundtruth",
     "train": "train",
     "apply": "apply",
     "explain": "explain",
