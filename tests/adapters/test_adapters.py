@@ -10,7 +10,6 @@ from resi_dual.adapters import (
     build_adapter,
     check_same_labels,
     check_same_model,
-    few_shot_rows,
     fit,
     lr_range_test,
 )
@@ -181,14 +180,6 @@ def test_bad_input_is_refused(tmp_path, world):
         Adapter.load(bad)
     with pytest.raises(ResiDualError, match="unknown adapter"):
         AdapterConfig("nonsense").resolved()
-
-
-def test_few_shot_rows_are_stratified_and_seeded():
-    labels = np.repeat(np.arange(4), [10, 10, 10, 2])
-    r1 = few_shot_rows(labels, 3, seed=1)
-    assert np.bincount(labels[r1]).tolist() == [3, 3, 3, 2]
-    assert np.array_equal(r1, few_shot_rows(labels, 3, seed=1))
-    assert not np.array_equal(r1, few_shot_rows(labels, 3, seed=2))
 
 
 def test_lr_range_test_restores_the_adapter(world):

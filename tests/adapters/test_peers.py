@@ -140,3 +140,26 @@ def test_a_few_shot_run_reads_only_its_shots_and_capped_validation():
     assert val.rows_read == set(split.val_rows.tolist()) and len(val.rows_read) == 6
     assert {r["method"] for r in rows} == set(peers.PEERS)
     assert all(r["n"] == {"train": 6, "val": 6, "test": 30} for r in rows)
+
+
+def test_a_few_shot_adapter_run_reads_only_its_shots_and_capped_validation():
+    from resi_dual.adapters import AdapterConfig, TrainConfig
+    from resi_dual.adapters.protocol import train_and_evaluate
+    from resi_dual.spectral.pca import fit_bases
+    from resi_dual.zeroshot.classifier import prototype_classifier
+
+    comp, readout = make_model()
+    reference = make_source(comp, readout, 50, seed=4)  # unlabelled use only: the PCA bases
+    train = RecordingSource(make_source(comp, readout, 60, seed=1, labels=np.repeat(np.arange(3), 20)))
+    val = RecordingSource(make_source(comp, readout, 45, seed=2, labels=np.repeat(np.arange(3), 15)))
+    test = make_source(comp, readout, 30, seed=3, labels=np.repeat(np.arange(3), 10))
+    split = fewshot.few_shot_split(train.labels, val.labels, 4, 7)
+    head = prototype_classifier(train, rows=split.train_rows)  # vision-only heads come from the shots too
+    assert head.logit_scale == 100.0
+    _, m = train_and_evaluate(AdapterConfig("residual"), train, val, test, head.weights, head.logit_scale,
+                              bases=fit_bases(reference, progress=False), shots=4,
+                              train_config=TrainConfig(lr="sweep", seed=7, max_epochs=3, patience=2, progress=False))
+    assert train.rows_read == set(split.train_rows.tolist()) and len(train.rows_read) == 12
+    assert val.rows_read == set(split.val_rows.tolist()) and len(val.rows_read) == 12
+    assert m["n"] == {"train": 12, "val": 12, "test": 30}
+    assert [c["lr"] for c in m["lr_sweep"]] == [0.008, 0.08, 0.8, 8.0] and m["lr"] in (0.008, 0.08, 0.8, 8.0)

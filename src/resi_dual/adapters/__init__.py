@@ -7,13 +7,13 @@ from resi_dual.adapters.adapter import (
     AdapterConfig,
     build_adapter,
     describe,
-    few_shot_rows,
 )
+from resi_dual.adapters.fewshot import FewShotSplit, few_shot_split
 from resi_dual.adapters.cache import CachedSplit, Projection, check_same_labels, check_same_model, encode_split
 from resi_dual.adapters.training import FitResult, TrainConfig, fit, lr_range_test
 
 __all__ = [
     "Adapter", "AdapterConfig", "CachedSplit", "DEFAULT_LR", "FitResult", "Projection", "TrainConfig", "VARIANTS",
-    "build_adapter", "check_same_labels", "check_same_model", "describe", "encode_split", "few_shot_rows", "fit",
+    "build_adapter", "check_same_labels", "check_same_model", "describe", "encode_split", "FewShotSplit", "few_shot_split", "fit",
     "lr_range_test",
 ]

@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, get_args
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -59,6 +58,14 @@ INITS: tuple[str, ...] = get_args(Init)
 
 #: The paper's learning rates (Schedule-Free AdamW).
 DEFAULT_LR = {"residual": 0.8, "residual-full": 0.8, "coarse": 0.8, "spectral": 1e-3, "linear": 1e-3, "finetune": 1e-5}
+#: The learning rates each method chooses from on validation (``lr="sweep"``, the default): the same
+#: budget of four candidates a decade apart for every method trained on cached features, around the
+#: paper's value; three for full fine-tuning, which reruns the backbone (the peers' grid is
+#: :data:`resi_dual.adapters.peers.LR_GRID`).
+LR_SWEEP = {
+    "residual": (0.008, 0.08, 0.8, 8.0), "residual-full": (0.008, 0.08, 0.8, 8.0), "coarse": (0.008, 0.08, 0.8, 8.0),
+    "spectral": (0.008, 0.08, 0.8, 8.0), "linear": (1e-4, 1e-3, 1e-2, 1e-1), "finetune": (1e-5, 1e-4, 1e-3),
+}
 
 # variant -> (read from, adapted units, kept units, variance cut or None for all, mean mode, one λ per unit)
 _PRESETS = {
@@ -348,17 +355,6 @@ def build_adapter(
                    readout_fingerprint(comp, source.readout), prov)
 
 
-def few_shot_rows(labels: np.ndarray, shots: int, seed: int) -> np.ndarray:
-    """Stratified sample of ``shots`` rows per class (all of a class when it has fewer), sorted."""
-    labels = np.asarray(labels)
-    rng = np.random.default_rng(seed)
-    picked = []
-    for c in np.unique(labels):
-        idx = np.flatnonzero(labels == c)
-        picked.append(idx if len(idx) <= shots else rng.choice(idx, shots, replace=False))
-    return np.sort(np.concatenate(picked)) if picked else np.zeros(0, dtype=np.int64)
-
-
 def describe(adapter: Adapter) -> dict:
     """A JSON-ready summary: variant, trainable parameters, units and k per unit."""
     p = adapter.projection
@@ -366,5 +362,5 @@ def describe(adapter: Adapter) -> dict:
                 adapted_units=len(p.adapted), components=int(sum(p.n_components)), kept_units=p.kept)
 
 
-__all__ = ["Adapter", "AdapterConfig", "VARIANTS", "DEFAULT_LR", "build_adapter", "few_shot_rows", "describe",
+__all__ = ["Adapter", "AdapterConfig", "VARIANTS", "DEFAULT_LR", "build_adapter", "describe", "LR_SWEEP",
            "CachedSplit"]

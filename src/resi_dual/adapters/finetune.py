@@ -3,8 +3,10 @@
 Unlike the other adapters this reruns the backbone on every step, so it needs the model and the
 images: the model spec and dataset spec recorded in the stores' manifests, and the same samples
 (matched by sample id). The classifier (text prompts or class-mean prototypes) is built once from the
-frozen model and stays frozen. Schedule-Free AdamW, lr 1e-5, gradient clipping at norm 1.0, batch
-64, early stopping on validation accuracy (docs/DESIGN.md §8). The backbone trains on the model's device
+frozen model and stays frozen. Schedule-Free AdamW, gradient clipping at norm 1.0, batch 64, early
+stopping on validation accuracy (docs/DESIGN.md §8); the learning rate is chosen on validation from
+``LR_SWEEP["finetune"]`` (the paper's 1e-5 and two decades above it) unless given. WiSE-FT (Wortsman et
+al.) comes with it: the weights ``(1 − α) θ_zero-shot + α θ_fine-tuned`` with α chosen on validation. The backbone trains on the model's device
 (``device=`` of :func:`finetune_from_stores`); pixel batches, the classifier and the labels are moved
 there, and the saved weights and metrics are CPU values.
 """
@@ -18,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from resi_dual.adapters.adapter import DEFAULT_LR, few_shot_rows
+from resi_dual.adapters.adapter import DEFAULT_LR, LR_SWEEP
 from resi_dual.adapters.modules import classify
 from resi_dual.adapters.training import TrainConfig
 from resi_dual.errors import ResiDualError
@@ -141,17 +143,43 @@ def _images_of(store, data_root: str | None = None) -> list:
     return reopen_images(store.meta, store.sample_ids, store.class_names, data_root=data_root)
 
 
-def finetune_from_stores(train, val, test, shots: int | None = None, seed: int = 1, lr: float = DEFAULT_LR["finetune"],
-                         epochs: int = TrainConfig.max_epochs, patience: int = TrainConfig.patience,
-                         batch_size: int = TrainConfig.batch_size, progress: bool = True, weights_out=None,
-                         device: str = "cpu", data_root: str | None = None) -> dict:
-    """The ``finetune`` row of the protocol: same samples, classifier and selection rule as the adapters.
+#: WiSE-FT's mixing coefficients, chosen on validation (α = 0 is the zero-shot model, 1 the fine-tuned one).
+WISE_ALPHAS: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(11))
 
-    ``device`` (``cpu``, ``cuda``, ``cuda:N``, ``mps``) is where the backbone is trained. The images are
-    reloaded from the dataset spec in the stores' manifests; ``data_root`` is where a ``torchvision:``
-    dataset lives (default: the folder recorded when each store was encoded)."""
+
+def wise_ft(model, params: list, zero: list, tuned: list, val_images, val_labels, classifier, logit_scale,
+            batch_size: int = 64) -> dict:
+    """Set ``params`` to the WiSE-FT interpolation whose validation accuracy is best (ties: the smaller α).
+
+    Returns ``{"alpha", "val_accuracy", "curve": [(α, val accuracy)]}``; the model keeps the chosen weights."""
+    curve = []
+    for alpha in WISE_ALPHAS:
+        with torch.no_grad():
+            for p, a, b in zip(params, zero, tuned):
+                p.copy_((1.0 - alpha) * a + alpha * b)
+        curve.append((alpha, accuracy(model, val_images, val_labels, classifier, logit_scale, batch_size)))
+    alpha, val = max(curve, key=lambda c: (c[1], -c[0]))
+    with torch.no_grad():
+        for p, a, b in zip(params, zero, tuned):
+            p.copy_((1.0 - alpha) * a + alpha * b)
+    return {"alpha": alpha, "val_accuracy": val, "curve": curve}
+
+
+def finetune_from_stores(train, val, test, shots: int | None = None, seed: int = 1, lr: float | str = "sweep",
+                         epochs: int = TrainConfig.max_epochs, patience: int = TrainConfig.patience,
+                         batch_size: int = TrainConfig.batch_size, progress: bool = True,
+                         weights_out=None, device: str = "cpu", data_root: str | None = None,
+                         logit_scale: float | None = None) -> dict:
+    """The ``finetune`` row (and its ``wise-ft`` companion) of the protocol: same samples, classifier,
+    few-shot rows and selection rule as the adapters.
+
+    ``lr``: a number, or ``"sweep"`` (the best on validation of ``LR_SWEEP["finetune"]``). ``device``
+    (``cpu``, ``cuda``, ``cuda:N``, ``mps``) is where the backbone is trained. The images are reloaded
+    from the dataset spec in the stores' manifests; ``data_root`` is where a ``torchvision:`` dataset
+    lives (default: the folder recorded when each store was encoded). ``logit_scale``: the frozen head's
+    temperature during training (default the head's own, as the cached-feature adapters)."""
     from resi_dual import load_model
-    from resi_dual.adapters.protocol import check_splits
+    from resi_dual.adapters.protocol import check_splits, labelled_rows, sweep_note
     from resi_dual.zeroshot import classifier_for_source
 
     check_splits(train, val, test)
@@ -159,22 +187,46 @@ def finetune_from_stores(train, val, test, shots: int | None = None, seed: int =
     if not spec:
         raise ResiDualError("finetune needs the model spec recorded in the store manifest")
     model = load_model(spec, convention=train.composition.convention, device=device)
-    head = classifier_for_source(train, model=model, train_source=train)
-    rows = np.arange(len(train)) if shots is None else few_shot_rows(train.labels, shots, seed)
-    tr_images = _images_of(train, data_root)
-    tr_images = [tr_images[i] for i in rows]
-    va_images, te_images = _images_of(val, data_root), _images_of(test, data_root)
-    zs_test = accuracy(model, te_images, test.labels, head.weights, head.logit_scale, batch_size)
-    res = finetune(model, tr_images, train.labels[rows], va_images, val.labels, head.weights, head.logit_scale, lr,
-                   epochs, patience, batch_size, 1.0, seed, progress)
-    test_acc = accuracy(model, te_images, test.labels, head.weights, head.logit_scale, batch_size)
+    split = labelled_rows(train, val, shots, seed)
+    tr_rows = np.arange(len(train)) if split is None else split.train_rows
+    va_rows = np.arange(len(val)) if split is None else split.val_rows
+    head = classifier_for_source(train, model=model, train_source=train, train_rows=None if split is None else tr_rows)
+    scale = head.logit_scale if logit_scale is None else float(logit_scale)
+    tr_images, va_images = _images_of(train, data_root), _images_of(val, data_root)
+    tr_images, va_images = [tr_images[i] for i in tr_rows], [va_images[i] for i in va_rows]
+    te_images = _images_of(test, data_root)
+    zs_test = accuracy(model, te_images, test.labels, head.weights, scale, batch_size)
+    params = vision_parameters(model, model.preprocess(tr_images[:2]))
+    zero = [p.detach().clone() for p in params]
+    candidates = LR_SWEEP["finetune"] if lr == "sweep" else (float(lr),)
+    best, best_state, sweep = None, None, []
+    for cand in candidates:
+        with torch.no_grad():
+            for p, z in zip(params, zero):
+                p.copy_(z)
+        res = finetune(model, tr_images, train.labels[tr_rows], va_images, val.labels[va_rows], head.weights,
+                       scale, cand, epochs, patience, batch_size, 1.0, seed, progress)
+        sweep.append({"lr": cand, "val_accuracy": res["best_val_accuracy"], "epochs": res["epochs"]})
+        if best is None or res["best_val_accuracy"] > best["best_val_accuracy"]:
+            best, best_state = res, [p.detach().clone() for p in params]
+    with torch.no_grad():
+        for p, b in zip(params, best_state):
+            p.copy_(b)
+    test_acc = accuracy(model, te_images, test.labels, head.weights, scale, batch_size)
     if weights_out is not None:
         from safetensors.torch import save_file
 
         save_file({k: v.detach().cpu().contiguous() for k, v in model.library_model.state_dict().items()}, str(weights_out),
                   metadata={"model_spec": spec, "variant": "finetune"})
-    return {"variant": "finetune", "trainable_parameters": res["trainable_parameters"],
-            "accuracy": {"val": res["best_val_accuracy"], "test": test_acc, "zeroshot_test": zs_test},
-            "epochs": res["epochs"], "best_epoch": res["best_epoch"], "lr": lr, "shots": shots, "seed": seed,
-            "seconds": {"total": res["seconds"]}, "n": {"train": len(rows), "val": len(val), "test": len(test)},
-            "model_spec": spec, "history": res["history"]}
+    wise = wise_ft(model, params, zero, best_state, va_images, val.labels[va_rows], head.weights, scale,
+                   batch_size)
+    wise["test_accuracy"] = accuracy(model, te_images, test.labels, head.weights, scale, batch_size)
+    return {"variant": "finetune", "trainable_parameters": best["trainable_parameters"],
+            "accuracy": {"val": best["best_val_accuracy"], "test": test_acc, "zeroshot_test": zs_test},
+            "epochs": best["epochs"], "best_epoch": best["best_epoch"], "lr": best["lr"],
+            "lr_choice": "sweep" if lr == "sweep" else "given", "lr_sweep": sweep,
+            "note": sweep_note(best["lr"], candidates) if lr == "sweep" else "",
+            "shots": shots, "seed": seed, "wise_ft": wise, "logit_scale": scale,
+            "seconds": {"total": sum(r.get("seconds", 0.0) for r in [best])},
+            "n": {"train": len(tr_rows), "val": len(va_rows), "test": len(test)},
+            "model_spec": spec, "history": best["history"]}

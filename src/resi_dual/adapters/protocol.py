@@ -1,20 +1,24 @@
 """The evaluation protocol: checks, few-shot sampling, caching, training, metrics — one call per run.
 
-Model selection uses only the validation split (early stopping, ``--lr auto`` uses train only); the
-test split is touched once, with the best checkpoint. With ``shots`` the training split is a
-stratified sample of K examples per class drawn with ``seed``; the validation split stays whole.
+Model selection uses only the validation split: early stopping, and the learning rate, which by
+default (``lr="sweep"``) every method picks from its own grid of :data:`LR_SWEEP` candidates by
+validation accuracy — the same budget for each (``--lr auto`` runs a range test on train instead).
+The test split is touched once, with the best checkpoint. With ``shots`` the run follows the
+few-shot protocol (:mod:`resi_dual.adapters.fewshot`): K training rows per class and min(K, 4)
+validation rows per class, drawn with ``seed``; no other labelled row is read.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import numpy as np
 import torch
 
-from resi_dual.adapters.adapter import Adapter, AdapterConfig, build_adapter, describe, few_shot_rows
-from resi_dual.adapters.cache import check_same_labels, check_same_model
+from resi_dual.adapters.adapter import LR_SWEEP, Adapter, AdapterConfig, build_adapter, describe
+from resi_dual.adapters.cache import CachedSplit, check_same_labels, check_same_model
+from resi_dual.adapters.fewshot import FewShotSplit, few_shot_split
 from resi_dual.adapters.modules import classify
 from resi_dual.adapters.training import TrainConfig, fit
 from resi_dual.errors import ResiDualError
@@ -29,12 +33,50 @@ def check_splits(train: EncodingSource, val: EncodingSource, test: EncodingSourc
     check_same_labels(train, test, "train and test stores")
 
 
-def zero_shot_accuracy(source: EncodingSource, classifier: torch.Tensor, logit_scale: float, block_rows: int = 4096) -> float:
-    """Accuracy of the frozen classifier on the model's own embeddings."""
+def zero_shot_accuracy(source: EncodingSource, classifier: torch.Tensor, logit_scale: float, block_rows: int = 4096,
+                       rows: np.ndarray | None = None) -> float:
+    """Accuracy of the frozen classifier on the model's own embeddings (of ``rows``, or all)."""
+    idx = np.arange(len(source)) if rows is None else np.asarray(rows)
     hits = 0
-    for b in source.iter_blocks(block_rows):
+    for start in range(0, len(idx), block_rows):
+        b = source.raw(idx[start : start + block_rows])
         hits += int((classify(b.output, classifier, logit_scale).argmax(1) == b.labels).sum())
-    return hits / max(len(source), 1)
+    return hits / max(len(idx), 1)
+
+
+def labelled_rows(train: EncodingSource, val: EncodingSource, shots: int | None, seed: int) -> FewShotSplit | None:
+    """The rows of train and val a run may read: the few-shot split, or None (everything) without ``shots``."""
+    return None if shots is None else few_shot_split(train.labels, val.labels, shots, seed)
+
+
+def fit_with_lr_choice(adapter: Adapter, tr: CachedSplit, va: CachedSplit, train_config: TrainConfig):
+    """Fit ``adapter``; with ``lr="sweep"`` fit it from the same initial state at every candidate of its
+    variant's :data:`LR_SWEEP` and keep the best on validation (ties: the first, i.e. the smallest lr).
+
+    Returns ``(FitResult, sweep)``, sweep a list of ``{"lr", "val_accuracy", "epochs"}`` (empty without a sweep).
+    """
+    if train_config.lr != "sweep":
+        return fit(adapter, tr, va, train_config), []
+    if adapter.config["variant"] not in LR_SWEEP:  # nothing to train (zeroshot)
+        return fit(adapter, tr, va, replace(train_config, lr=None)), []
+    initial = {k: v.detach().clone() for k, v in adapter.state_dict().items()}
+    best, best_state, sweep = None, None, []
+    for lr in LR_SWEEP[adapter.config["variant"]]:
+        adapter.load_state_dict(initial)
+        res = fit(adapter, tr, va, replace(train_config, lr=lr))
+        sweep.append({"lr": lr, "val_accuracy": res.best_val_accuracy, "epochs": res.epochs})
+        if best is None or res.best_val_accuracy > best.best_val_accuracy:
+            best, best_state = res, {k: v.detach().clone() for k, v in adapter.state_dict().items()}
+    adapter.load_state_dict(best_state)
+    return best, sweep
+
+
+def sweep_note(chosen: float, candidates) -> str:
+    """Empty, or a note that the chosen learning rate sits at an edge of its grid."""
+    grid = sorted(candidates)
+    if len(grid) > 1 and chosen in (grid[0], grid[-1]):
+        return f"lr {chosen:g} at the {'low' if chosen == grid[0] else 'high'} edge of its grid"
+    return ""
 
 
 def train_and_evaluate(
@@ -55,8 +97,9 @@ def train_and_evaluate(
         config: adapter variant and options; train, val, test: stores of one model and label set.
         classifier: (C, d_out) frozen class rows; logit_scale: float.
         bases: unit PCA bases (unit variants); train_config: optimiser and protocol settings.
-        shots: K examples per class from ``train`` (seeded by ``train_config.seed``), or all.
-        reference: encodings for the spectral adapter's output PCA (default: the whole train split).
+        shots: the few-shot protocol with K examples per class (seeded by ``train_config.seed``), or all.
+        reference: encodings for the spectral adapter's output PCA (default: the whole train split; give an
+            unlabelled reference in the few-shot protocol).
     Returns:
         (the trained adapter, a JSON-ready metrics dict).
     """
@@ -66,31 +109,31 @@ def train_and_evaluate(
     classifier = torch.as_tensor(classifier, dtype=torch.float32)
     if classifier.shape[0] != len(train.class_names):
         raise ResiDualError(f"classifier has {classifier.shape[0]} classes, the stores {len(train.class_names)}")
-    rows = None
-    if shots is not None:
-        if shots < 1:
-            raise ResiDualError("--shots must be at least 1")
-        rows = few_shot_rows(train.labels, shots, train_config.seed)
+    split = labelled_rows(train, val, shots, train_config.seed)
+    train_rows, val_rows = (None, None) if split is None else (split.train_rows, split.val_rows)
     adapter = build_adapter(config, train, classifier, logit_scale, bases=bases, reference=reference)
     t_cache = time.perf_counter()
-    tr = adapter.encode(train, rows, progress=train_config.progress)
-    va = adapter.encode(val, progress=train_config.progress)
+    tr = adapter.encode(train, train_rows, progress=train_config.progress)
+    va = adapter.encode(val, val_rows, progress=train_config.progress)
     te = adapter.encode(test, progress=train_config.progress)
     t_cache = time.perf_counter() - t_cache
-    result = fit(adapter, tr, va, train_config)
+    result, sweep = fit_with_lr_choice(adapter, tr, va, train_config)
     test_acc = adapter.accuracy(te)
     metrics = {
         **describe(adapter),
         "accuracy": {
             "val": result.best_val_accuracy,
             "test": test_acc,
-            "zeroshot_val": zero_shot_accuracy(val, classifier, logit_scale),
+            "zeroshot_val": zero_shot_accuracy(val, classifier, logit_scale, rows=val_rows),
             "zeroshot_test": zero_shot_accuracy(test, classifier, logit_scale),
         },
         "epochs": result.epochs,
         "best_epoch": result.best_epoch,
         "lr": result.lr,
         "lr_auto": train_config.lr == "auto",
+        "lr_choice": "sweep" if sweep else ("auto" if train_config.lr == "auto" else "given"),
+        "lr_sweep": sweep,
+        "note": sweep_note(result.lr, [c["lr"] for c in sweep]) if sweep else "",
         "products": result.products,
         "seconds": {"cache": t_cache, "train": result.seconds, "total": time.perf_counter() - t0},
         "n": {"train": len(tr), "val": len(va), "test": len(te)},

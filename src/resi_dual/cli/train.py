@@ -12,7 +12,7 @@ import argparse
 
 from resi_dual.cli import add_device_argument
 
-HELP = "train an adapter (residual, residual-full, coarse, spectral, linear, finetune, zeroshot) on stores"
+HELP = "train an adapter (residual, residual-full, coarse, spectral, linear, finetune, zeroshot) or a peer on stores"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -20,16 +20,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from resi_dual.adapters.training import PRODUCTS, TrainConfig
 
     tc = TrainConfig()
+    from resi_dual.adapters.peers import PEERS
 
     p.add_argument("--train", required=True, help="store of the training split")
     p.add_argument("--val", required=True, help="store of the validation split (model selection only uses it)")
     p.add_argument("--test", required=True, help="store of the test split (evaluated once, best checkpoint)")
-    p.add_argument("--adapter", required=True, choices=VARIANTS, help="adapter variant")
+    p.add_argument("--adapter", required=True, choices=VARIANTS + PEERS,
+                   help="adapter variant, or a peer on the cached embeddings (linear-probe, tip-adapter, tip-adapter-f, "
+                        "clip-adapter: metrics only, no adapter file)")
     p.add_argument("--basis", default=None,
                    help="reference for the unit PCA bases: a store (PCA fitted on it) or a bases .safetensors file "
                         "(default: the full train store; PCA uses no labels)")
-    p.add_argument("--lr", default=None, help="learning rate, or 'auto' for a range test (default: 0.8 ResiDual-type, 1e-3 linear/spectral, 1e-5 finetune)")
-    p.add_argument("--shots", type=int, default=None, help="K training examples per class (stratified, seeded); default all")
+    p.add_argument("--lr", default="sweep",
+                   help="learning rate; 'sweep' (default) picks it on validation from the method's grid (the same "
+                        "number of candidates for every method), 'auto' runs a range test on train")
+    p.add_argument("--shots", type=int, default=None,
+                   help="few-shot protocol: K training examples per class and min(K, 4) validation examples per "
+                        "class (seeded); nothing else labelled is read (prototypes, early stopping and the lr choice "
+                        "included); default all")
     p.add_argument("--seeds", default=None, help="comma-separated seeds, one run each (default 1,2,3 with --shots, else 1)")
     p.add_argument("--epochs", type=int, default=tc.max_epochs, help="maximum epochs (default %(default)s)")
     p.add_argument("--patience", type=int, default=tc.patience, help="early-stopping patience in epochs (default %(default)s)")
@@ -39,7 +47,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--init", choices=["ones", "paper"], default="ones", help="λ init: ones, or 1+N(0,1) as the paper's code")
     p.add_argument("--logit-scale", type=float, default=None,
                    help="temperature of the frozen classifier during training (default: the text tower's; 100 for "
-                        "class-mean prototypes, whose own scale of 1 leaves cross-entropy almost flat)")
+                        "class-mean prototypes, as in `experiment adaptation`)")
     p.add_argument("--data-root", default=None,
                    help="finetune: where the stores' torchvision: dataset lives (default: the folder recorded when "
                         "the stores were encoded)")
@@ -100,8 +108,8 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from resi_dual import open_store
-    from resi_dual.adapters.adapter import DEFAULT_LR, AdapterConfig
-    from resi_dual.adapters.protocol import check_splits, summarise_seeds, train_and_evaluate
+    from resi_dual.adapters.adapter import AdapterConfig
+    from resi_dual.adapters.protocol import check_splits, train_and_evaluate
     from resi_dual.adapters.training import TrainConfig
     from resi_dual.errors import ResiDualError
 
@@ -110,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
     device = resolve_device(args.device)
     seeds = _parse_seeds(args.seeds if args.seeds is not None else ("1,2,3" if args.shots else "1"))
-    lr = args.lr if args.lr in (None, "auto") else _float(args.lr)
+    lr = args.lr if args.lr in ("sweep", "auto") else _float(args.lr)
     if args.epochs < 1 or args.patience < 1 or args.batch < 1:
         raise ResiDualError("--epochs, --patience and --batch must be at least 1")
     train, val, test = open_store(args.train), open_store(args.val), open_store(args.test)
@@ -125,23 +133,35 @@ def run(args: argparse.Namespace) -> int:
         runs = []
         for seed in seeds:
             stem = out_dir / _stem(dataset, "finetune", args.shots, seed)
-            metrics = finetune_from_stores(train, val, test, shots=args.shots, seed=seed,
-                                           lr=DEFAULT_LR["finetune"] if lr is None else lr,
+            metrics = finetune_from_stores(train, val, test, shots=args.shots, seed=seed, lr=lr,
                                            epochs=args.epochs, patience=args.patience, batch_size=args.batch,
                                            progress=not args.quiet, weights_out=None, device=device,
-                                           data_root=args.data_root)
+                                           data_root=args.data_root, logit_scale=args.logit_scale)
             stem.with_suffix(".json").write_text(json.dumps(metrics, indent=1))
             runs.append(metrics)
             console.print(f"finetune seed {seed}: val {metrics['accuracy']['val']:.4f}  test {metrics['accuracy']['test']:.4f}")
         _write_summary(out_dir, dataset, "finetune", args.shots, runs, console)
         return 0
 
+    from resi_dual import load_model
+    from resi_dual.adapters.peers import PEERS
+    from resi_dual.adapters.protocol import labelled_rows
     from resi_dual.zeroshot import classifier_for_source
 
-    head = classifier_for_source(train, train_source=train)
-    scale = args.logit_scale if args.logit_scale is not None else (head.logit_scale if head.kind == "text" else 100.0)
-    if not scale > 0:
-        raise ResiDualError("--logit-scale must be positive")
+    model = load_model(train.meta["model_spec"], convention=train.composition.convention)
+
+    def head_for(seed: int):
+        """The frozen head of one run: text prompts, or prototypes of the rows this run may read."""
+        split = labelled_rows(train, val, args.shots, seed)
+        head = classifier_for_source(train, model=model, train_source=train,
+                                     train_rows=None if split is None else split.train_rows)
+        scale = args.logit_scale if args.logit_scale is not None else head.logit_scale
+        if not scale > 0:
+            raise ResiDualError("--logit-scale must be positive")
+        return head, scale
+
+    if args.adapter in PEERS:
+        return _run_peer(args, train, val, test, seeds, head_for, dataset, out_dir, console)
     config = AdapterConfig(args.adapter, variance="preset" if args.variance is None else args.variance,
                            mean_mode=args.mean_mode, init=args.init)
     cfg = config.resolved()
@@ -156,6 +176,7 @@ def run(args: argparse.Namespace) -> int:
     runs = []
     for seed in seeds:
         config.seed = seed
+        head, scale = head_for(seed)
         tc = TrainConfig(lr=lr, batch_size=args.batch, max_epochs=args.epochs, patience=args.patience, seed=seed,
                          progress=not args.quiet, products=args.products)
         adapter, metrics = train_and_evaluate(config, train, val, test, head.weights, scale, bases, tc, args.shots,
@@ -169,7 +190,29 @@ def run(args: argparse.Namespace) -> int:
         a = metrics["accuracy"]
         console.print(f"{args.adapter} seed {seed}: {metrics['trainable_parameters']} parameters, "
                       f"val {a['val']:.4f}  test {a['test']:.4f}  (zero-shot test {a['zeroshot_test']:.4f}), "
-                      f"{metrics['epochs']} epochs, {metrics['seconds']['total']:.1f} s -> {metrics['adapter_file']}")
+                      f"lr {metrics['lr']:g}, {metrics['epochs']} epochs, {metrics['seconds']['total']:.1f} s "
+                      f"-> {metrics['adapter_file']}" + (f"  [{metrics['note']}]" if metrics.get("note") else ""))
+    _write_summary(out_dir, dataset, args.adapter, args.shots, runs, console)
+    return 0
+
+
+def _run_peer(args, train, val, test, seeds, head_for, dataset, out_dir, console) -> int:
+    """A peer (linear probe, Tip-Adapter, Tip-Adapter-F, CLIP-Adapter) on the cached embeddings, per seed."""
+    import json
+
+    from resi_dual.adapters.fewshot import run_peers
+    from resi_dual.adapters.peers import PeerTraining
+
+    runs = []
+    for seed in seeds:
+        head, scale = head_for(seed)
+        budget = PeerTraining(max_epochs=args.epochs, patience=args.patience, batch_size=args.batch, seed=seed)
+        (row,) = run_peers(train, val, test, head.weights, scale, args.shots, seed, peers=[args.adapter], budget=budget)
+        row.update(classifier_kind=head.kind, logit_scale=scale, variant=args.adapter)
+        (out_dir / _stem(dataset, args.adapter, args.shots, seed)).with_suffix(".json").write_text(json.dumps(row, indent=1))
+        runs.append(row)
+        console.print(f"{args.adapter} seed {seed}: {row['trainable_parameters']} parameters, "
+                      f"val {row['accuracy']['val']:.4f}  test {row['accuracy']['test']:.4f}, settings {row['settings']}")
     _write_summary(out_dir, dataset, args.adapter, args.shots, runs, console)
     return 0
 

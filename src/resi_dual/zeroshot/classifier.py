@@ -52,11 +52,17 @@ def build_classifier(tower, class_names: Sequence[str], templates: Sequence[str]
     return F.normalize(emb.mean(1), dim=-1)
 
 
-def prototype_classifier(train_source, class_names: Sequence[str] | None = None, block_rows: int = 4096) -> ZeroShotHead:
-    """Class-mean prototypes of the normalised outputs of a train split (vision-only models).
+#: Temperature of class-mean prototype heads: CLIP's 100, so that training against prototypes sees the
+#: same logit range as training against text (at 1 the cross-entropy is almost flat).
+PROTOTYPE_LOGIT_SCALE = 100.0
 
-    The logit scale is 1: prototypes give a ranking, not calibrated probabilities.
+
+def prototype_classifier(train_source, class_names: Sequence[str] | None = None, block_rows: int = 4096,
+                         rows: np.ndarray | None = None) -> ZeroShotHead:
+    """Class-mean prototypes of the normalised outputs of a train split (vision-only models), from
+    ``rows`` only when given (the few-shot protocol's K shots); logit scale :data:`PROTOTYPE_LOGIT_SCALE`.
     """
+    idx = np.arange(len(train_source)) if rows is None else np.asarray(rows)
     labels = np.asarray(train_source.labels)
     n_classes = int(labels.max()) + 1 if labels.size else 0
     names = list(class_names or train_source.class_names)
@@ -64,7 +70,8 @@ def prototype_classifier(train_source, class_names: Sequence[str] | None = None,
         raise ResiDualError(f"class name missing for label {len(names)}: {len(names)} names for {n_classes} labels")
     sums = None
     counts = torch.zeros(len(names), dtype=torch.float64)
-    for block in train_source.iter_blocks(block_rows):
+    for start in range(0, len(idx), block_rows):
+        block = train_source.raw(idx[start : start + block_rows])
         x = F.normalize(block.output.double(), dim=-1)
         if sums is None:
             sums = torch.zeros(len(names), x.shape[1], dtype=torch.float64)
@@ -75,11 +82,12 @@ def prototype_classifier(train_source, class_names: Sequence[str] | None = None,
     missing = [names[i] for i in range(len(names)) if counts[i] == 0]
     if missing:
         raise ResiDualError(f"no train samples for class {missing[0]!r}: cannot build its prototype")
-    return ZeroShotHead(F.normalize((sums / counts[:, None]).float(), dim=-1), 1.0, names, kind="prototype")
+    return ZeroShotHead(F.normalize((sums / counts[:, None]).float(), dim=-1), PROTOTYPE_LOGIT_SCALE, names,
+                        kind="prototype")
 
 
 def classifier_for_source(source, model=None, train_source=None, templates: Sequence[str] | None = None,
-                          cache_dir=None) -> ZeroShotHead:
+                          cache_dir=None, train_rows: np.ndarray | None = None) -> ZeroShotHead:
     """The zero-shot head for a store: text prompts when the model has a text tower, else prototypes.
 
     Args:
@@ -87,6 +95,7 @@ def classifier_for_source(source, model=None, train_source=None, templates: Sequ
             ``source.meta["dataset_name"]`` picks class names and templates.
         model: a loaded model (TracedModel or library model), to avoid loading it again.
         train_source: train split of the same dataset; required for vision-only models.
+        train_rows: the rows of ``train_source`` the prototypes may read (the few-shot shots), or all.
         templates: overrides the dataset's templates.
     """
     from resi_dual.models.text import get_text_tower, has_text_tower
@@ -107,7 +116,7 @@ def classifier_for_source(source, model=None, train_source=None, templates: Sequ
         if train_source is None:
             spec = getattr(model, "spec", None) or meta.get("model_spec", "?")
             raise ResiDualError(f"model {spec} has no text tower; use class-mean prototypes (pass the train split store)")
-        return prototype_classifier(train_source, names)
+        return prototype_classifier(train_source, names, rows=train_rows)
     tower = get_text_tower(model, cache_dir=cache_dir)
     tpl = list(templates or templates_for(dataset))
     return ZeroShotHead(build_classifier(tower, names, tpl), tower.logit_scale, names, "text", tpl)
