@@ -17,7 +17,7 @@ def test_list_models_names_each_family_once_with_its_spec_form():
     fams = resi_dual.list_models()
     names = [f.name for f in fams]
     assert len(names) == len(set(names))
-    assert names[:5] == ["hf-clip", "blip", "vit", "dinov2", "open_clip"] and names[-1] == "demo"  # FAMILY_MODULES order
+    assert names[:4] == ["hf-clip", "blip", "vit", "dinov2"] and names[-1] == "demo"  # FAMILY_MODULES order
     by = {f.name: f for f in fams}
     assert by["hf-clip"].short_names["clip_b"] == "hf:openai/clip-vit-base-patch16"
     assert by["demo"].spec_form == "demo | demo:<folder>" and by["vit"].spec_form.startswith("hf:")

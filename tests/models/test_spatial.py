@@ -39,8 +39,9 @@ def test_maps_sum_to_cls_contributions_and_score(saved_models, kind, convention)
     dirs = torch.randn(3, c.d_out, generator=g)
     sm = spatial_maps(model, px, dirs)
     n_tok = sm.heads.shape[-1]
-    assert sm.heads.shape == (4, 3, c.n_layers, c.n_heads, n_tok) and sm.prefix == 1
-    assert sm.grid[0] * sm.grid[1] == n_tok - 1
+    prefix = 5 if kind == "dinov2_registers" else 1  # CLS and the 4 registers come before the patches
+    assert sm.heads.shape == (4, 3, c.n_layers, c.n_heads, n_tok) and sm.prefix == prefix
+    assert sm.grid[0] * sm.grid[1] == n_tok - prefix
     # reference: the tracer's per-unit contributions (readout.apply, float64), projected
     enc = model.trace(px)
     heads = [i for i, u in enumerate(c.units) if u.kind == "head"]

@@ -181,3 +181,15 @@ def test_dinov2_accepts_other_patch_multiples(saved_models):
     assert _rel(model.trace(px).contributions().sum(1), ref) <= TOL
     with pytest.raises(ResiDualError, match=r"H, W multiples of 7"):
         model.trace(torch.randn(2, 3, 22, 28))
+
+
+def test_dinov2_registers_are_tokens_not_units(saved_models):
+    spec, lib, own = saved_models["dinov2_registers"]
+    model = _load(spec)
+    assert model.family == "dinov2-registers" and lib.config.num_register_tokens == 4
+    comp = model.composition
+    assert (comp.n_layers, comp.n_heads, comp.d_head) == (2, 5, 8)  # units as DINOv2's: registers add none
+    px = torch.randn(2, 3, 21, 42)  # patch 7: position embeddings interpolate
+    with torch.no_grad():
+        ref = own(px)
+    assert _rel(model.trace(px).contributions().sum(1), ref) <= TOL

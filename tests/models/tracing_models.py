@@ -79,18 +79,25 @@ def build_hf(kind: str, seed: int = 0):
 
         def own(px):
             return m(pixel_values=px).pooler_output
+    elif kind == "dinov2_registers":  # 4 register tokens, 5 heads, SwiGLU, 35 px (patch 7)
+        m = tf.Dinov2WithRegistersModel(tf.Dinov2WithRegistersConfig(
+            hidden_size=40, num_hidden_layers=2, num_attention_heads=5, mlp_ratio=2, image_size=35, patch_size=7,
+            num_register_tokens=4, use_swiglu_ffn=True, layerscale_value=0.5))
+
+        def own(px):
+            return m(pixel_values=px).pooler_output
     else:
         raise KeyError(kind)
     perturb(m, seed)
     return m, own
 
 
-HF_KINDS = ["clip", "clip_vision_proj", "clip_vision", "blip", "vit", "vit_cls", "dinov2", "dinov2_swiglu"]
+HF_KINDS = ["clip", "clip_vision_proj", "clip_vision", "blip", "vit", "vit_cls", "dinov2", "dinov2_swiglu", "dinov2_registers"]
 
 #: the registered family each row of the table must be traced by (the demo family has the
 #: committed checkpoint, tests/models/test_demo.py)
 KIND_FAMILY = {"clip": "hf-clip", "clip_vision_proj": "hf-clip", "clip_vision": "hf-clip", "blip": "blip",
-               "vit": "vit", "vit_cls": "vit", "dinov2": "dinov2", "dinov2_swiglu": "dinov2",
+               "vit": "vit", "vit_cls": "vit", "dinov2": "dinov2", "dinov2_swiglu": "dinov2", "dinov2_registers": "dinov2-registers",
                "open_clip_mha": "open_clip", "open_clip_mha_quickgelu_ls": "open_clip",
                "open_clip_custom_attention": "open_clip", "open_clip_custom_no_ln_pre": "open_clip",
                "timm_eva02_clip": "open_clip-timm", "timm_eva_ls_fc_norm": "open_clip-timm",

@@ -4,10 +4,10 @@ Specs (each registered family says which it takes, see :mod:`resi_dual.models.re
 :func:`resi_dual.list_models`):
 
 * ``hf:<hub id or local directory>`` — transformers checkpoints; the family comes from the
-  config's ``model_type`` (CLIP, BLIP retrieval, ViT, DINOv2).
+  config's ``model_type`` (CLIP, BLIP retrieval, ViT, DINOv2, DINOv2 with registers).
 * ``open_clip:<architecture>[@<pretrained tag or checkpoint file>]``, or ``open_clip:<directory>``
   holding ``open_clip_config.json`` and weights (open_clip's own ``local-dir:`` layout), or
-  ``open_clip:hf-hub:<org/repo>``.
+  ``open_clip:hf-hub:<org/repo>``; ViT towers and timm towers (EVA-02, EVA, timm ViTs).
 * a family's short names (``clip_b`` …, see :func:`resi_dual.models.registry.short_names`), and
   ``demo`` (the bundled model) or ``demo:<folder>`` (a checkpoint written by ``resi-dual pretrain-demo``).
 

@@ -28,6 +28,7 @@ FAMILY_MODULES = (
     "resi_dual.models.tracing.blip",
     "resi_dual.models.tracing.vit",
     "resi_dual.models.tracing.dinov2",
+    "resi_dual.models.tracing.dinov2_registers",
     "resi_dual.models.tracing.openclip",
     "resi_dual.models.tracing.timm_vit",
     "resi_dual.models.demo",
