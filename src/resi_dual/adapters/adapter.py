@@ -229,7 +229,9 @@ class Adapter(nn.Module):
     # -- persistence -----------------------------------------------------------------------
     def save(self, path: str | Path, extra: dict | None = None) -> Path:
         """Write safetensors: learned parameters, projection, classifier; metadata in the header."""
-        from safetensors.torch import save_file
+        from safetensors.torch import save
+
+        from resi_dual.files import atomic_write
 
         path = Path(path)
         tensors = {f"module.{k}": v.detach().contiguous() for k, v in self.module.named_parameters()}
@@ -252,10 +254,7 @@ class Adapter(nn.Module):
             "extra": json.dumps(extra or {}),
         }
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        save_file(tensors, str(tmp), metadata=header)
-        tmp.replace(path)
-        return path
+        return atomic_write(path, save(tensors, metadata=header))  # umask's permissions, all or nothing
 
     @classmethod
     def load(cls, path: str | Path, basis_hash: str | None = None) -> "Adapter":

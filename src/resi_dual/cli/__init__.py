@@ -69,6 +69,18 @@ def _quiet_library_bars() -> None:
     hf_logging.disable_progress_bar()
 
 
+def _file_size_limit_raises() -> None:
+    """Under ``ulimit -f`` the kernel kills a writer with SIGXFSZ; ignored, the write fails with
+    EFBIG instead, which becomes a one-line error and leaves the temporaries to be cleaned."""
+    import signal
+
+    if hasattr(signal, "SIGXFSZ"):
+        try:
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        except ValueError:  # pragma: no cover - not the main thread (embedded use)
+            pass
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -76,10 +88,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     _quiet_library_bars()
+    _file_size_limit_raises()
     try:
         return int(args._run(args) or 0)
     except ResiDualError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a read-only folder, a full disk, a file-size limit, a file where a folder goes
+        from resi_dual.files import os_error_line
+
+        print(f"error: {os_error_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

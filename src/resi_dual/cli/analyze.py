@@ -6,12 +6,17 @@ Writes into ``--out`` (default ``STORE/analysis``):
   adapters and the text interpretation;
 * ``id.tsv`` and ``id.parquet`` — one row per unit: unit, kind, layer, head, linear_id, twonn_id,
   ratio (linear / TwoNN), pc1_ratio, participation_ratio, n_components, total_variance;
-* ``heatmap_<measure>.png`` — layer × head heatmaps of each measure over the heads.
+* ``heatmap_<measure>.png`` — layer × head heatmaps of each measure over the heads;
+* ``complete.json`` — written last (each file above is written whole, by rename): a folder without it
+  holds an analysis that was interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
+
+#: written last: its presence marks a complete analysis folder (the files it lists, of one run)
+COMPLETE = "complete.json"
 
 HELP = "per-unit PCA, linear and TwoNN intrinsic dimension, participation ratio; tables and heatmaps"
 
@@ -55,10 +60,12 @@ def head_heatmaps(rows: list[dict], comp, out_dir, measures: dict[str, str], pre
 
 
 def run(args: argparse.Namespace) -> int:
+    import json
     from dataclasses import asdict
     from pathlib import Path
 
     from resi_dual.errors import ResiDualError
+    from resi_dual.files import atomic_write, ensure_out_dir
     from resi_dual.report.tables import write_table
     from resi_dual.spectral.intrinsic_dim import unit_intrinsic_dimensions
     from resi_dual.spectral.pca import UnitPCA
@@ -69,8 +76,8 @@ def run(args: argparse.Namespace) -> int:
     if args.twonn_samples < 0:
         raise ResiDualError("--twonn-samples must be ≥ 0")
     store = open_store(args.store)
-    out = Path(args.out) if args.out else Path(args.store) / "analysis"
-    out.mkdir(parents=True, exist_ok=True)
+    out = ensure_out_dir(Path(args.out) if args.out else Path(args.store) / "analysis")
+    (out / COMPLETE).unlink(missing_ok=True)  # until this run finishes, the folder is not a complete analysis
     progress = not args.no_progress
     pca = UnitPCA(units=args.units, block_rows=args.block_rows, progress=progress).fit(store)
     bases = pca.bases_
@@ -94,6 +101,9 @@ def run(args: argparse.Namespace) -> int:
             nid = sorted(r["twonn_id"] for r in heads)
             msg += f", median TwoNN ID {nid[len(nid) // 2]:.1f}"
         print(msg)
+    atomic_write(out / COMPLETE, json.dumps({"store": str(Path(args.store).resolve()), "files": sorted(p.name for p in written),
+                                             "units": len(rows), "threshold": args.threshold,
+                                             "twonn_samples": args.twonn_samples, "seed": args.seed}, indent=1) + "\n")
     for p in written:
         print(f"wrote {p}")
     return 0

@@ -23,14 +23,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def read_descriptions(path: str) -> dict[tuple[str, int], str]:
     """(unit label, component index) -> text, from a TSV with a header naming unit / component / text."""
     import csv
+    import io
 
     from resi_dual.errors import ResiDualError
+    from resi_dual.files import read_text_file
 
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f, delimiter="\t"))
-    except OSError as e:
-        raise ResiDualError(f"cannot read descriptions {path}: {e}") from None
+    rows = list(csv.DictReader(io.StringIO(read_text_file(path, "descriptions"), newline=""), delimiter="\t"))
     if not rows:
         return {}
     cols = {c.lower(): c for c in rows[0]}

@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     from resi_dual.adapters.protocol import check_splits, train_and_evaluate
     from resi_dual.adapters.training import TrainConfig
     from resi_dual.errors import ResiDualError
-
+    from resi_dual.files import atomic_write, ensure_out_dir
     from resi_dual.models.loading import resolve_device
 
     console = Console(stderr=True)
@@ -124,8 +124,7 @@ def run(args: argparse.Namespace) -> int:
     train, val, test = open_store(args.train), open_store(args.val), open_store(args.test)
     check_splits(train, val, test)
     dataset = train.meta.get("dataset_name") or "data"
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = ensure_out_dir(args.out)
 
     if args.adapter == "finetune":
         from resi_dual.adapters.finetune import finetune_from_stores
@@ -137,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
                                            epochs=args.epochs, patience=args.patience, batch_size=args.batch,
                                            progress=not args.quiet, weights_out=None, device=device,
                                            data_root=args.data_root, logit_scale=args.logit_scale)
-            stem.with_suffix(".json").write_text(json.dumps(metrics, indent=1))
+            atomic_write(stem.with_suffix(".json"), json.dumps(metrics, indent=1))
             runs.append(metrics)
             console.print(f"finetune seed {seed}: val {metrics['accuracy']['val']:.4f}  test {metrics['accuracy']['test']:.4f}")
         _write_summary(out_dir, dataset, "finetune", args.shots, runs, console)
@@ -185,7 +184,7 @@ def run(args: argparse.Namespace) -> int:
         metrics["adapter_file"] = str(adapter.save(stem.with_suffix(".safetensors"), extra={"metrics": {
             k: metrics[k] for k in ("accuracy", "epochs", "best_epoch", "lr", "shots", "seed")}}))
         metrics["classifier_kind"], metrics["logit_scale"] = head.kind, scale
-        stem.with_suffix(".json").write_text(json.dumps(metrics, indent=1))
+        atomic_write(stem.with_suffix(".json"), json.dumps(metrics, indent=1))
         runs.append(metrics)
         a = metrics["accuracy"]
         console.print(f"{args.adapter} seed {seed}: {metrics['trainable_parameters']} parameters, "
@@ -234,10 +233,11 @@ def _write_summary(out_dir, dataset, variant, shots, runs, console) -> None:
     import json
 
     from resi_dual.adapters.protocol import summarise_seeds
+    from resi_dual.files import atomic_write
 
     if len(runs) < 2:
         return
     s = summarise_seeds(runs)
     path = out_dir / (f"{dataset}-{variant}" + (f"-{shots}shot" if shots else "") + "-summary.json")
-    path.write_text(json.dumps({"variant": variant, "shots": shots, "seeds": [r["seed"] for r in runs], "accuracy": s}, indent=1))
+    atomic_write(path, json.dumps({"variant": variant, "shots": shots, "seeds": [r["seed"] for r in runs], "accuracy": s}, indent=1))
     console.print(f"{variant} over {len(runs)} seeds: test {s['test']['mean']:.4f} ± {s['test']['std']:.4f} -> {path}")

@@ -43,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
 
     from resi_dual import open_store
     from resi_dual.errors import ResiDualError
+    from resi_dual.files import atomic_write, ensure_out_dir
     from resi_dual.report.tables import write_table
     from resi_dual.zeroshot import accuracy_report, classifier_for_source, source_logits
 
@@ -59,11 +60,10 @@ def run(args: argparse.Namespace) -> int:
     rep = accuracy_report(source_logits(head, store), store.labels, head.class_names)
     rep.update(classifier=head.kind, model_spec=store.meta.get("model_spec"), dataset=store.meta.get("dataset_name"),
                split=store.meta.get("split"), templates=head.templates, store=str(args.store))
-    out = Path(args.out) if args.out else Path(args.store) / "zeroshot"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "zeroshot.json").write_text(json.dumps(rep, indent=1))
+    out = ensure_out_dir(Path(args.out) if args.out else Path(args.store) / "zeroshot")
     write_table([{"class": name, "n": r["n"], "top1": float(r["top1"])} for name, r in rep["per_class"].items()],
                 out / "per_class", ["class", "n", "top1"], formats=("tsv",), precision=".6f")
+    atomic_write(out / "zeroshot.json", json.dumps(rep, indent=1))  # last: its presence marks a complete run
     con = Console()
     table = Table(title=f"zero-shot ({head.kind}) on {rep['dataset']} {rep['split']}: {rep['n']} samples")
     table.add_column("class")

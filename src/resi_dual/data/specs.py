@@ -73,7 +73,9 @@ def _read_class_names(class_names) -> list[str] | None:
         path = Path(class_names)
         if not path.is_file():
             raise ResiDualError(f"class-names file {path} not found")
-        names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        from resi_dual.files import read_text_file
+
+        names = [line.strip() for line in read_text_file(path, "class-names").splitlines() if line.strip()]
         if not names:
             raise ResiDualError(f"class-names file {path} is empty")
         return names

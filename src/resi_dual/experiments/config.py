@@ -268,11 +268,13 @@ def parse_config(data: dict, source: str = "") -> GridConfig:
 
 def load_config(path: str | Path) -> GridConfig:
     """Read and validate a grid TOML file."""
+    from resi_dual.files import read_text_file
+
     path = Path(path)
     if not path.is_file():
         raise ResiDualError(f"grid config {path} not found")
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(read_text_file(path, "grid config"))
     except tomllib.TOMLDecodeError as e:
         raise ResiDualError(f"{path}: not valid TOML ({e})") from None
     return parse_config(data, str(path))

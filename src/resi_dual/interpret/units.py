@@ -30,11 +30,11 @@ def default_dictionary_path() -> Path:
 
 def load_dictionary(path: str | Path | None = None) -> list[str]:
     """Descriptions, one per line (blank lines and ``#`` comments skipped, duplicates dropped)."""
+    from resi_dual.files import read_text_file
+
     p = Path(path) if path is not None else default_dictionary_path()
-    if not p.is_file():
-        raise ResiDualError(f"no dictionary file at {p}")
     seen, out = set(), []
-    for line in p.read_text(encoding="utf-8").splitlines():
+    for line in read_text_file(p, "dictionary").splitlines():
         s = line.strip()
         if s and not s.startswith("#") and s not in seen:
             seen.add(s)

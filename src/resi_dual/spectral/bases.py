@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from resi_dual.errors import ResiDualError
+from resi_dual.files import atomic_write
 from resi_dual.core.units import Composition
 
 
@@ -79,34 +80,36 @@ class UnitBases:
             "meta": json.dumps(self.meta),
             "content_hash": self.content_hash(),
         }
-        tmp = path.with_name(path.name + ".tmp")
-        save_file(tensors, str(tmp), metadata=header)
-        tmp.replace(path)
-        return path
+        return atomic_write(path, save(tensors, metadata=header))  # umask's permissions, all or nothing
 
     @classmethod
     def load(cls, path: str | Path) -> "UnitBases":
         path = Path(path)
         if not path.is_file():
             raise ResiDualError(f"no bases file at {path}")
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
-        with safe_open(str(path), framework="pt") as f:
-            header = f.metadata() or {}
-        if "composition" not in header:
-            raise ResiDualError(f"{path} is not a resi-dual bases file (no composition in its header)")
-        tensors = load_file(str(path))
-        labels = json.loads(header["labels"])
-        out = cls(
-            composition=Composition.from_json(header["composition"]),
-            labels=labels,
-            means={lab: tensors[f"{lab}/mean"] for lab in labels},
-            components={lab: tensors[f"{lab}/components"] for lab in labels},
-            explained_variance={lab: tensors[f"{lab}/explained_variance"] for lab in labels},
-            total_variance={k: float(v) for k, v in json.loads(header["total_variance"]).items()},
-            n_samples=int(header["n_samples"]),
-            meta=json.loads(header["meta"]),
-        )
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                header = f.metadata() or {}
+            if "composition" not in header:
+                raise ResiDualError(f"{path} is not a resi-dual bases file (no composition in its header)")
+            tensors = load_file(str(path))
+            labels = json.loads(header["labels"])
+            out = cls(
+                composition=Composition.from_json(header["composition"]),
+                labels=labels,
+                means={lab: tensors[f"{lab}/mean"] for lab in labels},
+                components={lab: tensors[f"{lab}/components"] for lab in labels},
+                explained_variance={lab: tensors[f"{lab}/explained_variance"] for lab in labels},
+                total_variance={k: float(v) for k, v in json.loads(header["total_variance"]).items()},
+                n_samples=int(header["n_samples"]),
+                meta=json.loads(header["meta"]),
+            )
+        except (SafetensorError, OSError, ValueError, KeyError, TypeError) as e:
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+            raise ResiDualError(f"{path} is not a readable bases file ({reason}); write it again with "
+                                "`resi-dual analyze`") from None
         if header.get("content_hash") and header["content_hash"] != out.content_hash():
             raise ResiDualError(f"{path}: content hash mismatch, the file is corrupt")
         return out

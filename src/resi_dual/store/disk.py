@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import re
 import struct
 from pathlib import Path
 from typing import Iterator
@@ -37,6 +35,7 @@ import numpy as np
 import torch
 
 from resi_dual.errors import ResiDualError
+from resi_dual.files import atomic_write, is_tmp, tmp_name  # noqa: F401 - the store's writers use them from here
 from resi_dual.core.encodings import Readout
 from resi_dual.core.units import Composition, Unit
 from resi_dual.store.base import EncodingSource
@@ -46,7 +45,6 @@ FORMAT_VERSION = 1
 PLAN, MANIFEST, COMPOSITION, READOUT, CHUNKS = "plan.json", "manifest.json", "composition.json", "readout.safetensors", "chunks"
 #: manifest keys that may differ between two runs of the same plan
 VOLATILE_KEYS = ("timing", "run")
-_TMP_RE = re.compile(r"^\..+\.tmp-\d+$")
 
 _DTYPES = {"F16": np.float16, "F32": np.float32, "F64": np.float64, "I64": np.int64, "I32": np.int32, "U8": np.uint8,
            "BOOL": np.bool_}
@@ -54,38 +52,6 @@ _CODES = {np.dtype(v): k for k, v in _DTYPES.items()}
 
 
 # -- files: atomic writes and a fixed-byte safetensors writer ----------------------------------
-
-def tmp_name(path: Path) -> Path:
-    """The temporary sibling a file is written to before its atomic rename."""
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
-
-
-def is_tmp(path: Path) -> bool:
-    return bool(_TMP_RE.match(path.name))
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a reader (or a rerun after a crash) sees all or nothing."""
-    path = Path(path)
-    tmp = tmp_name(path)
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
 
 def json_bytes(obj) -> bytes:
     return (json.dumps(obj, indent=1, sort_keys=True, ensure_ascii=False) + "\n").encode()
