@@ -18,6 +18,7 @@ from resi_dual.errors import ResiDualError
 COMMANDS = {
     "trace": "trace",
     "encode": "encode",
+    "verify": "verify",
     "analyze": "analyze",
     "similarity": "similarity",
     "zeroshot": "zeroshot",

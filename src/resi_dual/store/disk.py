@@ -49,6 +49,8 @@ VOLATILE_KEYS = ("timing", "run")
 _DTYPES = {"F16": np.float16, "F32": np.float32, "F64": np.float64, "I64": np.int64, "I32": np.int32, "U8": np.uint8,
            "BOOL": np.bool_}
 _CODES = {np.dtype(v): k for k, v in _DTYPES.items()}
+#: store dtype name -> numpy dtype of the raw dense/head encodings
+STORE_DTYPES = {"float16": np.float16, "float32": np.float32}
 
 
 # -- files: atomic writes and a fixed-byte safetensors writer ----------------------------------
@@ -57,12 +59,13 @@ def json_bytes(obj) -> bytes:
     return (json.dumps(obj, indent=1, sort_keys=True, ensure_ascii=False) + "\n").encode()
 
 
-def safetensors_bytes(tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> bytes:
+def safetensors_bytes(tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None,
+                      data_hash_key: str | None = None) -> bytes:
     """A safetensors file (header + raw data) with a fixed layout: tensors in sorted name order,
-    header keys sorted, compact JSON, padded with spaces to 8 bytes — so equal inputs give equal bytes."""
+    header keys sorted, compact JSON, padded with spaces to 8 bytes — so equal inputs give equal bytes.
+    With ``data_hash_key``, the sha256 of the data section is recorded under that metadata key."""
     header: dict = {}
-    if metadata:
-        header["__metadata__"] = {str(k): str(v) for k, v in sorted(metadata.items())}
+    metadata = dict(metadata or {})
     blobs, offset = [], 0
     for name in sorted(tensors):
         a = np.ascontiguousarray(tensors[name])
@@ -73,6 +76,13 @@ def safetensors_bytes(tensors: dict[str, np.ndarray], metadata: dict[str, str] |
         header[name] = {"dtype": _CODES[a.dtype], "shape": list(a.shape), "data_offsets": [offset, offset + len(raw)]}
         blobs.append(raw)
         offset += len(raw)
+    if data_hash_key:
+        h = hashlib.sha256()
+        for raw in blobs:
+            h.update(raw)
+        metadata[data_hash_key] = h.hexdigest()
+    if metadata:
+        header = {"__metadata__": {str(k): str(v) for k, v in sorted(metadata.items())}, **header}
     text = json.dumps(header, separators=(",", ":"), sort_keys=True).encode()
     text += b" " * (-(8 + len(text)) % 8)
     return struct.pack("<Q", len(text)) + text + b"".join(blobs)
@@ -141,18 +151,33 @@ class DiskStore(EncodingSource):
     """
 
     def __init__(self, path: str | Path, meta: dict) -> None:
+        from resi_dual.store import integrity
+
         self.path = Path(path)
         self.meta = meta
-        self.composition = Composition.from_json((self.path / COMPOSITION).read_text())
-        self.readout = Readout.from_state_dict(ShardReader(self.path / READOUT).tensors()).to(torch.float32)
+        problems = integrity.manifest_problems(self.path, meta)
+        if problems:
+            raise integrity.fail(self.path, meta, MANIFEST, problems[0].removeprefix(MANIFEST + " "))
+        try:
+            self.composition = Composition.from_json((self.path / COMPOSITION).read_text())
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise integrity.fail(self.path, meta, COMPOSITION, f"is missing or unreadable ({type(e).__name__})") from None
+        try:
+            self.readout = Readout.from_state_dict(ShardReader(self.path / READOUT).tensors()).to(torch.float32)
+        except (ResiDualError, KeyError, ValueError):
+            raise integrity.fail(self.path, meta, READOUT, "is missing or unreadable") from None
         self.class_names = list(meta["class_names"])
         self._shards: list[ShardReader] = []
         labels, ids, counts = [], [], []
+        code = _CODES[np.dtype(STORE_DTYPES.get(meta["dtype"], np.float32))]
         for entry in meta["chunks"]:
+            problem = integrity.chunk_problem(self.path / entry["file"], self.composition, code)
+            if problem:
+                raise integrity.fail(self.path, meta, entry["file"], problem)
             shard = ShardReader(self.path / entry["file"])
             rows = int(shard.header["labels"]["shape"][0])
             if rows != entry["rows"]:
-                raise ResiDualError(f"{shard.path} holds {rows} rows, the manifest says {entry['rows']}")
+                raise integrity.fail(self.path, meta, entry["file"], f"holds {rows} rows, the manifest says {entry['rows']}")
             self._shards.append(shard)
             labels.append(np.array(shard.array("labels")))
             ids.extend(json.loads(shard.metadata.get("sample_ids", "[]")))
@@ -236,11 +261,11 @@ class DiskStore(EncodingSource):
         for i in self.composition.select(units):
             yield self.composition.units[i], self.features(i, rows, dtype)
 
-    def verify(self) -> None:
-        """Check every chunk against the manifest's sha256 (reads the whole store)."""
-        for entry in self.meta["chunks"]:
-            if file_sha256(self.path / entry["file"]) != entry["sha256"]:
-                raise ResiDualError(f"store {self.path}: {entry['file']} does not match its checksum (corrupted)")
+    def verify(self) -> dict:
+        """The full check (reads the whole store): see :func:`resi_dual.store.integrity.verify_store`."""
+        from resi_dual.store.integrity import verify_store
+
+        return verify_store(self.path)
 
     def __repr__(self) -> str:
         m = self.meta
@@ -266,6 +291,11 @@ def read_manifest(path: Path) -> dict:
         raise ResiDualError(f"{path} is not a resi-dual store ({MANIFEST} has format {meta.get('format')!r})")
     if int(meta.get("format_version", 0)) > FORMAT_VERSION:
         raise ResiDualError(f"store {path} has format version {meta['format_version']}; this resi-dual reads ≤ {FORMAT_VERSION}")
+    from resi_dual.store.integrity import REQUIRED_KEYS, fail
+
+    missing = [k for k in REQUIRED_KEYS if k not in meta]
+    if missing:
+        raise fail(path, meta, MANIFEST, f"lacks {', '.join(missing)}")
     return meta
 
 

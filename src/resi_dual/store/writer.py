@@ -44,14 +44,17 @@ from resi_dual.data.base import BadImageError, ImageDataset
 from resi_dual.data.splits import stratified_limit
 from resi_dual.errors import ResiDualError
 from resi_dual.core.encodings import UnitEncodings, relative_error
+from resi_dual.files import ensure_out_dir, pid_alive, tmp_owner
+from resi_dual.store.integrity import (
+    DATA_HASH, LOCK, check_written_chunks, chunk_hashes, recheck_complete, release_lock, take_lock,
+)
 from resi_dual.store.disk import (
-    CHUNKS, COMPOSITION, FORMAT, FORMAT_VERSION, MANIFEST, PLAN, READOUT, ShardReader, atomic_write, chunk_path,
+    CHUNKS, COMPOSITION, FORMAT, FORMAT_VERSION, MANIFEST, PLAN, READOUT, STORE_DTYPES, ShardReader, atomic_write, chunk_path,
     file_sha256, is_tmp, json_bytes, read_manifest, safetensors_bytes,
 )
 
 #: storage of the raw dense/head encodings (μ, σ and outputs are always float32)
 StoreDtype = Literal["float16", "float32"]
-STORE_DTYPES = {"float16": np.float16, "float32": np.float32}
 
 
 @dataclass
@@ -174,11 +177,8 @@ def _diff(a: dict, b: dict) -> list[str]:
 
 def prepare_dir(out: Path, plan: dict, model) -> str:
     """Check ``out`` and write the plan files. Returns ``new``, ``resume`` or ``complete``."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ResiDualError(f"--out {out} is a file, not a directory")
-    out.mkdir(parents=True, exist_ok=True)
-    entries = [p for p in out.iterdir() if not is_tmp(p)]
+    out = ensure_out_dir(out)
+    entries = [p for p in out.iterdir() if not is_tmp(p) and p.name != LOCK]
     state = "new"
     if (out / PLAN).exists():
         try:
@@ -196,14 +196,13 @@ def prepare_dir(out: Path, plan: dict, model) -> str:
         names = ", ".join(sorted(p.name for p in entries)[:3])
         raise ResiDualError(f"{out} is not empty and is not a resi-dual store (holds {names}…); refusing to write there")
     if state == "complete":
-        read_manifest(out)  # validates it
-        return state
-    # remove what killed runs left half-written (only our own temporary names)
+        return state  # checked by integrity.recheck_complete
+    # remove what killed runs left half-written: temporaries of writers that are no longer running
     for folder in (out, out / CHUNKS):
         if folder.is_dir():
             for p in folder.iterdir():
-                if is_tmp(p):
-                    p.unlink()
+                if is_tmp(p) and not pid_alive(tmp_owner(p) or 0):
+                    p.unlink(missing_ok=True)
     comp_bytes = model.composition.to_json().encode()
     readout_bytes = safetensors_bytes({k: v.detach().cpu().float().numpy() for k, v in model.readout.state_dict().items()})
     if state == "new" or not (out / PLAN).exists():
@@ -303,7 +302,7 @@ def _write_chunk(out: Path, k: int, parts: list[dict], skipped: list[dict], dtyp
         "max_trace_error": repr(max([p["trace_error"] for p in parts], default=0.0)),
         "max_storage_error": repr(max([p["storage_error"] for p in parts], default=0.0)),
     }
-    atomic_write(chunk_path(out, k), safetensors_bytes(tensors, meta))
+    atomic_write(chunk_path(out, k), safetensors_bytes(tensors, meta, data_hash_key=DATA_HASH))
 
 
 def _encode_batch(model, items, dataset, indices, ids, cfg, comp) -> tuple[dict | None, list[dict]]:
@@ -416,7 +415,12 @@ def finalize(out: Path, plan: dict, extra: dict) -> dict:
             raise ResiDualError(f"chunk {path.name} is missing; run the same command again to finish the store")
         shard = ShardReader(path)
         r = int(shard.header["labels"]["shape"][0])
-        chunks.append({"file": f"{CHUNKS}/{path.name}", "rows": r, "sha256": file_sha256(path)})
+        whole, data, recorded = chunk_hashes(path)  # chunks other ranks wrote are checked here
+        if recorded is not None and data != recorded:
+            path.unlink()
+            raise ResiDualError(f"chunk {path} was corrupted after it was written (its data does not match its "
+                                "header's hash); it was removed — run the same command again to re-encode it")
+        chunks.append({"file": f"{CHUNKS}/{path.name}", "rows": r, "sha256": whole})
         skipped.extend(json.loads(shard.metadata.get("skipped", "[]")))
         trace_err = max(trace_err, float(shard.metadata.get("max_trace_error", 0.0)))
         storage_err = max(storage_err, float(shard.metadata.get("max_storage_error", 0.0)))
@@ -455,12 +459,30 @@ def encode_store(model, dataset: ImageDataset, out: str | Path, cfg: EncodeConfi
     group = group or Group()
     log = log or (lambda msg: None)
     out = Path(out)
+    held: list[Path] = []
+    try:
+        return _encode(model, dataset, out, cfg, group, log, held)
+    finally:
+        for lock in held:
+            release_lock(lock)
+
+
+def _encode(model, dataset, out: Path, cfg: EncodeConfig, group: Group, log, held: list) -> dict:
+    """encode_store's work; rank 0 appends the write lock it takes to ``held``."""
     t0 = time.perf_counter()
     plan, indices, ids = make_plan(model, dataset, cfg)
     status = None
     if group.rank == 0:
         try:
+            held.append(take_lock(ensure_out_dir(out)))
             status = prepare_dir(out, plan, model)
+            problem = recheck_complete(out, model.composition) if status == "complete" else None
+            if problem:  # the manifest is removed: finish the store again
+                log(problem)
+                status = prepare_dir(out, plan, model)
+            if status == "resume":
+                for msg in check_written_chunks(out, plan, model.composition):
+                    log(msg)
         except ResiDualError as e:
             status = f"error: {e}"
     status = group.broadcast(status)
