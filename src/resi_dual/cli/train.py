@@ -201,6 +201,7 @@ def _run_peer(args, train, val, test, seeds, head_for, dataset, out_dir, console
 
     from resi_dual.adapters.fewshot import run_peers
     from resi_dual.adapters.peers import PeerTraining
+    from resi_dual.files import atomic_write
 
     runs = []
     for seed in seeds:
@@ -208,7 +209,7 @@ def _run_peer(args, train, val, test, seeds, head_for, dataset, out_dir, console
         budget = PeerTraining(max_epochs=args.epochs, patience=args.patience, batch_size=args.batch, seed=seed)
         (row,) = run_peers(train, val, test, head.weights, scale, args.shots, seed, peers=[args.adapter], budget=budget)
         row.update(classifier_kind=head.kind, logit_scale=scale, variant=args.adapter)
-        (out_dir / _stem(dataset, args.adapter, args.shots, seed)).with_suffix(".json").write_text(json.dumps(row, indent=1))
+        atomic_write((out_dir / _stem(dataset, args.adapter, args.shots, seed)).with_suffix(".json"), json.dumps(row, indent=1))
         runs.append(row)
         console.print(f"{args.adapter} seed {seed}: {row['trainable_parameters']} parameters, "
                       f"val {row['accuracy']['val']:.4f}  test {row['accuracy']['test']:.4f}, settings {row['settings']}")
