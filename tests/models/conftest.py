@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tracing_models import HF_KINDS, OPEN_CLIP_VARIANTS, TIMM_VARIANTS, build_hf, open_clip_cfg, save_open_clip_dir, timm_clip_cfg
+from tracing_models import (HF_KINDS, OPEN_CLIP_VARIANTS, POOLED_KINDS, TIMM_VARIANTS, build_hf, open_clip_cfg,
+                            save_open_clip_dir, timm_clip_cfg)
 
 
 @pytest.fixture(scope="session")
@@ -16,7 +17,7 @@ def saved_models(tmp_path_factory):
     root = tmp_path_factory.mktemp("ckpt")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    for i, kind in enumerate(HF_KINDS):
+    for i, kind in enumerate(HF_KINDS + POOLED_KINDS):
         m, own = build_hf(kind, seed=i)
         m.save_pretrained(root / kind)
         out[kind] = (f"hf:{root / kind}", m, own)

@@ -60,12 +60,12 @@ def test_non_vit_and_attention_pool_hf_checkpoints_are_refused(tmp_path):
     import transformers as tf
 
     tf.ResNetConfig(num_channels=3).save_pretrained(tmp_path / "resnet")
-    tf.SiglipConfig().save_pretrained(tmp_path / "siglip")
+    tf.Siglip2Config().save_pretrained(tmp_path / "siglip2")
     tf.BertConfig().save_pretrained(tmp_path / "bert")
     with pytest.raises(ResiDualError, match="resnet model, not a vision transformer"):
         load_model(f"hf:{tmp_path / 'resnet'}")
-    with pytest.raises(ResiDualError, match="attention-pool head"):
-        load_model(f"hf:{tmp_path / 'siglip'}")
+    with pytest.raises(ResiDualError, match="siglip2 model: an attention-pooled tower .* supported hf families: .*hf-siglip"):
+        load_model(f"hf:{tmp_path / 'siglip2'}")
     with pytest.raises(ResiDualError, match="model type 'bert'"):
         load_model(f"hf:{tmp_path / 'bert'}")
     with pytest.raises(ResiDualError, match="could not load"):

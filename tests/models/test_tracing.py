@@ -8,12 +8,12 @@ import pytest
 import torch
 from torch import nn
 
-from tracing_models import HF_KINDS, KIND_FAMILY, OPEN_CLIP_VARIANTS, TIMM_VARIANTS
+from tracing_models import HF_KINDS, KIND_FAMILY, OPEN_CLIP_VARIANTS, POOLED_KINDS, TIMM_VARIANTS
 from resi_dual import list_models, load_model
 from resi_dual.errors import ResiDualError
 from resi_dual.core.units import block_share, head_share
 
-ALL_KINDS = HF_KINDS + [f"open_clip_{v}" for v in OPEN_CLIP_VARIANTS] + [f"timm_{v}" for v in TIMM_VARIANTS]
+ALL_KINDS = HF_KINDS + POOLED_KINDS + [f"open_clip_{v}" for v in OPEN_CLIP_VARIANTS] + [f"timm_{v}" for v in TIMM_VARIANTS]
 TOL = 1e-5
 
 
@@ -45,14 +45,16 @@ def test_contributions_sum_to_library_embedding(saved_models, kind, convention):
     c = enc.contributions()
     comp = model.composition
     L, H = comp.n_layers, comp.n_heads
-    assert c.shape == (5, 1 + L * (H + 1), comp.d_out) == (5, len(enc.units), ref.shape[-1])
+    assert c.shape == (5, 1 + L * (H + 1) + int(comp.pooled), comp.d_out) == (5, len(enc.units), ref.shape[-1])
     assert _rel(c.sum(1), ref) <= TOL
     assert _rel(model.embed(px), ref) <= TOL  # the plain forward is the library's
-    assert float(model.residual_error(enc, _resid(model, px)).max()) <= TOL
     assert _rel(model.summed_contributions(enc), ref) <= TOL  # the fused runtime check agrees
-    # per-head raw outputs are d_head wide; counts were read from the model
-    assert enc.heads.shape == (5, L, H, comp.d_head) and comp.d_head * H == comp.d_model
-    assert enc.dense.shape == (5, 1 + L, comp.d_model)
+    if comp.pooled:  # pooled contributions (emb, MLPs, pool; heads), each unit checked in test_pooled.py
+        assert enc.heads.shape == (5, L, H, comp.d_out) and enc.dense.shape == (5, 2 + L, comp.d_out)
+    else:  # per-head raw outputs are d_head wide; counts were read from the model
+        assert float(model.residual_error(enc, _resid(model, px)).max()) <= TOL
+        assert enc.heads.shape == (5, L, H, comp.d_head) and comp.d_head * H == comp.d_model
+        assert enc.dense.shape == (5, 1 + L, comp.d_model)
     assert comp.convention == convention and comp.model_id == spec
     assert comp.family == KIND_FAMILY[kind]
 

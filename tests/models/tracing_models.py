@@ -86,6 +86,19 @@ def build_hf(kind: str, seed: int = 0):
 
         def own(px):
             return m(pixel_values=px).pooler_output
+    elif kind == "siglip":  # SiglipModel: attention-pooled, 2 layers × 3 heads (probe: 3 heads), 30 px / patch 8
+        text = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                    max_position_embeddings=16)
+        m = tf.SiglipModel(tf.SiglipConfig(text_config=text, vision_config=_vision(36, 2, 3, 30, 8)))
+
+        def own(px):
+            out = m.get_image_features(pixel_values=px)
+            return out if isinstance(out, torch.Tensor) else out.pooler_output
+    elif kind == "siglip_vision":  # SiglipVisionModel, 3 layers × 5 heads, d 40, 28 px / patch 6
+        m = tf.SiglipVisionModel(tf.SiglipVisionConfig(**_vision(40, 3, 5, 28, 6)))
+
+        def own(px):
+            return m(pixel_values=px).pooler_output
     else:
         raise KeyError(kind)
     perturb(m, seed)
@@ -93,11 +106,13 @@ def build_hf(kind: str, seed: int = 0):
 
 
 HF_KINDS = ["clip", "clip_vision_proj", "clip_vision", "blip", "vit", "vit_cls", "dinov2", "dinov2_swiglu", "dinov2_registers"]
+#: attention-pooled towers (pooled geometry: no CLS token, so no spatial maps)
+POOLED_KINDS = ["siglip", "siglip_vision"]
 
 #: the registered family each row of the table must be traced by (the demo family has the
 #: committed checkpoint, tests/models/test_demo.py)
 KIND_FAMILY = {"clip": "hf-clip", "clip_vision_proj": "hf-clip", "clip_vision": "hf-clip", "blip": "blip",
-               "vit": "vit", "vit_cls": "vit", "dinov2": "dinov2", "dinov2_swiglu": "dinov2", "dinov2_registers": "dinov2-registers",
+               "vit": "vit", "vit_cls": "vit", "siglip": "hf-siglip", "siglip_vision": "hf-siglip", "dinov2": "dinov2", "dinov2_swiglu": "dinov2", "dinov2_registers": "dinov2-registers",
                "open_clip_mha": "open_clip", "open_clip_mha_quickgelu_ls": "open_clip",
                "open_clip_custom_attention": "open_clip", "open_clip_custom_no_ln_pre": "open_clip",
                "timm_eva02_clip": "open_clip-timm", "timm_eva_ls_fc_norm": "open_clip-timm",

@@ -151,13 +151,15 @@ class Adapter(nn.Module):
         config: the resolved configuration (see :meth:`AdapterConfig.resolved`).
         projection: the :class:`Projection` (components, means, adapted and kept units).
         module: the trainable part.
-        classifier: (C, d_out) buffer, L2-normalised rows; logit_scale: float.
+        classifier: (C, d_out) buffer, L2-normalised rows; logit_scale, logit_bias: floats (the bias is
+        SigLIP's, 0 otherwise).
         composition, class_names, fingerprint ((U,) readout fingerprint), provenance (dict: basis_hash,
         basis_meta, model_spec, weights_hash).
     """
 
     def __init__(self, config: dict, projection: Projection, classifier: torch.Tensor, logit_scale: float,
-                 composition: Composition, class_names: list[str], fingerprint: torch.Tensor, provenance: dict):
+                 composition: Composition, class_names: list[str], fingerprint: torch.Tensor, provenance: dict,
+                 logit_bias: float = 0.0):
         super().__init__()
         if classifier.shape != (len(class_names), composition.d_out):
             raise ResiDualError(
@@ -168,6 +170,7 @@ class Adapter(nn.Module):
         self.module = _make_module(config, projection, composition.d_out)
         self.register_buffer("classifier", classifier.to(torch.float32).contiguous())
         self.logit_scale = float(logit_scale)
+        self.logit_bias = float(logit_bias)
         self.composition = composition
         self.class_names = list(class_names)
         self.fingerprint = fingerprint.to(torch.float64)
@@ -180,7 +183,7 @@ class Adapter(nn.Module):
 
     def forward(self, coef: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
         """(b, K), (b, d_out) -> logits (b, C)."""
-        return classify(self.embed(coef, fixed), self.classifier, self.logit_scale)
+        return classify(self.embed(coef, fixed), self.classifier, self.logit_scale, self.logit_bias)
 
     @property
     def n_trainable(self) -> int:
@@ -249,6 +252,7 @@ class Adapter(nn.Module):
             "composition": self.composition.to_json(),
             "class_names": json.dumps(self.class_names),
             "logit_scale": repr(self.logit_scale),
+            "logit_bias": repr(self.logit_bias),
             "classifier_hash": tensors_hash(self.classifier),
             "provenance": json.dumps(self.provenance),
             "extra": json.dumps(extra or {}),
@@ -282,7 +286,7 @@ class Adapter(nn.Module):
                           tensors["projection.means"], pj["kept"])
         out = cls(json.loads(header["config"]), proj, tensors["classifier"], float(header["logit_scale"]),
                   Composition.from_json(header["composition"]), json.loads(header["class_names"]),
-                  tensors["fingerprint"], prov)
+                  tensors["fingerprint"], prov, float(header.get("logit_bias", "0.0")))
         params = {k[len("module."):]: v for k, v in tensors.items() if k.startswith("module.")}
         missing = set(dict(out.module.named_parameters())) ^ set(params)
         if missing:
@@ -301,6 +305,7 @@ def build_adapter(
     logit_scale: float,
     bases=None,
     reference: EncodingSource | None = None,
+    logit_bias: float = 0.0,
 ) -> Adapter:
     """Build an untrained adapter for the model of ``source`` (the training split).
 
@@ -310,6 +315,7 @@ def build_adapter(
         classifier: (C, d_out) frozen class embeddings (L2-normalised rows); logit_scale: float.
         bases: :class:`~resi_dual.spectral.bases.UnitBases` for the unit variants (residual, coarse …).
         reference: encodings for the spectral adapter's output PCA (default: ``source``).
+        logit_bias: SigLIP's logit bias (0 otherwise).
     """
     cfg = config.resolved()
     comp = source.composition
@@ -351,7 +357,7 @@ def build_adapter(
         proj = Projection("output", [], [], torch.zeros(0, d_out), torch.zeros(0, d_out), [])
         prov.update(basis_hash=None)
     return Adapter(cfg, proj, classifier, logit_scale, comp, list(source.class_names),
-                   readout_fingerprint(comp, source.readout), prov)
+                   readout_fingerprint(comp, source.readout), prov, logit_bias)
 
 
 def describe(adapter: Adapter) -> dict:

@@ -102,9 +102,10 @@ class PassThrough(nn.Module):
         return fixed
 
 
-def classify(embedding: torch.Tensor, classifier: torch.Tensor, logit_scale: float) -> torch.Tensor:
-    """Frozen zero-shot head: ``scale · normalise(embedding) · classifierᵀ``; (b, d) -> (b, C)."""
-    return logit_scale * torch.nn.functional.normalize(embedding, dim=-1) @ classifier.T
+def classify(embedding: torch.Tensor, classifier: torch.Tensor, logit_scale: float, logit_bias: float = 0.0) -> torch.Tensor:
+    """Frozen zero-shot head: ``scale · normalise(embedding) · classifierᵀ + bias``; (b, d) -> (b, C).
+    The bias (SigLIP's) shifts every class alike, so it changes neither the softmax loss nor a ranking."""
+    return logit_scale * torch.nn.functional.normalize(embedding, dim=-1) @ classifier.T + logit_bias
 
 
 def trainable_parameters(module: nn.Module) -> int:

@@ -90,6 +90,7 @@ def train_and_evaluate(
     train_config: TrainConfig | None = None,
     shots: int | None = None,
     reference: EncodingSource | None = None,
+    logit_bias: float = 0.0,
 ) -> tuple[Adapter, dict]:
     """Build, train (on cached coefficients) and test one adapter.
 
@@ -100,6 +101,7 @@ def train_and_evaluate(
         shots: the few-shot protocol with K examples per class (seeded by ``train_config.seed``), or all.
         reference: encodings for the spectral adapter's output PCA (default: the whole train split; give an
             unlabelled reference in the few-shot protocol).
+        logit_bias: the frozen head's bias (SigLIP's; it leaves the softmax loss unchanged).
     Returns:
         (the trained adapter, a JSON-ready metrics dict).
     """
@@ -111,7 +113,8 @@ def train_and_evaluate(
         raise ResiDualError(f"classifier has {classifier.shape[0]} classes, the stores {len(train.class_names)}")
     split = labelled_rows(train, val, shots, train_config.seed)
     train_rows, val_rows = (None, None) if split is None else (split.train_rows, split.val_rows)
-    adapter = build_adapter(config, train, classifier, logit_scale, bases=bases, reference=reference)
+    adapter = build_adapter(config, train, classifier, logit_scale, bases=bases, reference=reference,
+                            logit_bias=logit_bias)
     t_cache = time.perf_counter()
     tr = adapter.encode(train, train_rows, progress=train_config.progress)
     va = adapter.encode(val, val_rows, progress=train_config.progress)

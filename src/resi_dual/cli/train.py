@@ -179,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
         tc = TrainConfig(lr=lr, batch_size=args.batch, max_epochs=args.epochs, patience=args.patience, seed=seed,
                          progress=not args.quiet, products=args.products)
         adapter, metrics = train_and_evaluate(config, train, val, test, head.weights, scale, bases, tc, args.shots,
-                                              reference)
+                                              reference, logit_bias=head.logit_bias if head.kind == "text" else 0.0)
         stem = out_dir / _stem(dataset, args.adapter, args.shots, seed)
         metrics["adapter_file"] = str(adapter.save(stem.with_suffix(".safetensors"), extra={"metrics": {
             k: metrics[k] for k in ("accuracy", "epochs", "best_epoch", "lr", "shots", "seed")}}))

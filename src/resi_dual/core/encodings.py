@@ -16,6 +16,12 @@ sample every unit's share of ``y`` is affine in its raw encoding ``x_u`` (docs/D
 
 So a unit's point cloud lives in the affine image of ``f_u = [x_u/σ, 1/σ, μ/σ]`` — d_head+2 numbers
 per head — which is what the store keeps and what the spectral engine works in.
+
+Attention-pooled towers (``Composition.geometry == "pooled"``, docs/DESIGN.md §11) have no such per-sample
+affine map (σ differs per token), so ``x_u`` *is* the unit's pooled contribution (d_out wide, also
+for heads and the ``pool`` unit), μ = 0, σ = 1, and the readout is the identity: ``dense_weight = I``,
+``head_weight`` of width 0 (every unit reads through ``dense_weight``), zero biases. The same code
+paths then serve both geometries.
 """
 
 from __future__ import annotations
@@ -46,6 +52,18 @@ class Readout:
 
     TENSOR_NAMES = ("dense_weight", "head_weight", "inv_sigma", "mu_over_sigma", "const")
 
+    @classmethod
+    def identity(cls, comp: Composition) -> "Readout":
+        """The readout of a pooled composition (see module docstring), float32."""
+        d, U = comp.d_out, len(comp.units)
+        z = torch.zeros(U, d)
+        return cls(torch.eye(d), torch.zeros(comp.n_layers, comp.n_heads, d, 0), z, z.clone(), z.clone())
+
+    @property
+    def pooled(self) -> bool:
+        """True for the identity readout of a pooled composition (heads read through dense_weight)."""
+        return self.head_weight.shape[-1] == 0
+
     @cached_property
     def head_weight_flat(self) -> torch.Tensor:
         """(L·H·d_head, d_out): every head's readout stacked for one GEMM against heads.flatten(1);
@@ -72,7 +90,7 @@ class Readout:
         """``(A_u, k_u)`` with ``c_u = A_u f_u + k_u``; A_u: (d_out, d_in+2), k_u: (d_out,)."""
         i = unit if isinstance(unit, int) else comp.index(unit)
         u = comp.units[i]
-        w = self.head_weight[u.layer, u.head] if u.kind == "head" else self.dense_weight
+        w = self.head_weight[u.layer, u.head] if u.kind == "head" and not self.pooled else self.dense_weight
         a = torch.cat([w, self.inv_sigma[i, :, None], self.mu_over_sigma[i, :, None]], dim=1)
         return a, self.const[i]
 
@@ -89,7 +107,8 @@ class Readout:
         """Contributions of the selected units.
 
         Args:
-            dense: (n, 1+L, d_model) embedding then MLP terms; heads: (n, L, H, d_head);
+            dense: (n, 1+L, d_model) embedding then MLP terms (pooled: (n, 2+L, d_out), then pool);
+            heads: (n, L, H, d_head) (pooled: d_out wide);
             mu, sigma: (n,) LayerNorm statistics of the final residual; units: indices into comp.units.
         Returns:
             (n, U', d_out) in the readout's dtype.
@@ -104,11 +123,13 @@ class Readout:
             if u.kind == "head":
                 head_pos.append(pos), head_l.append(u.layer), head_h.append(u.head)
             else:
-                dense_pos.append(pos), dense_slot.append(0 if u.kind == "emb" else 1 + u.layer)
+                dense_pos.append(pos), dense_slot.append(comp.dense_slot(u))
         if dense_pos:
             x = dense[:, dense_slot].to(dt)  # (n, k, d_model)
             out[:, dense_pos] = x @ self.dense_weight.T
-        if head_pos:
+        if head_pos and self.pooled:
+            out[:, head_pos] = heads[:, head_l, head_h].to(dt) @ self.dense_weight.T
+        elif head_pos:
             z = heads[:, head_l, head_h].to(dt)  # (n, k, d_head)
             w = self.head_weight[head_l, head_h]  # (k, d_out, d_head)
             out[:, head_pos] = torch.einsum("nkd,kod->nko", z, w)
@@ -177,7 +198,7 @@ def unit_features(
 ) -> torch.Tensor:
     """(n, d_in+2) affine coordinates ``[x/σ, 1/σ, μ/σ]`` of unit ``comp.units[i]``."""
     u = comp.units[i]
-    x = heads[:, u.layer, u.head] if u.kind == "head" else dense[:, 0 if u.kind == "emb" else 1 + u.layer]
+    x = heads[:, u.layer, u.head] if u.kind == "head" else dense[:, comp.dense_slot(u)]
     s = sigma.to(x.dtype if x.is_floating_point() else torch.float32)
     x = x.to(s.dtype)
     return torch.cat([x / s[:, None], (1.0 / s)[:, None], (mu.to(s.dtype) / s)[:, None]], dim=1)

@@ -1,7 +1,8 @@
 """The central vocabulary: residual units and the composition of a model's output.
 
 A *unit* is one additive term of the CLS residual stream of a pre-LN vision transformer:
-the embedding (``emb``), each MLP (``L3.mlp``) and each attention head (``L3H7``).
+the embedding (``emb``), each MLP (``L3.mlp``) and each attention head (``L3H7``). Attention-pooled
+towers (SigLIP, docs/DESIGN.md §11) add one more, the pooling head's MLP (``pool``).
 A *composition* is the ordered list of units of one model plus the convention used to share
 the LayerNorm centring and the biases among them (docs/DESIGN.md §3). Both round-trip through JSON.
 """
@@ -16,7 +17,7 @@ from typing import Iterable, Literal, get_args
 
 from resi_dual.errors import ResiDualError
 
-UnitKind = Literal["emb", "mlp", "head"]
+UnitKind = Literal["emb", "mlp", "head", "pool"]
 
 #: How LayerNorm's mean term and the biases are split across units.
 #: ``paper``: each head gets b_o/H; the μ and β (and projection-bias) terms are shared evenly,
@@ -27,9 +28,17 @@ Convention = Literal["paper", "centred"]
 CONVENTIONS: tuple[str, ...] = get_args(Convention)
 
 #: shorthand -> the unit kind it selects (``all``: every unit, ``none``: nothing)
-_SHORTHANDS: dict[str, str] = {"all": "all", "heads": "head", "mlps": "mlp", "emb": "emb", "none": "none"}
+_SHORTHANDS: dict[str, str] = {"all": "all", "heads": "head", "mlps": "mlp", "emb": "emb", "pool": "pool", "none": "none"}
 
-_LABEL_RE = re.compile(r"^(?:emb|L(\d+)\.mlp|L(\d+)H(\d+))$")
+#: How the output is read from the residual stream.
+#: ``cls``: a linear read of one token (the CLS token), so a unit's contribution is affine in its raw
+#:   term at that token, ``[x/σ, 1/σ, μ/σ]`` (d_head+2 numbers per head, docs/DESIGN.md §4).
+#: ``pooled``: an attention probe over all tokens after the final LayerNorm (σ differs per token),
+#:   so each unit is kept as its pooled contribution in output space (d_out numbers, docs/DESIGN.md §11).
+Geometry = Literal["cls", "pooled"]
+GEOMETRIES: tuple[str, ...] = get_args(Geometry)
+
+_LABEL_RE = re.compile(r"^(?:emb|pool|L(\d+)\.mlp|L(\d+)H(\d+))$")
 
 
 @dataclass(frozen=True, order=True)
@@ -42,8 +51,8 @@ class Unit:
 
     @property
     def label(self) -> str:
-        if self.kind == "emb":
-            return "emb"
+        if self.kind in ("emb", "pool"):
+            return self.kind
         if self.kind == "mlp":
             return f"L{self.layer}.mlp"
         return f"L{self.layer}H{self.head}"
@@ -52,9 +61,9 @@ class Unit:
     def from_label(cls, label: str) -> "Unit":
         m = _LABEL_RE.match(label.strip())
         if not m:
-            raise ResiDualError(f"not a unit label: {label!r} (expected 'emb', 'L<l>.mlp' or 'L<l>H<h>')")
-        if label.strip() == "emb":
-            return cls("emb")
+            raise ResiDualError(f"not a unit label: {label!r} (expected 'emb', 'pool', 'L<l>.mlp' or 'L<l>H<h>')")
+        if label.strip() in ("emb", "pool"):
+            return cls(label.strip())
         if m.group(1) is not None:
             return cls("mlp", int(m.group(1)))
         return cls("head", int(m.group(2)), int(m.group(3)))
@@ -81,7 +90,8 @@ class Composition:
         family: tracer family (``hf-clip``, ``open_clip``, ``blip``, ``vit``, ``dinov2`` …).
         n_layers, n_heads, d_model, d_head, d_out: read from the model.
         convention: see :data:`Convention`.
-        units: all units, in residual-stream order.
+        units: all units, in residual-stream order (then ``pool`` for the pooled geometry).
+        geometry: see :data:`Geometry`.
     """
 
     model_id: str
@@ -93,12 +103,36 @@ class Composition:
     d_out: int
     convention: str = "paper"
     units: tuple[Unit, ...] = field(default_factory=tuple)
+    geometry: str = "cls"
 
     def __post_init__(self) -> None:
         if self.convention not in CONVENTIONS:
             raise ResiDualError(f"unknown convention {self.convention!r}; choose one of {', '.join(CONVENTIONS)}")
+        if self.geometry not in GEOMETRIES:
+            raise ResiDualError(f"unknown geometry {self.geometry!r}; choose one of {', '.join(GEOMETRIES)}")
         if not self.units:
-            object.__setattr__(self, "units", tuple(standard_units(self.n_layers, self.n_heads)))
+            extra = [Unit("pool")] if self.pooled else []
+            object.__setattr__(self, "units", tuple(standard_units(self.n_layers, self.n_heads) + extra))
+
+    # -- stored layout --------------------------------------------------------------------
+    @property
+    def pooled(self) -> bool:
+        return self.geometry == "pooled"
+
+    def dense_slot(self, unit: Unit) -> int:
+        """Index of an emb / MLP / pool unit in the stored ``dense`` array (embedding, MLPs, pool)."""
+        return 0 if unit.kind == "emb" else self.n_layers + 1 if unit.kind == "pool" else 1 + unit.layer
+
+    @property
+    def dense_slots(self) -> int:
+        """Rows of the stored ``dense`` array per sample: 1+L (cls) or 2+L (pooled)."""
+        return self.n_layers + 1 + int(self.pooled)
+
+    def width(self, kind: str) -> int:
+        """Width of a unit's stored raw encoding: d_head / d_model (cls) or d_out (pooled)."""
+        if self.pooled:
+            return self.d_out
+        return self.d_head if kind == "head" else self.d_model
 
     # -- lookup -------------------------------------------------------------------------
     @property
@@ -160,6 +194,8 @@ class Composition:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["units"] = [u.label for u in self.units]
+        if not self.pooled:  # CLS compositions keep the JSON they always had
+            del d["geometry"]
         return d
 
     def to_json(self) -> str:
@@ -168,6 +204,7 @@ class Composition:
     @classmethod
     def from_dict(cls, d: dict) -> "Composition":
         d = dict(d)
+        d.setdefault("geometry", "cls")  # compositions written before pooled towers existed
         d["units"] = tuple(Unit.from_label(s) for s in d.get("units", ()))
         return cls(**d)
 

@@ -40,7 +40,7 @@ def _layer_grid(rows: list[dict], key: str, n_layers: int, n_heads: int) -> list
 
 def intrinsic_dim_outputs(cfg: GridConfig, rows: list[dict]) -> Outputs:
     """``units`` (every unit), ``summary_by_layer`` (means per layer and kind) and per-model heatmaps."""
-    order = {"emb": 0, "head": 1, "mlp": 2}
+    order = {"emb": 0, "head": 1, "mlp": 2, "pool": 3}
     all_rows = sorted(rows, key=lambda r: (r["model"], r["layer"], order[r["kind"]], r["head"]))
     out = Outputs(extra={"units": len(all_rows)})
     out.table("units", all_rows, UNIT_COLUMNS, "Intrinsic dimension per unit")
@@ -48,7 +48,7 @@ def intrinsic_dim_outputs(cfg: GridConfig, rows: list[dict]) -> Outputs:
     for m in cfg.models:
         mrows = [r for r in all_rows if r["model"] == m.name]
         for layer in sorted({r["layer"] for r in mrows}):
-            for kind in ("emb", "head", "mlp"):
+            for kind in ("emb", "head", "mlp", "pool"):
                 sel = [r for r in mrows if r["layer"] == layer and r["kind"] == kind]
                 if sel:
                     summary.append({"model": m.name, "layer": layer, "kind": kind, "units": len(sel),

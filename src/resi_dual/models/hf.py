@@ -20,8 +20,8 @@ from resi_dual.models.checkpoint_safety import NO_REMOTE_CODE, pickle_guard, ref
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
-# model types that are vision transformers with a head that is not a linear read of the CLS token
-_ATTN_POOL_TYPES = {"siglip", "siglip_vision_model", "siglip2", "siglip2_vision_model", "aimv2", "aimv2_vision_model"}
+# attention-pooled model types without a registered family (SigLIP 2 NaFlex: patch-sequence input; AIMv2)
+_ATTN_POOL_TYPES = {"siglip2", "siglip2_vision_model", "aimv2", "aimv2_vision_model"}
 _CNN_HINTS = ("resnet", "convnext", "regnet", "efficientnet", "mobilenet", "bit", "vgg", "densenet", "levit", "poolformer")
 
 
@@ -46,8 +46,8 @@ def _family_of(spec: str, config) -> registry.Family:
     names = registry.supported("hf")
     if model_type in _ATTN_POOL_TYPES:
         raise ResiDualError(
-            f"{spec!r} is a {model_type} model whose attention-pool head mixes tokens nonlinearly after the "
-            f"last block; its output is not a sum of residual units (supported hf families: {names})"
+            f"{spec!r} is a {model_type} model: an attention-pooled tower whose input or head no registered family "
+            f"traces (SigLIP 2 FixRes checkpoints load as siglip; supported hf families: {names})"
         )
     if any(h in model_type for h in _CNN_HINTS):
         raise ResiDualError(

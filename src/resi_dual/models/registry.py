@@ -31,12 +31,13 @@ FAMILY_MODULES = (
     "resi_dual.models.tracing.dinov2_registers",
     "resi_dual.models.tracing.openclip",
     "resi_dual.models.tracing.timm_vit",
+    "resi_dual.models.tracing.siglip",
     "resi_dual.models.demo",
 )
 
 #: (spec, text after the scheme, convention, torch device) -> TracedModel on that device
 Loader = Callable[[str, str, str, object], object]
-#: (library model, tokenizer or None) -> (encode(list[str]) -> (b, d_out), logit scale)
+#: (library model, tokenizer or None) -> (encode(list[str]) -> (b, d_out), logit scale[, logit bias])
 TextEncoder = Callable[[object, object], tuple[Callable, float]]
 
 

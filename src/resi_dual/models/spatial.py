@@ -162,6 +162,9 @@ def spatial_maps(model: TracedModel, pixels: torch.Tensor, directions, check: bo
         :class:`SpatialMaps` (maps (n, K, L, H, T), never (n, heads, T, d_out)).
     """
     lay = model.layout
+    if model.composition.pooled:
+        raise ResiDualError(f"{model.spec} is attention-pooled ({model.family}): spatial maps split a CLS token's "
+                            "heads, and this tower has no CLS token")
     if len(lay.attention) != lay.n_layers:
         raise ResiDualError(f"{model.family} tracer has no spatial decomposition (no attention layout)")
     dirs = _as_directions(model, directions)

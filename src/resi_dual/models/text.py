@@ -38,6 +38,7 @@ class TextTower:
     Attributes:
         encode_batch: list[str] -> (b, d_out) unnormalised embeddings (no caching, one batch).
         logit_scale: the model's (exponentiated) logit scale, multiplied onto cosine similarities.
+        logit_bias: added after the scale (SigLIP's sigmoid scoring); 0 for softmax-trained towers.
         key: identity of the weights, used as the cache key (e.g. the model's weights hash).
         batch_size: texts per forward pass.
         cache_dir: when set, encodings are also cached there as safetensors.
@@ -49,6 +50,7 @@ class TextTower:
     batch_size: int = 256
     cache_dir: Path | None = None
     name: str = field(default="text tower")
+    logit_bias: float = 0.0
 
     def encode(self, texts: Sequence[str]) -> torch.Tensor:
         """(n, d_out) float32 unnormalised embeddings of ``texts``, batched and cached."""
@@ -108,8 +110,11 @@ def check_ids(ids: torch.Tensor, vocab_size: int | None) -> torch.Tensor:
     return ids
 
 
-def hf_tokenize(model, tokenizer, family: str) -> Callable[[list[str]], tuple[torch.Tensor, torch.Tensor]]:
-    """texts -> (input_ids, attention_mask) on the model's device, checked against its vocabulary."""
+def hf_tokenize(model, tokenizer, family: str, padding: bool | str = True) -> Callable[[list[str]], tuple[torch.Tensor, torch.Tensor]]:
+    """texts -> (input_ids, attention_mask) on the model's device, checked against its vocabulary.
+
+    ``padding=True`` pads to the batch's longest real sequence (exact for towers that mask padding or
+    are causal); ``"max_length"`` to the full context (towers that read padded positions, SigLIP)."""
     if tokenizer is None:
         raise ResiDualError(f"{family} model has no tokenizer: load it from a checkpoint directory with tokenizer files")
     text_cfg = model.config.text_config
@@ -117,7 +122,7 @@ def hf_tokenize(model, tokenizer, family: str) -> Callable[[list[str]], tuple[to
     device = next(model.parameters()).device
 
     def tokenize(batch: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        tok = tokenizer(batch, padding=True, truncation=True, max_length=max_len, return_tensors="pt")
+        tok = tokenizer(batch, padding=padding, truncation=True, max_length=max_len, return_tensors="pt")
         return check_ids(tok["input_ids"], vocab).to(device), tok["attention_mask"].to(device)
 
     return tokenize
@@ -176,10 +181,10 @@ def get_text_tower(model, tokenizer=None, cache_dir: str | Path | None = None, b
     spec = getattr(model, "spec", None) or type(lib).__name__
     if fam is None:
         raise ResiDualError(f"model {spec} has no text tower; use class-mean prototypes (classifier_for_source(..., train_source=...))")
-    encode, scale = fam.text(lib, tok)
+    encode, scale, *bias = fam.text(lib, tok)
     lib.eval()  # dropout off: encodings must be deterministic
     return TextTower(encode, scale, _weights_key(model, lib), batch_size, Path(cache_dir) if cache_dir else None,
-                     name=f"{fam.name} text tower of {spec}")
+                     name=f"{fam.name} text tower of {spec}", logit_bias=float(bias[0]) if bias and bias[0] is not None else 0.0)
 
 
 def has_text_tower(model) -> bool:

@@ -137,7 +137,7 @@ def unit_intrinsic_dimensions(
             groups, cur, used = [], [], 0.0
             for i in indices:
                 u = comp.units[i]
-                width = (comp.d_head if u.kind == "head" else comp.d_model) + 2
+                width = comp.width(u.kind) + 2
                 if cur and used + n_sub * width * 8 > memory_budget:
                     groups.append(cur)
                     cur, used = [], 0.0

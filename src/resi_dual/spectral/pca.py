@@ -102,8 +102,8 @@ class UnitMoments:
         self._dense = [i for i in self.unit_indices if comp.units[i].kind != "head"]
         self._head_l = [comp.units[i].layer for i in self._heads]
         self._head_h = [comp.units[i].head for i in self._heads]
-        self._dense_slot = [0 if comp.units[i].kind == "emb" else 1 + comp.units[i].layer for i in self._dense]
-        ph, pd = comp.d_head + 2, comp.d_model + 2
+        self._dense_slot = [comp.dense_slot(comp.units[i]) for i in self._dense]
+        ph, pd = comp.width("head") + 2, comp.width("mlp") + 2
         z = torch.zeros
         self.heads = _GroupMoments(0, z(len(self._heads), ph, dtype=torch.float64), z(len(self._heads), ph, ph, dtype=torch.float64))
         self.dense = _GroupMoments(0, z(len(self._dense), pd, dtype=torch.float64), z(len(self._dense), pd, pd, dtype=torch.float64))

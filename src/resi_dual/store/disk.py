@@ -251,7 +251,7 @@ class DiskStore(EncodingSource):
         if u.kind == "head":
             x = self._gather("heads", r, (u.layer, u.head))
         else:
-            x = self._gather("dense", r, (0 if u.kind == "emb" else 1 + u.layer,))
+            x = self._gather("dense", r, (self.composition.dense_slot(u),))
         mu, sigma = self._gather("mu", r).to(dtype), self._gather("sigma", r).to(dtype)
         x = x.to(dtype)
         return torch.cat([x / sigma[:, None], (1.0 / sigma)[:, None], (mu / sigma)[:, None]], dim=1)

@@ -279,15 +279,15 @@ def _relative_error(model, enc: UnitEncodings) -> float:
 
 def _write_chunk(out: Path, k: int, parts: list[dict], skipped: list[dict], dtype: str, comp) -> None:
     np_dtype = STORE_DTYPES[dtype]
-    L, H, D, dh, d_out = comp.n_layers, comp.n_heads, comp.d_model, comp.d_head, comp.d_out
+    L, H, d_out = comp.n_layers, comp.n_heads, comp.d_out
 
     def cat(name, shape, dt):
         arrs = [p[name] for p in parts]
         return np.concatenate(arrs).astype(dt) if arrs else np.zeros((0, *shape), dt)
 
     tensors = {
-        "dense": cat("dense", (1 + L, D), np_dtype),
-        "heads": cat("heads", (L, H, dh), np_dtype),
+        "dense": cat("dense", (comp.dense_slots, comp.width("mlp")), np_dtype),
+        "heads": cat("heads", (L, H, comp.width("head")), np_dtype),
         "mu": cat("mu", (), np.float32),
         "sigma": cat("sigma", (), np.float32),
         "output": cat("output", (d_out,), np.float32),

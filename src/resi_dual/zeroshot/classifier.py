@@ -1,7 +1,9 @@
 """Zero-shot classifiers from class-name prompts, and class-mean prototypes for vision-only models.
 
 Classifier (CLIP; docs/DESIGN.md §7): per class, every template filled with the class name is embedded,
-L2-normalised, averaged and re-normalised; ``logits = logit_scale · normalise(image) · classesᵀ``.
+L2-normalised, averaged and re-normalised; ``logits = logit_scale · normalise(image) · classesᵀ
++ logit_bias``. The bias is SigLIP's (docs/DESIGN.md §11), whose per-class probability is
+``sigmoid(logit)``; it is 0 for softmax-trained towers, and it never changes a ranking or a softmax.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ class ZeroShotHead:
         class_names: the names the rows stand for.
         kind: ``text`` (prompt classifier) or ``prototype`` (class means of a train split).
         templates: the templates used (text kind).
+        logit_bias: added to every logit (SigLIP's sigmoid scoring; 0 otherwise).
     """
 
     weights: torch.Tensor
@@ -34,11 +37,12 @@ class ZeroShotHead:
     class_names: list[str]
     kind: str = "text"
     templates: list[str] = field(default_factory=list)
+    logit_bias: float = 0.0
 
     def logits(self, embeddings: torch.Tensor) -> torch.Tensor:
         """(n, C) logits of (n, d_out) unnormalised image embeddings."""
         x = F.normalize(embeddings.to(self.weights.dtype), dim=-1)
-        return self.logit_scale * x @ self.weights.T
+        return self.logit_scale * x @ self.weights.T + self.logit_bias
 
 
 def build_classifier(tower, class_names: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
@@ -119,7 +123,8 @@ def classifier_for_source(source, model=None, train_source=None, templates: Sequ
         return prototype_classifier(train_source, names, rows=train_rows)
     tower = get_text_tower(model, cache_dir=cache_dir)
     tpl = list(templates or templates_for(dataset))
-    return ZeroShotHead(build_classifier(tower, names, tpl), tower.logit_scale, names, "text", tpl)
+    return ZeroShotHead(build_classifier(tower, names, tpl), tower.logit_scale, names, "text", tpl,
+                        getattr(tower, "logit_bias", 0.0))
 
 
 def accuracy_report(logits: torch.Tensor, labels, class_names: Sequence[str] | None = None) -> dict:

@@ -243,6 +243,8 @@ class TracedModel:
     """
 
     family: str = "?"
+    #: ``cls`` (a linear read of the CLS token) or ``pooled`` (an attention probe: tracing/pooled.py)
+    geometry: str = "cls"
     #: families whose position embeddings interpolate accept any multiple of the patch size
     flexible_size: bool = False
 
@@ -266,9 +268,10 @@ class TracedModel:
         self.layout = self._layout()
         lay = self.layout
         self.composition = Composition(
-            spec, self.family, lay.n_layers, lay.n_heads, lay.d_model, lay.d_head, lay.d_out, convention
+            spec, self.family, lay.n_layers, lay.n_heads, lay.d_model, lay.d_head, lay.d_out, convention,
+            geometry=self.geometry,
         )
-        self.readout = build_readout(lay, convention)
+        self.readout = Readout.identity(self.composition) if self.geometry == "pooled" else build_readout(lay, convention)
         self._hash: str | None = None
 
     # -- to implement per family -----------------------------------------------------------

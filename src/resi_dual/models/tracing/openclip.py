@@ -121,8 +121,9 @@ def _open_clip_trimmed_forward(model) -> Callable[[torch.Tensor], torch.Tensor] 
     return forward
 
 
-def text_encoder(model, tokenizer) -> tuple[Callable[[list[str]], torch.Tensor], float]:
-    """(texts -> (b, d_out) ``encode_text`` embeddings, logit scale) of an open_clip model."""
+def text_encoder(model, tokenizer) -> tuple[Callable[[list[str]], torch.Tensor], float, float]:
+    """(texts -> (b, d_out) ``encode_text`` embeddings, logit scale, logit bias (SigLIP's; else 0))
+    of an open_clip model."""
     from resi_dual.models.text import check_ids
 
     if tokenizer is None:
@@ -138,7 +139,8 @@ def text_encoder(model, tokenizer) -> tuple[Callable[[list[str]], torch.Tensor],
         ids = check_ids(tokenizer(batch), vocab).to(device)
         return trimmed(ids) if trimmed is not None else model.encode_text(ids, normalize=False)
 
-    return encode, float(model.logit_scale.detach().exp())
+    bias = getattr(model, "logit_bias", None)
+    return encode, float(model.logit_scale.detach().exp()), 0.0 if bias is None else float(bias.detach())
 
 
 def _is_vit_tower(model) -> bool:
