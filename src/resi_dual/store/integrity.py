@@ -33,7 +33,7 @@ LOCK = ".lock"
 
 def expected_shapes(comp, rows: int) -> dict[str, tuple]:
     """The array shapes of a chunk of ``rows`` rows of a model with composition ``comp``."""
-    return {"dense": (rows, 1 + comp.n_layers, comp.d_model), "heads": (rows, comp.n_layers, comp.n_heads, comp.d_head),
+    return {"dense": (rows, comp.dense_slots, comp.width("mlp")), "heads": (rows, comp.n_layers, comp.n_heads, comp.width("head")),
             "mu": (rows,), "sigma": (rows,), "output": (rows, comp.d_out), "labels": (rows,), "dataset_index": (rows,)}
 
 
