@@ -73,7 +73,7 @@ def test_vocabularies_come_from_their_owners():
     """Each choice a grid offers is the Literal of the module that owns the concept."""
     from typing import get_args
 
-    from resi_dual.adapters.adapter import VARIANTS
+    from resi_dual.adapters.protocol import METHODS as ADAPTATION_TABLE_METHODS
     from resi_dual.adapters.training import PRODUCTS
     from resi_dual.core.units import CONVENTIONS
     from resi_dual.data.base import SPLITS
@@ -81,7 +81,7 @@ def test_vocabularies_come_from_their_owners():
     from resi_dual.store.writer import STORE_DTYPES, StoreDtype
     from resi_dual.zeroshot.specialize import METHODS, MODES
 
-    assert sorted(ADAPTATION_METHODS) == sorted(VARIANTS)
+    assert sorted(ADAPTATION_METHODS) == sorted(ADAPTATION_TABLE_METHODS)
     assert get_args(StoreDtype) == tuple(STORE_DTYPES)
     assert (SPLITS, CONVENTIONS, PRODUCTS, METHODS, MODES) == (
         ("train", "val", "test"), ("paper", "centred"), ("auto", "float32", "bfloat16"), ("S", "U|T", "U", "random"),

@@ -98,9 +98,12 @@ def test_adaptation_summary_is_mean_and_sample_std_over_seeds(config):
     assert coarse["seeds"] == 2 and coarse["test_accuracy_mean"] == pytest.approx(0.6)
     assert coarse["test_accuracy_std"] == pytest.approx(np.std([0.5, 0.7], ddof=1))
     assert coarse["test_accuracy"] == "60.0 ± 14.1" and summary[("textiles", "zeroshot")]["test_accuracy_std"] == 0.0
-    (bars,) = out.figures
+    bars, *scatters = out.figures
     assert bars.groups == ["digits", "textiles"] and bars.series["coarse"] == [
         (pytest.approx(0.6), pytest.approx(coarse["test_accuracy_std"])), (pytest.approx(0.85), pytest.approx(math.sqrt(0.005)))]
+    # accuracy against trainable parameters (+ 1, for the log axis), one figure per dataset
+    assert [f.stem for f in scatters] == ["figures/params_a.digits", "figures/params_a.textiles"]
+    assert scatters[0].series == {"zeroshot": ([1], [pytest.approx(0.4)]), "coarse": ([5], [pytest.approx(0.6)])}
 
 
 def test_similarity_model_correlation_is_pearson(config):
@@ -116,3 +119,32 @@ def test_similarity_model_correlation_is_pearson(config):
     assert summary["a"]["digits"] == pytest.approx(0.8) and summary["b"]["textiles"] == pytest.approx(0.7)
     corr = {r["model"]: r for r in out.find("model_correlation").rows}
     assert corr["a"]["a"] == pytest.approx(1.0) and corr["a"]["b"] == pytest.approx(-1.0)
+
+
+@pytest.mark.integration
+def test_few_shot_adaptation_grid_has_every_method_per_shot_count(config, tmp_path):
+    import dataclasses
+
+    from resi_dual.adapters.adapter import LR_SWEEP
+    from resi_dual.adapters.peers import LR_GRID
+
+    methods = ("zeroshot", "residual", "residual-keep", "linear", "linear-probe", "tip-adapter", "clip-adapter")
+    cfg = dataclasses.replace(config, datasets=config.datasets[:1], adaptation=dataclasses.replace(
+        config.adaptation, methods=methods, shots=(1, 2), max_epochs=3, patience=2))
+    with pytest.warns(UserWarning):
+        run = compute_experiment("adaptation", cfg, tmp_path, progress=False)
+    runs = run.outputs.find("runs").rows
+    assert {(r["method"], r["shots"]) for r in runs} == {(m, k) for m in methods for k in (1, 2)}
+    # 10 classes: K rows per class for training; the capped validation is min(K, 4) per class
+    for r in runs:
+        if r["method"] in ("residual", "residual-keep", "linear"):
+            assert r["lr"] in LR_SWEEP[r["method"]]
+        if r["method"] == "clip-adapter":
+            assert r["lr"] in LR_GRID
+    summary = run.outputs.find("summary").rows
+    assert {(r["method"], r["shots"]) for r in summary} == {(m, k) for m in methods for k in (1, 2)}
+    keep = next(r for r in summary if r["method"] == "residual-keep" and r["shots"] == 2)
+    plain = next(r for r in summary if r["method"] == "residual" and r["shots"] == 2)
+    assert keep["trainable_parameters"] == plain["trainable_parameters"] > 0
+    stems = [f.stem for f in run.outputs.figures]
+    assert "figures/a.1shot" in stems and "figures/params_a.2shot.digits" in stems

@@ -7,6 +7,8 @@ variant                   adapted units / components                          ot
 ========================  ==================================================  =========================
 ``residual``              heads, components to 90 % explained variance,       dropped (the paper's
                           one λ per component                                 ResiDual*)
+``residual-keep``         heads, components to 90 % explained variance,       kept as they are (MLPs
+                          one λ per component                                 and embedding)
 ``residual-full``         heads and MLPs, all components, one λ each          embedding kept as is
 ``coarse``                heads, one λ per head scaling its whole c_u         dropped
 ``spectral``              the output embedding, all its PCA components        (mean kept as is)
@@ -50,26 +52,28 @@ from resi_dual.store.base import EncodingSource
 FORMAT = "resi-dual-adapter/1"
 
 #: Variants trained on cached coefficients, plus ``finetune`` (images) and ``zeroshot`` (no training).
-Variant = Literal["zeroshot", "coarse", "residual", "residual-full", "spectral", "linear", "finetune"]
+Variant = Literal["zeroshot", "coarse", "residual", "residual-keep", "residual-full", "spectral", "linear", "finetune"]
 VARIANTS: tuple[str, ...] = get_args(Variant)
 #: λ initialisation: all ones, or 1 + N(0, 1) as the paper's code
 Init = Literal["ones", "paper"]
 INITS: tuple[str, ...] = get_args(Init)
 
 #: The paper's learning rates (Schedule-Free AdamW).
-DEFAULT_LR = {"residual": 0.8, "residual-full": 0.8, "coarse": 0.8, "spectral": 1e-3, "linear": 1e-3, "finetune": 1e-5}
+DEFAULT_LR = {"residual": 0.8, "residual-keep": 0.8, "residual-full": 0.8, "coarse": 0.8, "spectral": 1e-3, "linear": 1e-3, "finetune": 1e-5}
 #: The learning rates each method chooses from on validation (``lr="sweep"``, the default): the same
 #: budget of four candidates a decade apart for every method trained on cached features, around the
 #: paper's value; three for full fine-tuning, which reruns the backbone (the peers' grid is
 #: :data:`resi_dual.adapters.peers.LR_GRID`).
 LR_SWEEP = {
-    "residual": (0.008, 0.08, 0.8, 8.0), "residual-full": (0.008, 0.08, 0.8, 8.0), "coarse": (0.008, 0.08, 0.8, 8.0),
+    "residual": (0.008, 0.08, 0.8, 8.0), "residual-keep": (0.008, 0.08, 0.8, 8.0),
+    "residual-full": (0.008, 0.08, 0.8, 8.0), "coarse": (0.008, 0.08, 0.8, 8.0),
     "spectral": (0.008, 0.08, 0.8, 8.0), "linear": (1e-4, 1e-3, 1e-2, 1e-1), "finetune": (1e-5, 1e-4, 1e-3),
 }
 
 # variant -> (read from, adapted units, kept units, variance cut or None for all, mean mode, one λ per unit)
 _PRESETS = {
     "residual": ("units", "heads", "", 0.9, "drop", False),
+    "residual-keep": ("units", "heads", "mlps,emb", 0.9, "drop", False),
     "residual-full": ("units", "heads,mlps", "emb", None, "drop", False),
     "coarse": ("units", "heads", "", None, "scale", True),
     "spectral": ("output", "output", "", None, "drop", False),
@@ -122,6 +126,11 @@ class AdapterConfig:
             init=self.init,
             seed=self.seed,
         )
+
+
+def needs_unit_bases(variant: str) -> bool:
+    """Whether ``variant`` reads per-unit PCA bases (the λ-per-component and per-head variants)."""
+    return variant in _PRESETS and _PRESETS[variant][0] == "units"
 
 
 def _make_module(cfg: dict, proj: Projection, d_out: int) -> nn.Module:

@@ -12,17 +12,25 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, replace
+from typing import Literal, get_args
 
 import numpy as np
 import torch
 
 from resi_dual.adapters.adapter import LR_SWEEP, Adapter, AdapterConfig, build_adapter, describe
 from resi_dual.adapters.cache import CachedSplit, check_same_labels, check_same_model
+from resi_dual.adapters.adapter import Variant
 from resi_dual.adapters.fewshot import FewShotSplit, few_shot_split
+from resi_dual.adapters.peers import Peer
 from resi_dual.adapters.modules import classify
 from resi_dual.adapters.training import TrainConfig, fit
 from resi_dual.errors import ResiDualError
 from resi_dual.store.base import EncodingSource
+
+
+#: A row of an adaptation table: an adapter variant, a peer, or WiSE-FT (which comes with ``finetune``).
+Method = Literal[Variant, Peer, Literal["wise-ft"]]
+METHODS: tuple[str, ...] = get_args(Method)
 
 
 def check_splits(train: EncodingSource, val: EncodingSource, test: EncodingSource) -> None:

@@ -14,13 +14,14 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Annotated, Any, Callable, Literal, Union, get_args, get_origin, get_type_hints
 
-from resi_dual.adapters.adapter import Init, Variant
+from resi_dual.adapters.adapter import Init
+from resi_dual.adapters.protocol import Method
 from resi_dual.adapters.training import Products, TrainConfig
 from resi_dual.core.units import Convention
 from resi_dual.data.base import Split
 from resi_dual.errors import ResiDualError
 from resi_dual.store.writer import StoreDtype
-from resi_dual.zeroshot.specialize import Ablation, RankingMethod
+from resi_dual.zeroshot.specialize import Ablation, Protocol, RankingMethod
 
 
 @dataclass(frozen=True)
@@ -38,8 +39,10 @@ Fraction = Annotated[float, Rule(lambda v: 0.0 < v <= 1.0, "must be in (0, 1]")]
 Limit = Annotated[Union[int, None], Rule(lambda v: v > 0, "must be positive"), NO_LIMIT]
 Share = Annotated[float, Rule(lambda v: 0.0 <= v < 1.0, "must be in [0, 1)")]
 
-#: rows of the adaptation table, in table order
-ADAPTATION_METHODS: tuple[str, ...] = ("zeroshot", "residual", "residual-full", "coarse", "linear", "spectral", "finetune")
+#: rows of the adaptation table, in table order: every variant, peer and WiSE-FT
+ADAPTATION_METHODS: tuple[str, ...] = ("zeroshot", "residual", "residual-keep", "residual-full", "coarse", "linear",
+                                       "spectral", "linear-probe", "tip-adapter", "tip-adapter-f", "clip-adapter",
+                                       "finetune", "wise-ft")
 RANKINGS: tuple[str, ...] = get_args(RankingMethod)
 SPLITS: tuple[str, ...] = get_args(Split)
 
@@ -88,13 +91,16 @@ class SpecializationSettings:
     fractions: tuple[Fraction, ...] = (0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0)  # shares of heads kept (plus top-1)
     random_seeds: PosInt = 10  # seeds of the random ranking
     ablation: Ablation = "mean"  # what replaces dropped heads: ``zero`` or ``mean`` (their mean contribution)
+    protocol: Protocol = "project"  # ``paper``: the authors' experiment (only the top heads kept, every other unit ablated)
     describe_top: int = 5  # heads whose text descriptions are reported
     describe_terms: PosInt = 5  # descriptions per head (TextSpan iterations)
 
 
 @dataclass(frozen=True)
 class AdaptationSettings:
-    methods: tuple[Variant, ...] = ADAPTATION_METHODS  # rows of the adaptation table
+    methods: tuple[Method, ...] = ADAPTATION_METHODS  # rows of the adaptation table: variants, peers, wise-ft
+    lr: Literal["sweep", "paper"] = "sweep"  # ``sweep``: every method picks its lr on val from grids of one size; ``paper``: the paper's lrs
+    shots: tuple[PosInt, ...] | None = None  # few-shot protocol: K per class for each K (val capped at min(K, 4)); None: all
     bases: Literal["reference", "task"] = "reference"  # PCA bases for ResiDual: ``reference`` (the paper) or ``task`` (train split)
     max_epochs: PosInt = TrainConfig.max_epochs  # the paper: ≤ 30 epochs
     patience: PosInt = TrainConfig.patience  # early stopping on val accuracy

@@ -95,7 +95,8 @@ def plan_similarity(grid: Grid) -> tuple[list, Callable[[], Outputs]]:
 
 # -- specialization (paper §4) ----------------------------------------------------------------------
 def specialization_rows(grid: Grid, m, d, stores: dict) -> list[dict]:
-    """Rank heads on val, ablate on test (head means from train); describe the top heads with TextSpan.
+    """Rank heads on val, ablate on test (head means from train, or the paper protocol's); describe the top
+    heads with TextSpan.
 
     Rows carry ``table``: ``curve`` (accuracy vs heads kept per ranking and ablation mode) or
     ``descriptions`` (the best heads of each non-random ranking and their top dictionary texts).
@@ -105,11 +106,11 @@ def specialization_rows(grid: Grid, m, d, stores: dict) -> list[dict]:
     s = grid.config.specialization
     train, val, test = (open_cell_store(stores[k]) for k in ("train", "val", "test"))
     head = _zero_shot_head(grid, m, stores["train"])
-    rankings = rank_heads(val, head, methods=s.rankings, seeds=range(s.random_seeds))
+    rankings = rank_heads(val, head, methods=s.rankings, seeds=range(s.random_seeds), protocol=s.protocol)
     n_heads = len(val.composition.head_units)
-    sizes = keep_sizes(n_heads, [f for f in s.fractions if f < 1.0])
-    means = head_means(train) if s.ablation == "mean" else None
-    res = ablation_curves(test, head, rankings, sizes, modes=(s.ablation,), means=means)
+    sizes = keep_sizes(n_heads, [f for f in s.fractions if f < 1.0], protocol=s.protocol)
+    means = head_means(train) if s.ablation == "mean" and s.protocol == "project" else None
+    res = ablation_curves(test, head, rankings, sizes, modes=(s.ablation,), means=means, protocol=s.protocol)
     rows = []
     for method, by_mode in summarize_random(res).items():
         mean, std = by_mode[s.ablation]
@@ -173,47 +174,84 @@ def plan_specialization(grid: Grid) -> tuple[list, Callable[[], Outputs]]:
 _HEADS: dict = {}
 
 
-def _zero_shot_head(grid: Grid, m, train_store):
-    """The frozen classifier for a model × dataset (text prompts, or train-split prototypes)."""
+def _zero_shot_head(grid: Grid, m, train_store, train_rows=None):
+    """The frozen classifier for a model × dataset: text prompts, or prototypes of the train rows a run
+    may read (all of them outside the few-shot protocol)."""
     from resi_dual.zeroshot import classifier_for_source
 
-    key = (m.name, train_store.key)
+    key = (m.name, train_store.key, None if train_rows is None else tuple(train_rows.tolist()))
     if key not in _HEADS:
         src = open_cell_store(train_store)
-        _HEADS[key] = classifier_for_source(src, model=grid.model(m), train_source=src)
+        _HEADS[key] = classifier_for_source(src, model=grid.model(m), train_source=src, train_rows=train_rows)
     return _HEADS[key]
 
 
-def adaptation_rows(grid: Grid, m, d, method: str, seed: int, stores: dict, bases_cell) -> list[dict]:
-    """One training run through the adapters' protocol (train on cached coefficients, test the best)."""
+def _result_row(base: dict, method: str, res: dict) -> dict:
+    return {**base, "method": method, "trainable_parameters": int(res["trainable_parameters"]),
+            "val_accuracy": float(res["accuracy"]["val"]), "test_accuracy": float(res["accuracy"]["test"]),
+            "epochs": int(res.get("epochs", 0)), "best_epoch": int(res.get("best_epoch", 0)),
+            "lr": res.get("lr"), "note": res.get("note", "")}
+
+
+def adaptation_rows(grid: Grid, m, d, method: str, seed: int, stores: dict, bases_cell, shots: int | None = None,
+                    reference_cell=None) -> list[dict]:
+    """One run through the adapters' protocol: a variant on cached coefficients, a peer on cached
+    embeddings, or full fine-tuning (which also gives the WiSE-FT row). With ``shots``, the few-shot
+    protocol: only K train rows and min(K, 4) val rows per class are read."""
     from resi_dual.adapters import AdapterConfig, TrainConfig
+    from resi_dual.adapters.peers import PEERS
+    from resi_dual.adapters.protocol import labelled_rows
     from resi_dual.adapters.training import resolve_products
 
     s = grid.config.adaptation
     train, val, test = (open_cell_store(stores[k]) for k in ("train", "val", "test"))
-    row = {"model": m.name, "dataset": d.name, "method": method, "seed": seed}
+    base = {"model": m.name, "dataset": d.name, "shots": shots or 0, "seed": seed}
+    split = labelled_rows(train, val, shots, seed)
+    lr = "sweep" if s.lr == "sweep" else None
     if method == "finetune":
         from resi_dual.adapters.finetune import finetune_from_stores
 
-        res = finetune_from_stores(train, val, test, seed=seed, epochs=s.finetune_max_epochs, patience=s.patience,
-                                   batch_size=s.batch_size, progress=grid.progress, device=grid.device)
-    else:
-        from resi_dual.adapters.protocol import train_and_evaluate
+        res = finetune_from_stores(train, val, test, shots=shots, seed=seed, lr=lr or "1e-5",
+                                   epochs=s.finetune_max_epochs, patience=s.patience, batch_size=s.batch_size,
+                                   progress=grid.progress, device=grid.device)
+        if s.finetune_max_epochs < s.max_epochs:
+            res["note"] = "; ".join(filter(None, [res.get("note", ""), f"budget cut: ≤ {s.finetune_max_epochs} epochs"]))
+        wise = res["wise_ft"]
+        wise_row = {**base, "method": "wise-ft", "trainable_parameters": int(res["trainable_parameters"]),
+                    "val_accuracy": float(wise["val_accuracy"]), "test_accuracy": float(wise["test_accuracy"]),
+                    "epochs": int(res["epochs"]), "best_epoch": int(res["best_epoch"]), "lr": res["lr"],
+                    "note": f"α = {wise['alpha']:g}"}
+        return [_result_row(base, "finetune", res), wise_row]
+    head = _zero_shot_head(grid, m, stores["train"], None if split is None else split.train_rows)
+    if method in PEERS:
+        from resi_dual.adapters.fewshot import run_peers
+        from resi_dual.adapters.peers import PeerTraining
 
-        head = _zero_shot_head(grid, m, stores["train"])
-        bases = load_cell_bases(bases_cell) if bases_cell is not None else None
-        torch.manual_seed(seed)
-        _, res = train_and_evaluate(
-            AdapterConfig(variant=method, init=s.init, seed=seed), train, val, test, head.weights, head.logit_scale,
-            bases=bases, train_config=TrainConfig(batch_size=s.batch_size, max_epochs=s.max_epochs, patience=s.patience,
-                                                  products=resolve_products(s.products, torch.float32),
-                                                  seed=seed, progress=False))
-    row.update(trainable_parameters=int(res["trainable_parameters"]), val_accuracy=float(res["accuracy"]["val"]),
-               test_accuracy=float(res["accuracy"]["test"]), epochs=int(res["epochs"]), best_epoch=int(res["best_epoch"]))
-    return [row]
+        budget = PeerTraining(max_epochs=s.max_epochs, patience=s.patience, batch_size=s.batch_size, seed=seed)
+        (res,) = run_peers(train, val, test, head.weights, head.logit_scale, shots, seed, peers=[method], budget=budget)
+        from resi_dual.adapters.peers import LR_GRID
+        from resi_dual.adapters.protocol import sweep_note
+
+        res["lr"] = res["settings"].get("lr")
+        res["note"] = "; ".join(filter(None, [
+            ", ".join(f"{k} {v:.3g}" for k, v in res["settings"].items() if k != "lr"),
+            sweep_note(res["lr"], LR_GRID) if res["lr"] is not None else ""]))
+        return [_result_row(base, method, res)]
+    from resi_dual.adapters.protocol import train_and_evaluate
+
+    bases = load_cell_bases(bases_cell) if bases_cell is not None else None
+    reference = open_cell_store(reference_cell) if (reference_cell is not None and shots) else None
+    torch.manual_seed(seed)
+    _, res = train_and_evaluate(
+        AdapterConfig(variant=method, init=s.init, seed=seed), train, val, test, head.weights, head.logit_scale,
+        bases=bases, shots=shots, reference=reference,
+        train_config=TrainConfig(lr=lr, batch_size=s.batch_size, max_epochs=s.max_epochs, patience=s.patience,
+                                 products=resolve_products(s.products, torch.float32), seed=seed, progress=False))
+    return [_result_row(base, method, res)]
 
 
 def plan_adaptation(grid: Grid) -> tuple[list, Callable[[], Outputs]]:
+    from resi_dual.adapters.adapter import needs_unit_bases
     from resi_dual.adapters.training import resolve_products
 
     cfg, s = grid.config, grid.config.adaptation
@@ -221,32 +259,42 @@ def plan_adaptation(grid: Grid) -> tuple[list, Callable[[], Outputs]]:
     # trains with that same resolved format
     products = resolve_products(s.products, torch.float32)
     methods = list(s.methods)
+    trained = [mt for mt in methods if mt != "wise-ft"]  # WiSE-FT's rows come from the finetune cells
+    if "wise-ft" in methods and "finetune" not in trained:
+        trained.append("finetune")
     cells = []
     for m in cfg.models:
-        ref_bases = grid.bases(grid.store(m, cfg.reference, cfg.reference_split, cfg.limits.reference))
+        ref_store = grid.store(m, cfg.reference, cfg.reference_split, cfg.limits.reference)
+        ref_bases = grid.bases(ref_store)
         for d in cfg.datasets:
             stores = {sp: grid.store(m, d, sp, grid.limit_for(d, sp)) for sp in ("train", "val", "test")}
             bases = ref_bases if s.bases == "reference" else grid.bases(stores["train"])
-            for method in methods:
-                needs_bases = method in ("residual", "residual-full", "coarse")
-                seeds = cfg.seeds[:1] if method == "zeroshot" else cfg.seeds
-                if method == "finetune" and s.finetune_seeds is not None:
-                    seeds = s.finetune_seeds
-                for seed in seeds:
-                    settings = {"method": method, "seed": seed, "init": s.init, "max_epochs": s.max_epochs,
-                                "patience": s.patience, "batch_size": s.batch_size}
-                    if method == "finetune":
-                        settings["finetune_max_epochs"] = s.finetune_max_epochs
-                    if method in ("residual", "residual-full", "coarse", "spectral"):  # the λ-step methods
-                        settings["products"] = products
-                    deps = list(stores.values()) + ([bases] if needs_bases else [])
-                    cells.append(grid.analysis(
-                        "adaptation", f"{m.name}.{d.name}.{method}.s{seed}", settings, deps,
-                        lambda m=m, d=d, method=method, seed=seed, st=stores, b=(bases if needs_bases else None):  # noqa: E731
-                        adaptation_rows(grid, m, d, method, seed, st, b)))
+            for shots in (s.shots or (None,)):
+                for method in trained:
+                    needs_bases = needs_unit_bases(method)
+                    seeds = cfg.seeds[:1] if method in ("zeroshot", "tip-adapter") and shots is None else cfg.seeds
+                    if method == "finetune" and s.finetune_seeds is not None:
+                        seeds = s.finetune_seeds
+                    for seed in seeds:
+                        settings = {"method": method, "seed": seed, "init": s.init, "max_epochs": s.max_epochs,
+                                    "patience": s.patience, "batch_size": s.batch_size, "lr": s.lr}
+                        if shots is not None:
+                            settings["shots"] = shots
+                        if method == "finetune":
+                            settings["finetune_max_epochs"] = s.finetune_max_epochs
+                        if method in ("residual", "residual-keep", "residual-full", "coarse", "spectral"):
+                            settings["products"] = products  # the λ-step methods
+                        deps = list(stores.values()) + ([bases] if needs_bases else []) + ([ref_store] if shots else [])
+                        name = f"{m.name}.{d.name}.{method}" + (f".k{shots}" if shots else "") + f".s{seed}"
+                        cells.append(grid.analysis(
+                            "adaptation", name, settings, deps,
+                            lambda m=m, d=d, method=method, seed=seed, st=stores, b=(bases if needs_bases else None),
+                            k=shots, r=ref_store:  # noqa: E731
+                            adaptation_rows(grid, m, d, method, seed, st, b, k, r)))
 
     def summarize() -> Outputs:
-        return adaptation_outputs(cfg, [r for c in cells for r in cell_rows(c)], methods)
+        rows = [r for c in cells for r in cell_rows(c) if r["method"] in methods]
+        return adaptation_outputs(cfg, rows, methods)
 
     return cells, summarize
 

@@ -17,10 +17,10 @@ HEAD_SIMILARITY_COLUMNS = ["model", "dataset", "unit", "layer", "head", "similar
 CURVE_COLUMNS = ["model", "dataset", "ranking", "ablation", "heads_kept", "fraction", "accuracy", "accuracy_std",
                  "base_accuracy"]
 TOP_HEAD_COLUMNS = ["model", "dataset", "ranking", "rank", "unit", "score", "descriptions"]
-RUN_COLUMNS = ["model", "dataset", "method", "seed", "trainable_parameters", "val_accuracy", "test_accuracy", "epochs",
-               "best_epoch"]
-ADAPTATION_COLUMNS = ["model", "dataset", "method", "trainable_parameters", "seeds", "test_accuracy", "test_accuracy_mean",
-                      "test_accuracy_std", "note"]
+RUN_COLUMNS = ["model", "dataset", "shots", "method", "seed", "trainable_parameters", "val_accuracy", "test_accuracy",
+               "epochs", "best_epoch", "lr", "note"]
+ADAPTATION_COLUMNS = ["model", "dataset", "shots", "method", "trainable_parameters", "seeds", "test_accuracy",
+                      "test_accuracy_mean", "test_accuracy_std", "lr", "note"]
 
 
 def _layer_labels(n_layers: int, n_heads: int, mlp: bool) -> tuple[list[str], list[str]]:
@@ -128,26 +128,51 @@ def specialization_outputs(cfg: GridConfig, rows: list[dict]) -> Outputs:
     return out
 
 
+def _summary_note(sel: list[dict]) -> str:
+    """The runs' notes (edge learning rates, cut budgets, chosen settings), each said once."""
+    notes = []
+    for r in sel:
+        for part in str(r.get("note") or "").split("; "):
+            if part and part not in notes:
+                notes.append(part)
+    return "; ".join(notes)
+
+
 def adaptation_outputs(cfg: GridConfig, rows: list[dict], methods: list[str]) -> Outputs:
-    """``runs`` (every run), ``summary`` (mean ± std over seeds per method) and one bar chart per model."""
-    rows = sorted(rows, key=lambda r: (r["model"], r["dataset"], methods.index(r["method"]), r["seed"]))
+    """``runs`` (every run), ``summary`` (mean ± std over seeds per method and shot count), one bar chart
+    per model and shot count, and accuracy against trainable parameters per model × dataset × shots."""
+    rows = sorted(rows, key=lambda r: (r["model"], r["dataset"], r.get("shots", 0), methods.index(r["method"]), r["seed"]))
     out = Outputs(extra={"runs": len(rows)})
     out.table("runs", rows, RUN_COLUMNS, "Adaptation: every run")
     summary = []
+    shot_counts = sorted({int(r.get("shots", 0)) for r in rows}) or [0]
     for m in cfg.models:
         for d in cfg.datasets:
-            for method in methods:
-                sel = [r for r in rows if r["model"] == m.name and r["dataset"] == d.name and r["method"] == method]
-                mu, sd = mean_std([r["test_accuracy"] for r in sel])
-                summary.append({"model": m.name, "dataset": d.name, "method": method,
-                                "trainable_parameters": sel[0]["trainable_parameters"] if sel else None,
-                                "seeds": len(sel), "test_accuracy_mean": mu, "test_accuracy_std": sd,
-                                "test_accuracy": f"{100 * mu:.1f} ± {100 * sd:.1f}"})
+            for k in shot_counts:
+                for method in methods:
+                    sel = [r for r in rows if r["model"] == m.name and r["dataset"] == d.name
+                           and r["method"] == method and int(r.get("shots", 0)) == k]
+                    mu, sd = mean_std([r["test_accuracy"] for r in sel])
+                    lrs = sorted({r["lr"] for r in sel if r.get("lr") is not None})
+                    summary.append({"model": m.name, "dataset": d.name, "shots": k or "all", "method": method,
+                                    "trainable_parameters": sel[0]["trainable_parameters"] if sel else None,
+                                    "seeds": len(sel), "test_accuracy_mean": mu, "test_accuracy_std": sd,
+                                    "test_accuracy": f"{100 * mu:.1f} ± {100 * sd:.1f}",
+                                    "lr": ", ".join(f"{x:g}" for x in lrs), "note": _summary_note(sel)})
     out.table("summary", summary, ADAPTATION_COLUMNS, "Adaptation: test accuracy (%), mean ± std over seeds")
     for m in cfg.models:
-        series = {method: [(r["test_accuracy_mean"], r["test_accuracy_std"]) for d in cfg.datasets
-                           for r in summary if r["model"] == m.name and r["dataset"] == d.name and r["method"] == method]
-                  for method in methods}
-        out.figure(Bars(f"figures/{m.name}", [d.name for d in cfg.datasets], series, "test accuracy",
-                        f"{m.name}: adaptation"))
+        for k in shot_counts:
+            tag = f"{m.name}" + (f".{k}shot" if k else "")
+            series = {method: [(r["test_accuracy_mean"], r["test_accuracy_std"]) for d in cfg.datasets
+                               for r in summary if r["model"] == m.name and r["dataset"] == d.name
+                               and r["method"] == method and r["shots"] == (k or "all")]
+                      for method in methods}
+            out.figure(Bars(f"figures/{tag}", [d.name for d in cfg.datasets], series, "test accuracy",
+                            f"{m.name}: adaptation" + (f", {k} shots" if k else "")))
+            for d in cfg.datasets:
+                points = {r["method"]: ([r["trainable_parameters"] + 1], [r["test_accuracy_mean"]]) for r in summary
+                          if r["model"] == m.name and r["dataset"] == d.name and r["shots"] == (k or "all")
+                          and r["trainable_parameters"] is not None}
+                out.figure(Lines(f"figures/params_{tag}.{d.name}", points, "trainable parameters + 1",
+                                 "test accuracy", f"{m.name} on {d.name}" + (f", {k} shots" if k else ""), logx=True))
     return out
