@@ -10,26 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from spatial_images import half_canvas_digits
 from resi_dual.cli import main
 
 
 pytestmark = pytest.mark.integration  # the CLI / real stores end to end
-
-
-@pytest.fixture(scope="module")
-def folder_store(tmp_path_factory):
-    """A folder dataset of 36 half-canvas digits (3 classes) encoded by the demo model (float32)."""
-    root = tmp_path_factory.mktemp("explore")
-    data = root / "data"
-    for i, (img, _half, y) in enumerate(half_canvas_digits(120, seed=7)):
-        if y < 3 and len(list((data / str(y)).glob("*.png")) if (data / str(y)).exists() else []) < 12:
-            (data / str(y)).mkdir(parents=True, exist_ok=True)
-            img.save(data / str(y) / f"{i:03d}.png")
-    store = root / "store"
-    assert main(["encode", "--model", "demo", "--dataset", f"folder:{data}", "--split", "train", "--out", str(store),
-                 "--dtype", "float32", "--no-progress"]) == 0
-    return root, data, store
 
 
 def _pages_and_images(site: Path):
