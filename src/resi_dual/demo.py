@@ -215,5 +215,23 @@ def run_demo(out: str | Path, quick: bool = False, progress: bool = True) -> Pat
         rep.figure(png, f"specialization: {png.stem}")
     rep.table([r for r in top if r.get("ranking") == "S"], caption="top heads by S and their TextSpan descriptions")
 
+    _explorer_section(rep, grid, ref_store, out, idd / "units.tsv")
     index = rep.write(out)
     return index
+
+
+def _explorer_section(rep, grid, ref_store, out: Path, id_table: Path) -> None:
+    """Build the explorer site of the reference store into ``out/explorer`` and link it from the report."""
+    from resi_dual.experiments.grid import STORE_DIR
+    from resi_dual.report.explorer import ExploreOptions, build_site
+
+    stats = build_site(ref_store.path / STORE_DIR, out / "explorer", analysis=grid.bases(ref_store).path,
+                       id_table=id_table, options=ExploreOptions(pcs=5, images=6))
+    rep.section(
+        "Explorer: what each head encodes, with images",
+        f"[Open the explorer](explorer/index.html) (a static site, no server): layers × heads coloured by a "
+        f"measure; per head its spectrum and, for each of its first 5 principal components, the 6 reference images "
+        f"with the highest and the lowest coefficient, with the component's exact spatial map drawn over each "
+        f"(red: positive, blue: negative). {stats.traced_images} distinct images re-traced in "
+        f"{stats.trace_seconds:.0f} s; the rest of the site {stats.other_seconds:.0f} s; {stats.bytes / 2**20:.1f} MB.",
+    )
