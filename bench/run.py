@@ -24,6 +24,8 @@ RESULTS_JSON = BENCH_DIR / "results.json"
 
 
 def _fmt(x) -> str:
+    if x is None:  # a projection row: no baseline, ratio or verdict
+        return ""
     if isinstance(x, float):
         return f"{x:.4g}"
     return str(x)
@@ -45,7 +47,7 @@ def render(results: dict) -> str:
             unit = row.get("unit", "")
             lines.append(
                 f"| {row['what']} | {_fmt(row['ours'])} {unit} | {_fmt(row['baseline'])} {unit} ({row['baseline_name']}) "
-                f"| {_fmt(row['ratio'])} | {row['target']} | {'yes' if row['met'] else 'no'} | {row.get('note', '')} |"
+                f"| {_fmt(row['ratio'])} | {row['target']} | {'' if row['met'] is None else 'yes' if row['met'] else 'no'} | {row.get('note', '')} |"
             )
         lines.append("")
     return "\n".join(lines)
