@@ -22,7 +22,9 @@ from resi_dual.errors import ResiDualError
 from resi_dual.report import explorer_pages as pages
 
 MAX_SITE_BYTES = 100 * 1024 * 1024
-ID_MEASURES = ("linear_id", "twonn_id", "ratio", "pc1_ratio", "participation_ratio")
+#: per-unit columns of ``analyze``'s id.tsv (or the grid's intrinsic-dim units.tsv) shown as measures
+ID_MEASURES = {"linear_id": "linear ID", "twonn_id": "TwoNN ID", "ratio": "linear / TwoNN", "id_ratio": "linear / TwoNN",
+               "pc1_ratio": "PC1 ratio", "participation_ratio": "participation ratio"}
 
 
 @dataclass
@@ -46,6 +48,13 @@ class BuildStats:
     other_seconds: float = 0.0
     bytes: int = 0
     notes: list[str] = field(default_factory=list)
+    phases: dict[str, float] = field(default_factory=dict)
+
+    def lap(self, name: str, since: float) -> float:
+        """Record the seconds since ``since`` under ``name``; returns now."""
+        now = time.perf_counter()
+        self.phases[name] = round(now - since, 3)
+        return now
 
 
 def _read_tsv(path: Path) -> list[dict]:
@@ -53,19 +62,19 @@ def _read_tsv(path: Path) -> list[dict]:
         return list(csv.DictReader(f, delimiter="\t"))
 
 
-def _measures(comp, bases, analysis: Path | None, specialization: Path | None, similarity: Path | None,
+def _measures(comp, bases, id_table: Path | None, specialization: Path | None, similarity: Path | None,
               lambdas: dict, notes: list[str]) -> dict[str, dict[str, float]]:
     """measure -> unit label -> value, for the overview and the unit pages."""
     out: dict[str, dict[str, float]] = {
         "total variance": {lab: float(bases.total_variance[lab]) for lab in bases.labels},
         "PC1 share": {lab: float(bases.explained_variance_ratio(lab)[0]) for lab in bases.labels},
     }
-    if analysis is not None and (analysis / "id.tsv").is_file():
-        rows = _read_tsv(analysis / "id.tsv")
-        for m in ID_MEASURES:
-            vals = {r["unit"]: float(r[m]) for r in rows if r.get(m) not in (None, "", "nan")}
+    if id_table is not None and id_table.is_file():
+        rows = _read_tsv(id_table)
+        for col, name in ID_MEASURES.items():
+            vals = {r["unit"]: float(r[col]) for r in rows if r.get(col) not in (None, "", "nan")}
             if vals:
-                out[m.replace("_", " ")] = vals
+                out[name] = vals
     else:
         notes.append("intrinsic dimensions (linear ID, TwoNN) left out: no --analysis folder with id.tsv")
     if specialization is not None:
@@ -137,8 +146,10 @@ def _bases(store, analysis: Path | None, labels: list[str], notes: list[str]):
 
 
 def build_site(store_path, out, analysis=None, interpret=None, adapter=None, specialization=None,
-               similarity=None, options: ExploreOptions | None = None, progress=None) -> BuildStats:
-    """Write the explorer for ``store_path`` into ``out`` (complete or not at all); returns timings."""
+               similarity=None, options: ExploreOptions | None = None, progress=None, id_table=None) -> BuildStats:
+    """Write the explorer for ``store_path`` into ``out`` (complete or not at all); returns timings.
+
+    ``id_table``: a per-unit intrinsic-dimension table (default ``analysis/id.tsv``)."""
     from resi_dual.data.reopen import reopen_images
     from resi_dual.models.loading import load_model, resolve_device
     from resi_dual.report.components import distinct_rows, rank_pc_images, trace_pc_maps
@@ -160,31 +171,38 @@ def build_site(store_path, out, analysis=None, interpret=None, adapter=None, spe
     comp = store.composition
     labels = [comp.units[i].label for i in comp.select(opt.units)]
     bases = _bases(store, paths["analysis"], labels, notes)
+    t = stats.lap("bases", t0)
     lambdas = _lambdas(paths["adapter"], bases, notes)
-    measures = _measures(comp, bases, paths["analysis"], paths["spec"], paths["sim"], lambdas, notes)
+    ids = Path(id_table) if id_table else (paths["analysis"] / "id.tsv" if paths["analysis"] else None)
+    measures = _measures(comp, bases, ids, paths["spec"], paths["sim"], lambdas, notes)
     descriptions, poles = _descriptions(paths["interpret"], notes)
+    t = stats.lap("inputs", t)
     lists = rank_pc_images(store, bases, labels, opt.pcs, opt.images)
     rows = distinct_rows(lists)
+    t = stats.lap("ranking", t)
     images = dict(zip(rows, reopen_images(store.meta, store.sample_ids, store.class_names,
                                           [store.sample_ids[r] for r in rows], opt.data_root)))
     stats.distinct_images = len(rows)
+    t = stats.lap("reopen images", t)
     model = load_model(store.meta["model_spec"], convention=comp.convention, device=resolve_device(opt.device))
     if store.meta.get("weights_hash") and model.weights_hash() != store.meta["weights_hash"]:
         raise ResiDualError(f"model {store.meta['model_spec']} now has other weights than when the store was encoded")
-    t1 = time.perf_counter()
+    t1 = stats.lap("load model", t)
     maps = trace_pc_maps(model, images, bases, lists, opt.batch_size, progress)
     stats.trace_seconds = time.perf_counter() - t1
+    t = stats.lap("trace", t1)
     stats.traced_images = len({r for r, _label, _pc in maps})
     with staged_dir(out) as tmp:
         _write(tmp, store, comp, bases, labels, lists, images, maps, measures, descriptions, poles, lambdas, notes, opt)
         stats.bytes = sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file())
+        stats.lap("thumbnails and pages", t)
         if stats.bytes > MAX_SITE_BYTES:
             raise ResiDualError(f"the site would take {stats.bytes / 2**20:.0f} MB (limit {MAX_SITE_BYTES // 2**20} MB); "
                                 "lower --images, --pcs, --thumb or --units")
         stats.other_seconds = time.perf_counter() - t0 - stats.trace_seconds
         (tmp / "build.json").write_text(json.dumps({
             "distinct_images": stats.distinct_images, "traced_images": stats.traced_images, "trace_seconds": round(stats.trace_seconds, 3),
-            "other_seconds": round(stats.other_seconds, 3), "bytes": stats.bytes, "notes": notes,
+            "other_seconds": round(stats.other_seconds, 3), "bytes": stats.bytes, "notes": notes, "phases_seconds": stats.phases,
             "units": len(labels), "pcs": opt.pcs, "images": opt.images}, indent=1))
     return stats
 
@@ -236,7 +254,7 @@ def _write(tmp: Path, store, comp, bases, labels, lists, images, maps, measures,
             label, unit_measures, ratios, descriptions.get(label, []), pcs, [], side))
     head_measures = {m: {k: v for k, v in vals.items() if k in is_head and is_head[k]} for m, vals in measures.items()}
     head_measures = {m: v for m, v in head_measures.items() if v}
-    default = next((m for m in ("linear id", "specialization (S)") if m in head_measures), next(iter(head_measures), ""))
+    default = next((m for m in ("linear ID", "specialization (S)") if m in head_measures), next(iter(head_measures), ""))
     summary = (f"{store.meta.get('model_spec', '?')} on {store.meta.get('dataset_spec', '?')} "
                f"({store.meta.get('split', '?')}, {len(store)} samples): {len(labels)} units, first {opt.pcs} PCs, "
                f"{opt.images} highest and lowest images each. Click a head.")

@@ -117,7 +117,7 @@ def unit_page(label: str, measures: dict[str, float], ratios: list[float], descr
     for pc in pcs:
         lam = f" · λ = {pc['lambda']:.3g}" if pc.get("lambda") is not None else ""
         poles = "".join(f"<div><b>{escape(s)}</b> {escape(', '.join(t))}</div>" for s, t in pc.get("poles", {}).items())
-        strip = "".join(figure("../" + src, f"{c:+.3g}", side // 2) for src, c in pc["preview"])
+        strip = "".join(figure("../" + src, f"{c:+.3g}", side) for src, c in pc["preview"])
         parts.append(f"<h3 id=pc{pc['k']}><a href=\"{escape(pc['href'])}\">PC{pc['k']}</a> "
                      f"<span class=muted>{pc['ratio']:.2%} of variance{lam}</span></h3>{poles}<div class=strip>{strip}</div>")
     return page(label, "".join(parts), depth=1)
