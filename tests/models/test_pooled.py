@@ -181,3 +181,29 @@ def test_short_names():
 
     assert resolve_spec("siglip_b") == "hf:google/siglip-base-patch16-224"
     assert resolve_spec("siglip2_b") == "hf:google/siglip2-base-patch16-224"
+
+
+def test_open_clip_siglip_zero_shot_logits_equal_the_library(tmp_path):
+    """open_clip SigLIP (timm MAP trunk, bidirectional last-token text tower, logit bias) through the
+    real loader: scale · cos + bias equals the library's get_logits, and the pooled units sum to it."""
+    import open_clip
+    from tracing_models import save_open_clip_dir, timm_clip_cfg
+
+    from resi_dual.models.text import clear_cache, get_text_tower
+    from resi_dual.zeroshot import build_classifier
+    from resi_dual.zeroshot.classifier import ZeroShotHead
+
+    cfg = timm_clip_cfg("siglip_map")
+    cfg.update(init_logit_bias=-3.0, embed_dim=36)  # the trunk keeps its width, as ViT-B-16-SigLIP (768)
+    cfg["text_cfg"].update(context_length=77, vocab_size=49408, no_causal_mask=True, pool_type="last")
+    lib = save_open_clip_dir(tmp_path / "oc_siglip", cfg, seed=11).eval()
+    model = _load(f"open_clip:{tmp_path / 'oc_siglip'}")
+    assert model.family == "open_clip-siglip" and model.composition.pooled
+    clear_cache()
+    tower = get_text_tower(model)
+    assert tower.logit_bias == pytest.approx(float(lib.logit_bias))
+    px = torch.randn(3, 3, 30, 30, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        ref, _ = lib.get_logits(px, open_clip.tokenize(TEXTS))
+    head = ZeroShotHead(build_classifier(tower, TEXTS, ["{}"]), tower.logit_scale, TEXTS, "text", ["{}"], tower.logit_bias)
+    torch.testing.assert_close(head.logits(model.trace(px).contributions().sum(1)), ref, rtol=1e-5, atol=1e-5)

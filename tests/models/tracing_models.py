@@ -116,7 +116,7 @@ KIND_FAMILY = {"clip": "hf-clip", "clip_vision_proj": "hf-clip", "clip_vision": 
                "open_clip_mha": "open_clip", "open_clip_mha_quickgelu_ls": "open_clip",
                "open_clip_custom_attention": "open_clip", "open_clip_custom_no_ln_pre": "open_clip",
                "timm_eva02_clip": "open_clip-timm", "timm_eva_ls_fc_norm": "open_clip-timm",
-               "timm_vit_registers": "open_clip-timm"}
+               "timm_vit_registers": "open_clip-timm", "timm_siglip_map": "open_clip-siglip"}
 
 
 # -- open_clip -----------------------------------------------------------------------------------
@@ -170,6 +170,9 @@ TIMM_VARIANTS = {
     "vit_registers": ("vit", dict(img_size=20, patch_size=5, embed_dim=24, depth=2, num_heads=3, reg_tokens=2,
                                   pre_norm=True, qk_norm=True, init_values=0.4, scale_attn_norm=True),
                       {"timm_proj": "linear", "timm_proj_bias": True}),
+    # open_clip SigLIP: no class token, a MAP attention probe (3 heads) over all tokens, the trunk's linear head
+    "siglip_map": ("vit", dict(img_size=30, patch_size=8, embed_dim=36, depth=2, num_heads=3, class_token=False,
+                               global_pool="map"), {"timm_pool": "map", "timm_proj": "none"}),
 }
 
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -42,13 +42,23 @@ class PoolHead:
     """The attention-pooling head of a tower.
 
     Attributes:
-        attention: the probe's ``nn.MultiheadAttention`` (its query is the learned probe, keys and
-            values the final-LayerNorm tokens).
         mlp: the pooling MLP, whose output is added to the probe's output (the ``pool`` unit).
+        n_heads: the probe's heads J.
+        value: () -> (W_V (D, D), b_V (D,) or None), the probe's value projection.
+        out: the probe's output projection W_O (nn.Linear).
+        attention: the probe's ``nn.MultiheadAttention``, whose per-head weights are read from the
+            library's own call; or None, and then ``weights`` computes them.
+        module: (with ``weights``) the head module whose first input is the final-LayerNorm tokens.
+        weights: (with ``module``) those tokens (n, T, D) -> the probe's attention weights (n, J, T).
     """
 
-    attention: nn.MultiheadAttention
     mlp: nn.Module
+    n_heads: int
+    value: Callable[[], tuple[torch.Tensor, torch.Tensor | None]]
+    out: nn.Linear
+    attention: nn.MultiheadAttention | None = None
+    module: nn.Module | None = None
+    weights: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
 @dataclass
@@ -59,8 +69,9 @@ class _Maps:
     value_sum: torch.Tensor  # (J, d_j): V_j 1 (the μ direction; zero under ``centred``)
     heads: list[torch.Tensor]  # per layer (J, H, d_j, d_head): V_j W_o[:, h] (with layer scale)
     head_bias: list[torch.Tensor]  # per layer (J, d_j): V_j b_o / H
-    out: torch.Tensor  # (d_out, J·d_j): W_O
-    const: torch.Tensor  # (d_out,): K
+    out: torch.Tensor  # (d_out, J·d_j): P·W_O (P the final projection, identity without one)
+    const: torch.Tensor  # (d_out,): P·K + b_P
+    proj: torch.Tensor | None  # (d_out, D) P, applied to the pool unit too
 
 
 def _tokens(x: torch.Tensor, batch_first: bool) -> torch.Tensor:
@@ -86,18 +97,23 @@ class PooledTracedModel(TracedModel):
             # a LayerNorm over the heads is affine only given each token's own σ: not folded here
             raise ResiDualError(f"{self.spec!r}: an attention-pooled tower with a LayerNorm over the heads or an MLP "
                                 "layer scale is not supported")
-        mha = head.attention
         f64 = dict(dtype=torch.float64, device="cpu")
-        D, J, H, dh = lay.d_model, mha.num_heads, lay.n_heads, lay.d_head
+        D, J, H, dh = lay.d_model, head.n_heads, lay.n_heads, lay.d_head
         dj = D // J
         ln = lay.final_norm
         gamma = ln.weight.detach().to(**f64) if getattr(ln, "weight", None) is not None else torch.ones(D, **f64)
         beta = ln.bias.detach().to(**f64) if getattr(ln, "bias", None) is not None else torch.zeros(D, **f64)
-        w_in = mha.in_proj_weight.detach().to(**f64)
-        b_in = mha.in_proj_bias.detach().to(**f64) if mha.in_proj_bias is not None else torch.zeros(3 * D, **f64)
-        w_v, b_v = w_in[2 * D :], b_in[2 * D :]
-        w_out = mha.out_proj.weight.detach().to(**f64)
-        b_out = mha.out_proj.bias.detach().to(**f64) if mha.out_proj.bias is not None else torch.zeros(D, **f64)
+        w_v, b_v = head.value()
+        w_v = w_v.detach().to(**f64)
+        b_v = b_v.detach().to(**f64) if b_v is not None else torch.zeros(D, **f64)
+        w_out = head.out.weight.detach().to(**f64)
+        b_out = head.out.bias.detach().to(**f64) if head.out.bias is not None else torch.zeros(D, **f64)
+        const = w_out @ (w_v @ beta + b_v) + b_out
+        proj = None
+        if lay.proj_weight is not None:
+            proj = lay.proj_weight.detach().to(**f64)
+            b_p = lay.proj_bias.detach().to(**f64) if lay.proj_bias is not None else 0.0
+            w_out, const = proj @ w_out, proj @ const + b_p
         value = w_v * gamma[None, :]
         if self.convention == "centred":
             value = value - value.mean(dim=1, keepdim=True)  # V·(I − 11ᵀ/D)
@@ -112,7 +128,7 @@ class PooledTracedModel(TracedModel):
                 w_o, b_o = s[:, None] * w_o, s * b_o
             heads.append((value @ w_o).view(J, dj, H, dh).permute(0, 2, 1, 3).contiguous())
             head_bias.append((value @ b_o / H).view(J, dj))
-        return _Maps(value.view(J, dj, D), value_sum.view(J, dj), heads, head_bias, w_out, w_out @ (w_v @ beta + b_v) + b_out)
+        return _Maps(value.view(J, dj, D), value_sum.view(J, dj), heads, head_bias, w_out, const, proj)
 
     @contextmanager
     def capture_tokens(self) -> Iterator[dict]:
@@ -144,14 +160,20 @@ class PooledTracedModel(TracedModel):
         def weights_hook(_mod, _args, output):
             st["probe"] = output[1].detach().clone()  # (n, J, 1, T)
 
+        def tokens_hook(_mod, args, kwargs):
+            st["probe"] = head.weights(_first_tensor(args, kwargs)).detach()[:, :, None, :]  # (n, J, 1, T)
+
         handles = [lay.blocks[0].register_forward_pre_hook(emb_hook, with_kwargs=True)]
         try:
             for layer in range(lay.n_layers):
                 handles.append(lay.attn_out[layer].register_forward_pre_hook(lambda m, a, layer=layer: put("z", layer)(m, a)))
                 handles.append(lay.mlp_out[layer].register_forward_hook(put("mlp", layer)))
             handles.append(lay.final_norm.register_forward_pre_hook(lambda m, a: put("resid")(m, a)))
-            handles.append(head.attention.register_forward_pre_hook(weights_pre, with_kwargs=True))
-            handles.append(head.attention.register_forward_hook(weights_hook))
+            if head.attention is not None:
+                handles.append(head.attention.register_forward_pre_hook(weights_pre, with_kwargs=True))
+                handles.append(head.attention.register_forward_hook(weights_hook))
+            else:
+                handles.append(head.module.register_forward_pre_hook(tokens_hook, with_kwargs=True))
             handles.append(head.mlp.register_forward_hook(lambda m, a, o: put("pool")(m, a, o)))
             yield st
         finally:
@@ -213,7 +235,8 @@ class PooledTracedModel(TracedModel):
             v = torch.einsum("njhk,jhek->nhje", z, maps.heads[layer]) + s_sum[:, None, :, None] * maps.head_bias[layer]
             heads.append(finish(v, s_h))
             dense.append(finish(pooled(st["mlp"][layer]), s_b))
-        dense.append(st["pool"].double().cpu().reshape(w.shape[0], -1, lay.d_model)[:, 0])
+        pool = st["pool"].double().cpu().reshape(w.shape[0], -1, lay.d_model)[:, 0]
+        dense.append(pool if maps.proj is None else pool @ maps.proj.T)
         return torch.stack(dense, dim=1), torch.stack(heads, dim=1)
 
     @torch.no_grad()

@@ -1,4 +1,5 @@
-"""Tracer for Hugging Face SigLIP image towers: ``SiglipModel`` and ``SiglipVisionModel``.
+"""Tracers for SigLIP image towers: Hugging Face ``SiglipModel`` / ``SiglipVisionModel``, and open_clip's
+SigLIP models (a timm ViT trunk whose ``attn_pool`` is a MAP probe, e.g. ``ViT-B-16-SigLIP``).
 
 Covers SigLIP and the fixed-resolution SigLIP 2 checkpoints (``google/siglip2-*-patch16-224`` are
 ``SiglipModel`` with a Gemma tokenizer). Pre-LN blocks (``layer_norm1`` → ``self_attn`` → residual,
@@ -17,8 +18,10 @@ from typing import Callable
 
 import torch
 
+from resi_dual.errors import ResiDualError
 from resi_dual.models import hf
 from resi_dual.models.registry import local_weights, register_family
+from resi_dual.models.tracing import openclip, timm_vit
 from resi_dual.models.tracing.base import AttnSpec, Layout, packed_qkv
 from resi_dual.models.tracing.pooled import PooledTracedModel, PoolHead
 
@@ -91,10 +94,84 @@ class HFSiglipTraced(PooledTracedModel):
 
     def _pool_head(self) -> PoolHead:
         head = self._vision.head
-        return PoolHead(head.attention, head.mlp)
+        mha = head.attention
+        d = mha.embed_dim
+        return PoolHead(head.mlp, mha.num_heads, lambda: (mha.in_proj_weight[2 * d:], None if mha.in_proj_bias is None
+                                                          else mha.in_proj_bias[2 * d:]), mha.out_proj, attention=mha)
 
     def _forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self._vision(pixel_values=pixels).pooler_output
 
     def _hashed_state(self) -> dict[str, torch.Tensor]:
         return {f"vision.{k}": t for k, t in self._vision.state_dict().items()}
+
+
+def _is_timm_map_tower(model) -> bool:
+    from open_clip.timm_model import TimmModel
+
+    return isinstance(model.visual, TimmModel) and getattr(model.visual.trunk, "attn_pool", None) is not None
+
+
+@register_family(
+    name="open_clip-siglip",
+    summary="open_clip SigLIP (timm ViT trunk pooled by a MAP attention probe, e.g. ViT-B-16-SigLIP): no CLS",
+    scheme="open_clip",
+    load=openclip.load_open_clip,
+    accepts=_is_timm_map_tower,
+    text=openclip.text_encoder,
+    text_types=openclip.text_types,
+    library_module="open_clip",
+    weights_path=local_weights,
+)
+class OpenClipSiglipTraced(PooledTracedModel):
+    """timm ``VisionTransformer`` blocks (as in ``timm_vit``), the final ``norm`` over all tokens, then
+    timm's ``AttentionPoolLatent`` (one latent query) and the trunk's / open_clip's linear heads."""
+
+    @property
+    def _trunk(self):
+        return self.library_model.visual.trunk
+
+    def _layout(self) -> Layout:
+        from timm.models.vision_transformer import VisionTransformer
+
+        trunk, name = self._trunk, self.spec
+        pool = trunk.attn_pool
+        if not isinstance(trunk, VisionTransformer) or not isinstance(trunk.norm, torch.nn.LayerNorm):
+            raise ResiDualError(f"{name!r}: an attention-pooled timm trunk must be a VisionTransformer with a final LayerNorm")
+        if pool.pos_embed is not None or pool.latent_len != 1 or pool.pool != "token" or pool.mlp is None \
+                or not isinstance(trunk.fc_norm, torch.nn.Identity):
+            raise ResiDualError(f"{name!r}: only a one-query MAP head without position embedding or fc_norm is traced")
+        blocks = list(trunk.blocks)
+        terms = [timm_vit._block_terms(name, i, b) for i, b in enumerate(blocks)]
+        proj_w, proj_b = timm_vit._projection(name, self.library_model.visual)
+        return Layout(
+            blocks=blocks,
+            attn_out=[t[0].proj for t in terms],
+            mlp_out=[t[2] for t in terms],
+            attn_scale=[t[1] for t in terms],
+            final_norm=trunk.norm,
+            proj_weight=proj_w,
+            proj_bias=proj_b,
+            n_heads=terms[0][0].num_heads,
+            head_norm=[None if isinstance(t[0].norm, torch.nn.Identity) else t[0].norm for t in terms],
+            mlp_scale=[t[3] for t in terms],
+        )
+
+    def _pool_head(self) -> PoolHead:
+        pool = self._trunk.attn_pool
+        d, J, dh = pool.kv.in_features, pool.num_heads, pool.head_dim
+
+        def weights(x: torch.Tensor) -> torch.Tensor:
+            """Final-LayerNorm tokens (n, T, D) -> the latent query's attention (n, J, T), as timm computes it."""
+            q = pool.q_norm(pool.q(pool.latent).reshape(1, 1, J, dh).transpose(1, 2))  # (1, J, 1, dh)
+            k = pool.k_norm(pool.kv(x)[..., :d].reshape(x.shape[0], x.shape[1], J, dh).transpose(1, 2))
+            return ((q * pool.scale) @ k.transpose(-2, -1)).softmax(-1)[:, :, 0]
+
+        return PoolHead(pool.mlp, J, lambda: (pool.kv.weight[d:], None if pool.kv.bias is None else pool.kv.bias[d:]),
+                        pool.proj, module=pool, weights=weights)
+
+    def _forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.library_model.encode_image(pixels)  # unnormalised
+
+    def _hashed_state(self) -> dict[str, torch.Tensor]:
+        return {f"visual.{k}": t for k, t in self.library_model.visual.state_dict().items()}

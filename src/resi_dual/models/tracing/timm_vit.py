@@ -32,9 +32,10 @@ from resi_dual.models.tracing.base import Layout, TracedModel
 
 
 def _is_timm_tower(model) -> bool:
+    """A timm tower read at a token (towers with a MAP attention probe are the open_clip-siglip family)."""
     from open_clip.timm_model import TimmModel
 
-    return isinstance(model.visual, TimmModel)
+    return isinstance(model.visual, TimmModel) and getattr(model.visual.trunk, "attn_pool", None) is None
 
 
 def _projection(name: str, visual) -> tuple[torch.Tensor | None, torch.Tensor | None]:
