@@ -162,3 +162,19 @@ def test_basis_from_another_store_or_file(stores, capsys):
         assert main(["apply", "--model", stores["spec"], "--adapter", m["adapter_file"], "--basis", str(path), img]) == 0
     assert main(["apply", "--model", stores["spec"], "--adapter", m["adapter_file"], "--basis", str(other), img]) == 2
     assert "another basis" in capsys.readouterr().err
+
+
+def test_lora_trains_low_rank_updates_of_the_attention_projections_only(stores):
+    import transformers as tf
+
+    from resi_dual.adapters.lora import RANK
+
+    rc, out = _train(stores, "lora", "--epochs", "2", "--lr", "1e-2", "--logit-scale", "1", "--shots", "4", "--seeds", "1")
+    assert rc == 0
+    m = json.loads((out / "data-lora-4shot-seed1.json").read_text())
+    cfg = tf.ViTConfig.from_pretrained(stores["spec"][3:])
+    d = cfg.hidden_size
+    # query and value of every layer: A (r × d) and B (d × r) each
+    assert m["trainable_parameters"] == cfg.num_hidden_layers * 2 * (2 * RANK * d)
+    assert m["n"] == {"train": 12, "val": 12, "test": 30} and "wise_ft" not in m
+    assert len(m["history"]) == 2 and 0 < m["history"][1]["loss"] < m["history"][0]["loss"]

@@ -16,7 +16,8 @@ variant                   adapted units / components                          ot
 ``zeroshot``              nothing (reference row)                             —
 ========================  ==================================================  =========================
 
-(``finetune`` trains the vision encoder itself on images: :mod:`resi_dual.adapters.finetune`.)
+(``finetune`` trains the vision encoder itself on images, ``lora`` low-rank updates of its attention
+projections: :mod:`resi_dual.adapters.finetune`, :mod:`resi_dual.adapters.lora`.)
 
 An adapter file is self-contained safetensors: the learned scalars, the component rows and means it
 projects on, the frozen classifier, and in its header the variant, units, k per unit, the basis
@@ -51,15 +52,16 @@ from resi_dual.store.base import EncodingSource
 
 FORMAT = "resi-dual-adapter/1"
 
-#: Variants trained on cached coefficients, plus ``finetune`` (images) and ``zeroshot`` (no training).
-Variant = Literal["zeroshot", "coarse", "residual", "residual-keep", "residual-full", "spectral", "linear", "finetune"]
+#: Variants trained on cached coefficients, plus ``finetune`` and ``lora`` (images) and ``zeroshot`` (no training).
+Variant = Literal["zeroshot", "coarse", "residual", "residual-keep", "residual-full", "spectral", "linear", "finetune",
+                  "lora"]
 VARIANTS: tuple[str, ...] = get_args(Variant)
 #: λ initialisation: all ones, or 1 + N(0, 1) as the paper's code
 Init = Literal["ones", "paper"]
 INITS: tuple[str, ...] = get_args(Init)
 
 #: The paper's learning rates (Schedule-Free AdamW).
-DEFAULT_LR = {"residual": 0.8, "residual-keep": 0.8, "residual-full": 0.8, "coarse": 0.8, "spectral": 1e-3, "linear": 1e-3, "finetune": 1e-5}
+DEFAULT_LR = {"residual": 0.8, "residual-keep": 0.8, "residual-full": 0.8, "coarse": 0.8, "spectral": 1e-3, "linear": 1e-3, "finetune": 1e-5, "lora": 1e-4}
 #: The learning rates each method chooses from on validation (``lr="sweep"``, the default): the same
 #: budget of four candidates a decade apart for every method trained on cached features, around the
 #: paper's value; three for full fine-tuning, which reruns the backbone (the peers' grid is
@@ -68,6 +70,7 @@ LR_SWEEP = {
     "residual": (0.008, 0.08, 0.8, 8.0), "residual-keep": (0.008, 0.08, 0.8, 8.0),
     "residual-full": (0.008, 0.08, 0.8, 8.0), "coarse": (0.008, 0.08, 0.8, 8.0),
     "spectral": (0.008, 0.08, 0.8, 8.0), "linear": (1e-4, 1e-3, 1e-2, 1e-1), "finetune": (1e-5, 1e-4, 1e-3),
+    "lora": (1e-4, 1e-3, 1e-2),
 }
 
 # variant -> (read from, adapted units, kept units, variance cut or None for all, mean mode, one λ per unit)

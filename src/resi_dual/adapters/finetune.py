@@ -56,11 +56,13 @@ def finetune(
     grad_clip: float = 1.0,
     seed: int = 0,
     progress: bool = True,
+    params: list | None = None,
 ) -> dict:
     """Fine-tune ``model``'s vision encoder in place; leave it at its best-validation weights.
 
     Args:
         model: a TracedModel (its ``library_model`` is trained; ``_forward`` is the plain image forward).
+        params: the parameters to train (default: every one the image embedding depends on; LoRA passes its own).
         train_images, val_images: lists of PIL images; *_labels: (n,) int64.
         classifier: (C, d_out) frozen class rows; logit_scale: float.
     Returns:
@@ -75,7 +77,7 @@ def finetune(
     lib = model.library_model
     device = model.device
     classifier = classifier.to(device)
-    params = vision_parameters(model, model.preprocess(train_images[:2]))
+    params = params if params is not None else vision_parameters(model, model.preprocess(train_images[:2]))
     opt = schedulefree.AdamWScheduleFree(params, lr=lr)
     y_train = torch.as_tensor(np.asarray(train_labels), dtype=torch.int64).to(device)
     n, steps = len(train_images), math.ceil(len(train_images) / batch_size)
@@ -169,15 +171,17 @@ def finetune_from_stores(train, val, test, shots: int | None = None, seed: int =
                          epochs: int = TrainConfig.max_epochs, patience: int = TrainConfig.patience,
                          batch_size: int = TrainConfig.batch_size, progress: bool = True,
                          weights_out=None, device: str = "cpu", data_root: str | None = None,
-                         logit_scale: float | None = None) -> dict:
-    """The ``finetune`` row (and its ``wise-ft`` companion) of the protocol: same samples, classifier,
-    few-shot rows and selection rule as the adapters.
+                         logit_scale: float | None = None, method: str = "finetune") -> dict:
+    """The ``finetune`` row (with its ``wise-ft`` companion) or the ``lora`` row of the protocol: same
+    samples, classifier, few-shot rows and selection rule as the adapters.
 
-    ``lr``: a number, or ``"sweep"`` (the best on validation of ``LR_SWEEP["finetune"]``). ``device``
+    ``lr``: a number, or ``"sweep"`` (the best on validation of ``LR_SWEEP[method]``). ``device``
     (``cpu``, ``cuda``, ``cuda:N``, ``mps``) is where the backbone is trained. The images are reloaded
     from the dataset spec in the stores' manifests; ``data_root`` is where a ``torchvision:`` dataset
     lives (default: the folder recorded when each store was encoded). ``logit_scale``: the frozen head's
-    temperature during training (default the head's own, as the cached-feature adapters)."""
+    temperature during training (default the head's own, as the cached-feature adapters). ``method``:
+    ``finetune`` (every vision parameter) or ``lora`` (low-rank updates of the attention projections
+    through peft, :mod:`resi_dual.adapters.lora`)."""
     from resi_dual import load_model
     from resi_dual.adapters.protocol import check_splits, labelled_rows, sweep_note
     from resi_dual.zeroshot import classifier_for_source
@@ -185,7 +189,7 @@ def finetune_from_stores(train, val, test, shots: int | None = None, seed: int =
     check_splits(train, val, test)
     spec = train.meta.get("model_spec")
     if not spec:
-        raise ResiDualError("finetune needs the model spec recorded in the store manifest")
+        raise ResiDualError(f"{method} needs the model spec recorded in the store manifest")
     model = load_model(spec, convention=train.composition.convention, device=device)
     split = labelled_rows(train, val, shots, seed)
     tr_rows = np.arange(len(train)) if split is None else split.train_rows
@@ -197,15 +201,20 @@ def finetune_from_stores(train, val, test, shots: int | None = None, seed: int =
     te_images = _images_of(test, data_root)
     zs_test = accuracy(model, te_images, test.labels, head.weights, scale, batch_size)
     params = vision_parameters(model, model.preprocess(tr_images[:2]))
+    if method == "lora":
+        from resi_dual.adapters.lora import add_lora
+
+        params = add_lora(model, params)
     zero = [p.detach().clone() for p in params]
-    candidates = LR_SWEEP["finetune"] if lr == "sweep" else (float(lr),)
-    best, best_state, sweep = None, None, []
+    candidates = LR_SWEEP[method] if lr == "sweep" else (float(lr),)
+    best, best_state, sweep, seconds = None, None, [], 0.0
     for cand in candidates:
         with torch.no_grad():
             for p, z in zip(params, zero):
                 p.copy_(z)
         res = finetune(model, tr_images, train.labels[tr_rows], va_images, val.labels[va_rows], head.weights,
-                       scale, cand, epochs, patience, batch_size, 1.0, seed, progress)
+                       scale, cand, epochs, patience, batch_size, 1.0, seed, progress, params=params)
+        seconds += res["seconds"]
         sweep.append({"lr": cand, "val_accuracy": res["best_val_accuracy"], "epochs": res["epochs"]})
         if best is None or res["best_val_accuracy"] > best["best_val_accuracy"]:
             best, best_state = res, [p.detach().clone() for p in params]
@@ -217,16 +226,17 @@ def finetune_from_stores(train, val, test, shots: int | None = None, seed: int =
         from safetensors.torch import save_file
 
         save_file({k: v.detach().cpu().contiguous() for k, v in model.library_model.state_dict().items()}, str(weights_out),
-                  metadata={"model_spec": spec, "variant": "finetune"})
-    wise = wise_ft(model, params, zero, best_state, va_images, val.labels[va_rows], head.weights, scale,
-                   batch_size)
-    wise["test_accuracy"] = accuracy(model, te_images, test.labels, head.weights, scale, batch_size)
-    return {"variant": "finetune", "trainable_parameters": best["trainable_parameters"],
-            "accuracy": {"val": best["best_val_accuracy"], "test": test_acc, "zeroshot_test": zs_test},
-            "epochs": best["epochs"], "best_epoch": best["best_epoch"], "lr": best["lr"],
-            "lr_choice": "sweep" if lr == "sweep" else "given", "lr_sweep": sweep,
-            "note": sweep_note(best["lr"], candidates) if lr == "sweep" else "",
-            "shots": shots, "seed": seed, "wise_ft": wise, "logit_scale": scale,
-            "seconds": {"total": sum(r.get("seconds", 0.0) for r in [best])},
-            "n": {"train": len(tr_rows), "val": len(va_rows), "test": len(test)},
-            "model_spec": spec, "history": best["history"]}
+                  metadata={"model_spec": spec, "variant": method})
+    out = {"variant": method, "trainable_parameters": best["trainable_parameters"],
+           "accuracy": {"val": best["best_val_accuracy"], "test": test_acc, "zeroshot_test": zs_test},
+           "epochs": best["epochs"], "best_epoch": best["best_epoch"], "lr": best["lr"],
+           "lr_choice": "sweep" if lr == "sweep" else "given", "lr_sweep": sweep,
+           "note": sweep_note(best["lr"], candidates) if lr == "sweep" else "",
+           "shots": shots, "seed": seed, "logit_scale": scale, "seconds": {"total": seconds},
+           "n": {"train": len(tr_rows), "val": len(va_rows), "test": len(test)},
+           "model_spec": spec, "history": best["history"]}
+    if method == "finetune":
+        wise = wise_ft(model, params, zero, best_state, va_images, val.labels[va_rows], head.weights, scale, batch_size)
+        wise["test_accuracy"] = accuracy(model, te_images, test.labels, head.weights, scale, batch_size)
+        out["wise_ft"] = wise
+    return out

@@ -126,20 +126,24 @@ def run(args: argparse.Namespace) -> int:
     dataset = train.meta.get("dataset_name") or "data"
     out_dir = ensure_out_dir(args.out)
 
-    if args.adapter == "finetune":
+    if args.adapter in ("finetune", "lora"):
         from resi_dual.adapters.finetune import finetune_from_stores
 
         runs = []
         for seed in seeds:
-            stem = out_dir / _stem(dataset, "finetune", args.shots, seed)
+            stem = out_dir / _stem(dataset, args.adapter, args.shots, seed)
             metrics = finetune_from_stores(train, val, test, shots=args.shots, seed=seed, lr=lr,
                                            epochs=args.epochs, patience=args.patience, batch_size=args.batch,
                                            progress=not args.quiet, weights_out=None, device=device,
-                                           data_root=args.data_root, logit_scale=args.logit_scale)
+                                           data_root=args.data_root, logit_scale=args.logit_scale,
+                                           method=args.adapter)
             atomic_write(stem.with_suffix(".json"), json.dumps(metrics, indent=1))
             runs.append(metrics)
-            console.print(f"finetune seed {seed}: val {metrics['accuracy']['val']:.4f}  test {metrics['accuracy']['test']:.4f}")
-        _write_summary(out_dir, dataset, "finetune", args.shots, runs, console)
+            wise = metrics.get("wise_ft")
+            console.print(f"{args.adapter} seed {seed}: {metrics['trainable_parameters']} parameters, lr {metrics['lr']:g}, "
+                          f"val {metrics['accuracy']['val']:.4f}  test {metrics['accuracy']['test']:.4f}"
+                          + (f"; WiSE-FT α {wise['alpha']:g}: test {wise['test_accuracy']:.4f}" if wise else ""))
+        _write_summary(out_dir, dataset, args.adapter, args.shots, runs, console)
         return 0
 
     from resi_dual import load_model

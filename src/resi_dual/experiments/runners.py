@@ -208,14 +208,17 @@ def adaptation_rows(grid: Grid, m, d, method: str, seed: int, stores: dict, base
     base = {"model": m.name, "dataset": d.name, "shots": shots or 0, "seed": seed}
     split = labelled_rows(train, val, shots, seed)
     lr = "sweep" if s.lr == "sweep" else None
-    if method == "finetune":
+    if method in ("finetune", "lora"):
+        from resi_dual.adapters.adapter import DEFAULT_LR
         from resi_dual.adapters.finetune import finetune_from_stores
 
-        res = finetune_from_stores(train, val, test, shots=shots, seed=seed, lr=lr or "1e-5",
+        res = finetune_from_stores(train, val, test, shots=shots, seed=seed, lr=lr or DEFAULT_LR[method],
                                    epochs=s.finetune_max_epochs, patience=s.patience, batch_size=s.batch_size,
-                                   progress=grid.progress, device=grid.device)
+                                   progress=grid.progress, device=grid.device, method=method)
         if s.finetune_max_epochs < s.max_epochs:
             res["note"] = "; ".join(filter(None, [res.get("note", ""), f"budget cut: ≤ {s.finetune_max_epochs} epochs"]))
+        if method == "lora":
+            return [_result_row(base, "lora", res)]
         wise = res["wise_ft"]
         wise_row = {**base, "method": "wise-ft", "trainable_parameters": int(res["trainable_parameters"]),
                     "val_accuracy": float(wise["val_accuracy"]), "test_accuracy": float(wise["test_accuracy"]),
@@ -273,14 +276,14 @@ def plan_adaptation(grid: Grid) -> tuple[list, Callable[[], Outputs]]:
                 for method in trained:
                     needs_bases = needs_unit_bases(method)
                     seeds = cfg.seeds[:1] if method in ("zeroshot", "tip-adapter") and shots is None else cfg.seeds
-                    if method == "finetune" and s.finetune_seeds is not None:
+                    if method in ("finetune", "lora") and s.finetune_seeds is not None:
                         seeds = s.finetune_seeds
                     for seed in seeds:
                         settings = {"method": method, "seed": seed, "init": s.init, "max_epochs": s.max_epochs,
                                     "patience": s.patience, "batch_size": s.batch_size, "lr": s.lr}
                         if shots is not None:
                             settings["shots"] = shots
-                        if method == "finetune":
+                        if method in ("finetune", "lora"):
                             settings["finetune_max_epochs"] = s.finetune_max_epochs
                         if method in ("residual", "residual-keep", "residual-full", "coarse", "spectral"):
                             settings["products"] = products  # the λ-step methods
