@@ -47,7 +47,7 @@ def test_defaults_and_types():
     (base(models=[{"name": "a"}]), "models[0].spec: missing"),
     (base(models=[{"spec": "demo"}, {"spec": "demo"}]), "models[1].name: duplicate"),
     (base(**{"intrinsic-dim": {"variance": 1.5}}), "intrinsic-dim.variance: must be in (0, 1]"),
-    (base(adaptation={"methods": ["residual", "lora"]}), "adaptation.methods: 'lora'"),
+    (base(adaptation={"methods": ["residual", "prompt-tuning"]}), "adaptation.methods: 'prompt-tuning'"),
     (base(adaptation={"products": "fp16"}), "adaptation.products"),
     (base(specialization={"rankings": ["S", "X"]}), "specialization.rankings: 'X'"),
     (base(similarity={"split": "dev"}), "similarity.split: 'dev'"),
