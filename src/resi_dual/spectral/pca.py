@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from resi_dual.errors import ResiDualError
-from resi_dual.runtime import single_thread
+from resi_dual.runtime import release_free_memory, single_thread
 from resi_dual.core.units import Composition
 from resi_dual.spectral.bases import UnitBases
 from resi_dual.store.base import EncodingSource, RawBlock
@@ -45,21 +45,25 @@ class _GroupMoments:
     mean: torch.Tensor
     m2: torch.Tensor
 
-    def update(self, f: torch.Tensor) -> None:
-        """Merge a block ``f`` (b, k, p) float64 (Chan et al.'s pairwise update)."""
-        b = f.shape[0]
+    def update_slice(self, j0: int, f: torch.Tensor) -> None:
+        """Merge a block ``f`` (b, k', p) of units ``j0 … j0+k'`` only (all slices of a block share b and
+        the caller adds b to ``n`` after the last one). Written into the moments in place, and f is
+        centred in place: a streaming pass then allocates nothing that grows the heap block by block."""
+        b, k = f.shape[0], f.shape[1]
         if b == 0:
             return
+        mean, m2 = self.mean[j0 : j0 + k], self.m2[j0 : j0 + k]
         mean_b = f.mean(0)  # (k, p)
-        fc = f.sub(mean_b).transpose(0, 1)  # (k, b, p), a strided view: no copy for the batched matmul
-        m2_b = fc.transpose(1, 2) @ fc  # (k, p, p): one batched matmul for every unit of the chunk
-        self.merge(_GroupMoments(b, mean_b, m2_b))
-
-    def update_slice(self, j0: int, f: torch.Tensor) -> None:
-        """Merge a block ``f`` (b, k', p) of units ``j0 … j0+k'`` only (all slices of a block share b)."""
-        part = _GroupMoments(self.n, self.mean[j0 : j0 + f.shape[1]].clone(), self.m2[j0 : j0 + f.shape[1]].clone())
-        part.update(f)
-        self.mean[j0 : j0 + f.shape[1]], self.m2[j0 : j0 + f.shape[1]] = part.mean, part.m2
+        fc = f.sub_(mean_b).transpose(0, 1)  # (k, b, p), a strided view: no copy for the batched matmul
+        if self.n == 0:
+            torch.bmm(fc.transpose(1, 2), fc, out=m2)
+            mean.copy_(mean_b)
+            return
+        m2.baddbmm_(fc.transpose(1, 2), fc)  # + the block's own co-moment, one batched matmul
+        n = self.n + b
+        delta = mean_b.sub_(mean)  # (k, p)
+        m2.add_(delta[:, :, None] * delta[:, None, :], alpha=self.n * b / n)
+        mean.add_(delta, alpha=b / n)
 
     def merge(self, other: "_GroupMoments") -> None:
         if other.n == 0:
@@ -75,7 +79,7 @@ class _GroupMoments:
 
 
 def _check_finite(f: torch.Tensor, what: str) -> None:
-    if not torch.isfinite(f).all():
+    if not (torch.isfinite(f.sum()) or torch.isfinite(f).all()):  # NaN and inf reach the sum: one cheap pass
         raise ResiDualError(f"non-finite values (NaN or inf) in the encodings of {what}; re-encode the store")
 
 
@@ -107,6 +111,18 @@ class UnitMoments:
         z = torch.zeros
         self.heads = _GroupMoments(0, z(len(self._heads), ph, dtype=torch.float64), z(len(self._heads), ph, ph, dtype=torch.float64))
         self.dense = _GroupMoments(0, z(len(self._dense), pd, dtype=torch.float64), z(len(self._dense), pd, pd, dtype=torch.float64))
+        self._buf: torch.Tensor | None = None
+
+    def _scratch(self, numel: int) -> torch.Tensor:
+        """A float64 buffer of ``numel`` elements, reused across chunks and blocks: allocating a fresh one
+        each time lets the allocator keep freed pages, so the resident peak grew with the row count."""
+        if self._buf is None or self._buf.numel() < numel:
+            self._buf = torch.empty(max(numel, self.CHUNK_ELEMENTS), dtype=torch.float64)
+        return self._buf[:numel]
+
+    def release_scratch(self) -> None:
+        """Drop the reused buffer (moments stay mergeable; a later update allocates it again)."""
+        self._buf = None
 
     @property
     def n(self) -> int:
@@ -129,14 +145,13 @@ class UnitMoments:
             p = group.mean.shape[1]
             step = max(1, self.CHUNK_ELEMENTS // (b * p))  # bound the float64 temporaries per chunk of units
             for j0 in range(0, k_all, step):
-                sl = slice(j0, j0 + step)
-                xs = src[:, first[sl], second[sl]] if second is not None else src[:, first[sl]]  # (b, k', d_in)
-                k = xs.shape[1]
-                f = torch.empty(b, k, p, dtype=dt)  # (b, k', p), filled in place: no float64 copies of xs
-                f[:, :, : p - 2] = xs
+                units = range(j0, min(k_all, j0 + step))
+                f = self._scratch(b * len(units) * p).view(b, len(units), p)
+                for j, u in enumerate(units):  # each unit's columns converted straight into the buffer
+                    f[:, j, : p - 2] = src[:, first[u], second[u]] if second is not None else src[:, first[u]]
                 f[:, :, : p - 2] *= inv_s
-                f[:, :, p - 2 :] = torch.cat([inv_s, mos], dim=2)
-                del xs
+                f[:, :, p - 2] = inv_s[:, :, 0]
+                f[:, :, p - 1] = mos[:, :, 0]
                 _check_finite(f, "a block of rows")
                 group.update_slice(j0, f)
             group.n += b
@@ -272,6 +287,8 @@ class UnitPCA:
                 del block  # before the next block is read: one block alive at a time
                 if bar:
                     bar.advance(task, rows)
+            moments.release_scratch()
+            release_free_memory()  # pages the pass freed go back before the factorisations allocate theirs
             task2 = bar.add_task("PCA: per-unit eigendecomposition", total=len(idx)) if bar else None
             step = (lambda: bar.advance(task2)) if bar else None
             meta = {k: source.meta[k] for k in ("model_spec", "weights_hash", "dataset_spec", "dataset_name", "split") if k in source.meta}
