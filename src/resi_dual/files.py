@@ -18,7 +18,6 @@ from typing import Iterator
 from resi_dual.errors import ResiDualError
 
 _TMP_RE = re.compile(r"^\..+\.tmp-(\d+)(\.[A-Za-z0-9]+)?$")
-_UMASK: int | None = None
 
 
 def tmp_name(path: Path) -> Path:
@@ -53,11 +52,10 @@ def pid_alive(pid: int) -> bool:
 
 
 def _umask() -> int:
-    global _UMASK
-    if _UMASK is None:
-        _UMASK = os.umask(0o022)
-        os.umask(_UMASK)
-    return _UMASK
+    """The process's umask (read by setting it and restoring it at once: there is no getter)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def fsync_dir(path: Path) -> None:
@@ -85,11 +83,13 @@ def atomic_path(path: str | Path, fsync: bool = False) -> Iterator[Path]:
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             tmp.unlink()
         except OSError:
             pass
+        if isinstance(e, OSError) and e.filename in (None, str(tmp)):  # a failed write names no file: name ours
+            raise type(e)(e.errno, e.strerror, str(path)) from None
         raise
     if fsync:
         fsync_dir(path.parent)
@@ -135,7 +135,8 @@ def os_error_line(e: OSError) -> str:
     if isinstance(e, NotADirectoryError) and where:
         return f"{where}: a part of this path is a file, not a directory"
     if where:
-        return f"cannot write or read {where}: {reason}"
+        verb = "write" if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS) else "access"
+        return f"cannot {verb} {where}: {reason}"
     return f"filesystem error: {reason}"
 
 

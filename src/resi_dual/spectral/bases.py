@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save
+from safetensors.torch import load_file
 
 from resi_dual.errors import ResiDualError
 from resi_dual.files import atomic_write
+from resi_dual.store.disk import safetensors_bytes
 from resi_dual.core.units import Composition
 
 
@@ -69,9 +70,9 @@ class UnitBases:
         path = Path(path)
         tensors = {}
         for lab in self.labels:
-            tensors[f"{lab}/mean"] = self.means[lab].contiguous()
-            tensors[f"{lab}/components"] = self.components[lab].contiguous()
-            tensors[f"{lab}/explained_variance"] = self.explained_variance[lab].contiguous()
+            tensors[f"{lab}/mean"] = self.means[lab].detach().cpu().numpy()
+            tensors[f"{lab}/components"] = self.components[lab].detach().cpu().numpy()
+            tensors[f"{lab}/explained_variance"] = self.explained_variance[lab].detach().cpu().numpy()
         header = {
             "composition": self.composition.to_json(),
             "labels": json.dumps(self.labels),
@@ -80,7 +81,8 @@ class UnitBases:
             "meta": json.dumps(self.meta),
             "content_hash": self.content_hash(),
         }
-        return atomic_write(path, save(tensors, metadata=header))  # umask's permissions, all or nothing
+        # the store's fixed-layout writer: the same bases give the same bytes (safetensors orders its header at random)
+        return atomic_write(path, safetensors_bytes(tensors, header))
 
     @classmethod
     def load(cls, path: str | Path) -> "UnitBases":
