@@ -100,3 +100,12 @@ def test_broken_attention_is_caught(saved_models):
     model.layout.attention[0].scale *= 2.0
     with pytest.raises(ResiDualError, match="spatial decomposition .* is off"):
         spatial_maps(model, torch.randn(2, 3, model.image_size, model.image_size), torch.randn(1, model.composition.d_out))
+
+
+def test_families_without_spatial_layout_say_so(saved_models):
+    """EVA-02 (timm: rotary embeddings, a LayerNorm over the heads) has no token split yet: one clear line."""
+    if "timm_eva02_clip" not in saved_models:
+        pytest.skip("no timm family in this checkout")
+    model = _load(saved_models["timm_eva02_clip"][0])
+    with pytest.raises(ResiDualError, match="has no spatial decomposition"):
+        spatial_maps(model, torch.randn(1, 3, model.image_size, model.image_size), torch.randn(1, model.composition.d_out))

@@ -216,11 +216,17 @@ def _write(tmp: Path, store, comp, bases, labels, lists, images, maps, measures,
     (tmp / "style.css").write_text(pages.CSS)
     side = opt.thumb
     plain: dict[int, str] = {}
+    squares: dict[int, object] = {}  # each image cropped and resized once, however many slots show it
+
+    def square(row: int):
+        if row not in squares:
+            squares[row] = center_square(images[row], side)
+        return squares[row]
 
     def thumb(row: int) -> str:
         if row not in plain:
             plain[row] = f"img/r{row}.jpg"
-            center_square(images[row], side).save(tmp / plain[row], quality=85)
+            square(row).save(tmp / plain[row], quality=85)
         return plain[row]
 
     by_unit: dict[str, list] = {}
@@ -237,7 +243,7 @@ def _write(tmp: Path, store, comp, bases, labels, lists, images, maps, measures,
                 scale = max(float(np.abs(maps[(r, label, p.pc)]).max()) for r in p.rows()) or None
                 for r in set(p.rows()):
                     entries[r] = f"img/{label}-pc{k}-r{r}.jpg"
-                    overlay(images[r], maps[(r, label, p.pc)], side, scale=scale).save(tmp / entries[r], quality=85)
+                    overlay(square(r), maps[(r, label, p.pc)], side, scale=scale).save(tmp / entries[r], quality=85)
             else:
                 entries = {r: thumb(r) for r in set(p.rows())}
             lam = float(lambdas[label][p.pc]) if label in lambdas and p.pc < len(lambdas[label]) else None
