@@ -141,21 +141,7 @@ class OpenClipSiglipTraced(PooledTracedModel):
         if pool.pos_embed is not None or pool.latent_len != 1 or pool.pool != "token" or pool.mlp is None \
                 or not isinstance(trunk.fc_norm, torch.nn.Identity):
             raise ResiDualError(f"{name!r}: only a one-query MAP head without position embedding or fc_norm is traced")
-        blocks = list(trunk.blocks)
-        terms = [timm_vit._block_terms(name, i, b) for i, b in enumerate(blocks)]
-        proj_w, proj_b = timm_vit._projection(name, self.library_model.visual)
-        return Layout(
-            blocks=blocks,
-            attn_out=[t[0].proj for t in terms],
-            mlp_out=[t[2] for t in terms],
-            attn_scale=[t[1] for t in terms],
-            final_norm=trunk.norm,
-            proj_weight=proj_w,
-            proj_bias=proj_b,
-            n_heads=terms[0][0].num_heads,
-            head_norm=[None if isinstance(t[0].norm, torch.nn.Identity) else t[0].norm for t in terms],
-            mlp_scale=[t[3] for t in terms],
-        )
+        return timm_vit.blocks_layout(name, trunk, self.library_model.visual, trunk.norm)
 
     def _pool_head(self) -> PoolHead:
         pool = self._trunk.attn_pool

@@ -93,6 +93,25 @@ def _block_terms(name: str, i: int, block) -> tuple:
     return (attn, *terms)
 
 
+def blocks_layout(name: str, trunk, visual, final_norm: nn.Module) -> Layout:
+    """The :class:`Layout` of a timm trunk's blocks, read through ``final_norm`` and the composed heads."""
+    blocks = list(trunk.blocks)
+    terms = [_block_terms(name, i, b) for i, b in enumerate(blocks)]
+    proj_w, proj_b = _projection(name, visual)
+    return Layout(
+        blocks=blocks,
+        attn_out=[t[0].proj for t in terms],
+        mlp_out=[t[2] for t in terms],
+        attn_scale=[t[1] for t in terms],
+        final_norm=final_norm,
+        proj_weight=proj_w,
+        proj_bias=proj_b,
+        n_heads=terms[0][0].num_heads,
+        head_norm=[None if isinstance(t[0].norm, nn.Identity) else t[0].norm for t in terms],
+        mlp_scale=[t[3] for t in terms],
+    )
+
+
 @registry.register_family(
     name="open_clip-timm",
     summary="open_clip towers built on timm: EVA-02 / EVA-01 CLIP (rotary, SwiGLU, inner LayerNorm) and timm ViTs",
@@ -120,22 +139,7 @@ class TimmTraced(TracedModel):
                 f"{name!r} has a timm {type(trunk).__name__} trunk, not a ViT (no residual units to trace; "
                 "traceable timm trunks: VisionTransformer, Eva)"
             )
-        final = _final_norm(name, trunk)
-        blocks = list(trunk.blocks)
-        terms = [_block_terms(name, i, b) for i, b in enumerate(blocks)]
-        proj_w, proj_b = _projection(name, self._visual)
-        return Layout(
-            blocks=blocks,
-            attn_out=[t[0].proj for t in terms],
-            mlp_out=[t[2] for t in terms],
-            attn_scale=[t[1] for t in terms],
-            final_norm=final,
-            proj_weight=proj_w,
-            proj_bias=proj_b,
-            n_heads=terms[0][0].num_heads,
-            head_norm=[None if isinstance(t[0].norm, nn.Identity) else t[0].norm for t in terms],
-            mlp_scale=[t[3] for t in terms],
-        )
+        return blocks_layout(name, trunk, self._visual, _final_norm(name, trunk))
 
     def _forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.library_model.encode_image(pixels)  # unnormalised
