@@ -84,7 +84,8 @@ def load_hf(spec: str, source: str, convention: str, device="cpu"):
     vision_cfg = getattr(config, "vision_config", config)
     preprocess, size = hf_preprocess(source, vision_cfg, fam.mean_std)
     tokenizer = hf_tokenizer(source) if fam.text is not None else None
-    model = fam.tracer(spec, library_model, preprocess, size, tokenizer, convention, patch_size=vision_cfg.patch_size)
+    model = registry.build_tracer(fam, spec, library_model, preprocess, size, tokenizer, convention,
+                                  patch_size=vision_cfg.patch_size)
     return model.to(device)
 
 

@@ -167,6 +167,15 @@ def load_spec(spec: str, convention: str, device):
     return fam.load(spec, rest, convention, device)
 
 
+def build_tracer(fam: Family, spec: str, *args, **kwargs):
+    """``fam.tracer(spec, *args, **kwargs)``; a model its family cannot decompose exactly raises one
+    line that says why and names the supported families."""
+    try:
+        return fam.tracer(spec, *args, **kwargs)
+    except ResiDualError as e:
+        raise ResiDualError(f"{e} (supported families: {supported()})") from None
+
+
 def looks_like_path(source: str) -> bool:
     """True for strings that can only be a filesystem path (not an ``org/name`` hub id), and for an
     ``a/b`` whose ``a`` is a local directory (a relative path, never retried on the hub)."""

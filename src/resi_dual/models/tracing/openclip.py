@@ -160,7 +160,7 @@ def load_open_clip(spec: str, rest: str, convention: str, device="cpu") -> Trace
     patch = patch[0] if isinstance(patch, (tuple, list)) else patch
     for fam in registry.families():
         if fam.scheme == "open_clip" and fam.accepts(model):
-            return fam.tracer(spec, model, preprocess, size, tokenizer, convention, patch_size=patch).to(device)
+            return registry.build_tracer(fam, spec, model, preprocess, size, tokenizer, convention, patch_size=patch).to(device)
     raise ResiDualError(
         f"{spec!r} has a {type(visual).__name__} image tower, not a VisionTransformer or a timm ViT (no residual "
         f"units to trace; supported open_clip families: {registry.supported('open_clip')})"
