@@ -11,6 +11,9 @@ tokens, attention-pooling head), batch 8: the pooled decomposition keeps every t
 until the probe's weights are known. Target: trace / plain ≤ 1.10. Its store row compares the bytes a
 store keeps per sample (pooled units in the default float16, plus μ, σ, output, label, index) with
 float32 per-unit contributions (U · d_out · 4).
+
+open_clip's ``EVA02-B-16`` (a timm tower: rotary embeddings, SwiGLU, a LayerNorm over the heads; 197
+tokens), batch 8, with its store row. Target: trace / plain ≤ 1.10.
 """
 
 from __future__ import annotations
@@ -98,6 +101,25 @@ def _store_row(name: str, traced) -> dict:
             "met": True, "note": f"{len(comp.units)} units × d_out {comp.d_out}; units stored float16 (the default)"}
 
 
+def _open_clip_eva02_b(root: str):
+    import open_clip
+    from safetensors.torch import save_file
+
+    from resi_dual.models.loading import load_model
+
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = open_clip.create_model("EVA02-B-16")
+    path = f"{root}/eva02-b-16.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path)
+    del model
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = load_model(f"open_clip:EVA02-B-16@{path}")
+    return traced, traced.library_model.encode_image
+
+
 def _measure(name: str, traced, plain, target: float = 1.05, batch: int = BATCH) -> list[dict]:
     px = torch.randn(batch, 3, traced.image_size, traced.image_size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -136,6 +158,12 @@ def run(only: str | None = None) -> list[dict]:
             name = "HF SiglipVisionModel B/16 (attention-pooled)"
             if not only or only in name:
                 traced, plain = _siglip_b16(root)
+                rows += _measure(name, traced, plain, target=1.10, batch=8)
+                rows.append(_store_row(name, traced))
+                del traced, plain
+            name = "open_clip EVA02-B-16 (timm)"
+            if not only or only in name:
+                traced, plain = _open_clip_eva02_b(root)
                 rows += _measure(name, traced, plain, target=1.10, batch=8)
                 rows.append(_store_row(name, traced))
                 del traced, plain
