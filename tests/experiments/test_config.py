@@ -78,7 +78,7 @@ def test_vocabularies_come_from_their_owners():
     from resi_dual.core.units import CONVENTIONS
     from resi_dual.data.base import SPLITS
     from resi_dual.experiments.config import ADAPTATION_METHODS, GridConfig, convert
-    from resi_dual.store.writer import STORE_DTYPES, StoreDtype
+    from resi_dual.store.disk import STORE_DTYPES, StoreDtype
     from resi_dual.zeroshot.specialize import METHODS, MODES
 
     assert sorted(ADAPTATION_METHODS) == sorted(ADAPTATION_TABLE_METHODS)

@@ -44,9 +44,9 @@ def test_round_trip_float32_exact(tmp_path, tiny_model):
     ds = load_dataset("digits", "val")
     cfg = EncodeConfig(limit=40, batch_size=8, chunk_rows=16, dtype="float32", progress=False)
     manifest = encode_store(tiny_model, ds, tmp_path / "s", cfg)
-    assert manifest["n_samples"] == 40 and len(manifest["chunks"]) == 3
-    assert [c["rows"] for c in manifest["chunks"]] == [16, 16, 8]
-    assert manifest["max_trace_error"] < 1e-5 and manifest["max_storage_error"] < 1e-5
+    assert manifest.n_samples == 40 and len(manifest.chunks) == 3
+    assert [c.rows for c in manifest.chunks] == [16, 16, 8]
+    assert manifest.max_trace_error < 1e-5 and manifest.max_storage_error < 1e-5
     store = open_store(tmp_path / "s", model=tiny_model, split="val", dataset="digits", verify=True)
     assert len(store) == 40 and store.class_names == ds.class_names
     # the stratified limit: 4 per class, kept in dataset order
@@ -84,7 +84,7 @@ def test_float16_store_is_close_and_small(tmp_path, tiny_model):
     f16 = encode_store(tiny_model, ds, tmp_path / "h", EncodeConfig(limit=32, chunk_rows=32, progress=False))
     f32 = encode_store(tiny_model, ds, tmp_path / "f", EncodeConfig(limit=32, chunk_rows=32, dtype="float32", progress=False))
     a, b = open_store(tmp_path / "h"), open_store(tmp_path / "f")
-    assert f16["dtype"] == "float16" and 1e-6 < f16["max_storage_error"] < 5e-3
+    assert f16.plan.dtype == "float16" and 1e-6 < f16.max_storage_error < 5e-3
     rel = (a.contributions() - b.contributions()).norm() / b.contributions().norm()
     assert 1e-6 < float(rel) < 2e-3
     size = lambda p: (p / "chunks" / "000000.safetensors").stat().st_size  # noqa: E731
@@ -108,7 +108,7 @@ def test_resume_after_lost_chunk_is_byte_identical(tmp_path, tiny_model, store_b
     with pytest.raises(ResiDualError, match="incomplete"):
         open_store(s)
     m = encode_store(tiny_model, ds, s, cfg)
-    assert m["run"]["resumed"] and m["timing"]["images_traced_this_run"] == 22
+    assert m.run["resumed"] and m.timing["images_traced_this_run"] == 22
     assert store_bytes(s) == ref and stable_manifest(s) == stable_manifest(tmp_path / "ref")
     # DataLoader worker processes change nothing either
     encode_store(tiny_model, ds, tmp_path / "w", EncodeConfig(limit=30, batch_size=4, chunk_rows=8, workers=2, progress=False))
@@ -199,11 +199,11 @@ def test_bad_images_fail_with_path_or_are_skipped(tmp_path, tiny_model, store_by
     # resume the failed run with skip_bad == a fresh skip_bad run
     m = encode_store(tiny_model, full, tmp_path / "s", EncodeConfig(batch_size=4, chunk_rows=4, skip_bad=True, progress=False))
     fresh = encode_store(tiny_model, full, tmp_path / "t", EncodeConfig(batch_size=4, chunk_rows=4, skip_bad=True, progress=False))
-    assert store_bytes(tmp_path / "s") == store_bytes(tmp_path / "t") and m["skipped"] == fresh["skipped"]
-    assert sorted(s["where"] for s in m["skipped"]) == sorted(str(p) for p in bad.values())
-    assert m["n_samples"] == 18 and m["n_planned"] == 21
+    assert store_bytes(tmp_path / "s") == store_bytes(tmp_path / "t") and m.skipped == fresh.skipped
+    assert sorted(s["where"] for s in m.skipped) == sorted(str(p) for p in bad.values())
+    assert m.n_samples == 18 and m.plan.n_planned == 21
     store = open_store(tmp_path / "s")
-    assert len(store) == 18 and not set(store.sample_ids) & {s["sample_id"] for s in m["skipped"]}
+    assert len(store) == 18 and not set(store.sample_ids) & {s["sample_id"] for s in m.skipped}
     assert store.sample_ids[0] == "cat/00.png"
 
 

@@ -1,5 +1,7 @@
 """Zero-shot heads on encoding sources: text prompts, prototypes, accuracy reports, bad input."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -37,7 +39,7 @@ class FakeModel:
 def test_text_head_for_source_uses_dataset_templates(make_toy_source):
     make_source = make_toy_source
     src = make_source(n=60)
-    src.meta["dataset_name"] = "cifar10"
+    src.meta = dataclasses.replace(src.meta, dataset_name="cifar10")
     src.class_names = list(CLASS_NAMES["cifar10"][:3])
     model = FakeModel(src.composition.d_out)
     head = classifier_for_source(src, model)

@@ -52,7 +52,7 @@ def test_zeroshot_cli(stores, capsys):
     assert main(["zeroshot", str(stores["test"])]) == 0
     rep = json.loads((stores["test"] / "zeroshot" / "zeroshot.json").read_text())
     store = open_store(stores["test"])
-    tower = get_text_tower(load_model(store.meta["model_spec"]))
+    tower = get_text_tower(load_model(store.meta.model_spec))
     w = build_classifier(tower, [str(d) for d in range(10)], templates_for("digits"))
     pred = (F.normalize(store.output(), dim=-1) @ w.T).argmax(1).numpy()
     assert rep["top1"] == pytest.approx(float((pred == store.labels).mean()))

@@ -209,7 +209,7 @@ class Adapter(nn.Module):
             raise ResiDualError(
                 f"{what} comes from another model ({comp.model_id!r}) than the adapter ({self.composition.model_id!r})"
             )
-        mine, theirs = self.provenance.get("weights_hash"), source.meta.get("weights_hash")
+        mine, theirs = self.provenance.get("weights_hash"), source.meta.weights_hash
         if mine and theirs and mine != theirs:
             raise ResiDualError(f"{what} comes from other model weights ({theirs[:12]}) than the adapter ({mine[:12]})")
         fp = readout_fingerprint(comp, source.readout)
@@ -333,7 +333,7 @@ def build_adapter(
     comp = source.composition
     d_out = comp.d_out
     classifier = torch.as_tensor(classifier, dtype=torch.float32)
-    prov = {"model_spec": source.meta.get("model_spec", comp.model_id), "weights_hash": source.meta.get("weights_hash")}
+    prov = {"model_spec": source.meta.model_spec or comp.model_id, "weights_hash": source.meta.weights_hash}
     if cfg["source"] == "units":
         if bases is None:
             raise ResiDualError(f"adapter {cfg['variant']!r} needs per-unit PCA bases")
@@ -364,7 +364,7 @@ def build_adapter(
             comps = comps[:k]
         proj = Projection("output", ["output"], [int(comps.shape[0])], comps.float(), mean.float()[None], [])
         prov.update(basis_hash=tensors_hash(mean, comps), basis_meta={"kind": "output-pca", "n_samples": len(ref),
-                                                                      **{k: ref.meta.get(k) for k in ("dataset", "split") if k in ref.meta}})
+                                                                      **{k: v for k, v in ref.meta.identity().items() if k in ("dataset_name", "split")}})
     else:
         proj = Projection("output", [], [], torch.zeros(0, d_out), torch.zeros(0, d_out), [])
         prov.update(basis_hash=None)

@@ -78,7 +78,7 @@ def check_same_model(a: EncodingSource, b: EncodingSource, what: str = "stores")
     """Raise `ResiDualError` unless both sources come from the same model (layout, weights hash, readout)."""
     if not a.composition.same_model(b.composition):
         raise ResiDualError(f"{what} come from different models ({a.composition.model_id!r} vs {b.composition.model_id!r})")
-    ha, hb = a.meta.get("weights_hash"), b.meta.get("weights_hash")
+    ha, hb = a.meta.weights_hash, b.meta.weights_hash
     if ha and hb and ha != hb:
         raise ResiDualError(f"{what} come from different model weights ({ha[:12]} vs {hb[:12]})")
     fa, fb = readout_fingerprint(a.composition, a.readout), readout_fingerprint(b.composition, b.readout)

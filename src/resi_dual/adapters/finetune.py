@@ -187,7 +187,7 @@ def finetune_from_stores(train, val, test, shots: int | None = None, seed: int =
     from resi_dual.zeroshot import classifier_for_source
 
     check_splits(train, val, test)
-    spec = train.meta.get("model_spec")
+    spec = train.meta.model_spec
     if not spec:
         raise ResiDualError(f"{method} needs the model spec recorded in the store manifest")
     model = load_model(spec, convention=train.composition.convention, device=device)

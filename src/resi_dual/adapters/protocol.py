@@ -155,7 +155,7 @@ def train_and_evaluate(
         "basis_hash": adapter.provenance.get("basis_hash"),
         "basis_meta": adapter.provenance.get("basis_meta"),
         "model_spec": adapter.provenance.get("model_spec"),
-        "stores": {k: {m: s.meta.get(m) for m in ("dataset_spec", "dataset_name", "split") if m in s.meta}
+        "stores": {k: {m: v for m, v in s.meta.identity().items() if m in ("dataset_spec", "dataset_name", "split")}
                    for k, s in (("train", train), ("val", val), ("test", test))},
         "history": result.history,
     }

@@ -92,8 +92,8 @@ def run(args: argparse.Namespace) -> int:
         measures = {k: v for k, v in measures.items() if k not in ("twonn_id", "ratio")}
     written += head_heatmaps(rows, store.composition, out, measures)
     heads = [r for r in rows if r["kind"] == "head"]
-    print(f"analysed {len(rows)} units of {store.meta.get('model_spec', '?')} on {len(store)} samples "
-          f"({store.meta.get('dataset_name', '?')}/{store.meta.get('split', '?')})")
+    print(f"analysed {len(rows)} units of {store.meta.model_spec or '?'} on {len(store)} samples "
+          f"({store.meta.dataset_name or '?'}/{store.meta.split or '?'})")
     if heads:
         lin = sorted(r["linear_id"] for r in heads)
         msg = f"heads: median linear ID {lin[len(lin) // 2]} of {heads[0]['n_components']} components"

@@ -79,11 +79,11 @@ def run(args: argparse.Namespace) -> int:
 
         manifest = encode_store(model, dataset, args.out, cfg, group, log)
         if group.rank == 0:
-            t = manifest.get("timing", {})
-            print(f"{args.out}: {manifest['n_samples']} samples of {manifest['dataset_name']}/{manifest['split']} "
-                  f"({len(manifest['skipped'])} skipped), {len(manifest['chunks'])} chunks, {manifest['dtype']}; "
-                  f"worst decomposition error {manifest['max_trace_error']:.1e} traced, "
-                  f"{manifest['max_storage_error']:.1e} as stored"
+            t = manifest.timing
+            print(f"{args.out}: {manifest.n_samples} samples of {manifest.dataset_name}/{manifest.split} "
+                  f"({len(manifest.skipped)} skipped), {len(manifest.chunks)} chunks, {manifest.plan.dtype}; "
+                  f"worst decomposition error {manifest.max_trace_error:.1e} traced, "
+                  f"{manifest.max_storage_error:.1e} as stored"
                   + (f"; {t['images_per_second']} img/s" if t.get("images_per_second") else ""))
         return 0
     finally:

@@ -7,7 +7,7 @@ HELP = "run one of the paper's experiments (intrinsic-dim, similarity, specializ
 
 def add_arguments(parser) -> None:
     from resi_dual.experiments.runners import EXPERIMENTS
-    from resi_dual.store.writer import STORE_DTYPES
+    from resi_dual.store.disk import STORE_DTYPES
 
     parser.add_argument("name", choices=EXPERIMENTS, help="which experiment")
     parser.add_argument("--config", required=True, help="grid TOML (see configs/offline.toml, configs/paper.toml)")

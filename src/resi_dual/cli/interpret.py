@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     if k < 1:
         raise ResiDualError("-k must be at least 1")
     texts = load_dictionary(args.dictionary)
-    spec = store.meta.get("model_spec")
+    spec = store.meta.model_spec
     if not spec:
         raise ResiDualError(f"store {args.store} does not record its model spec")
     tower = get_text_tower(load_model(spec), cache_dir=args.cache_dir)

@@ -39,7 +39,7 @@ def _bases_for(store, path, units, block_rows: int, progress: bool):
     if saved.is_file():
         b = UnitBases.load(saved)
         if (b.composition.same_model(store.composition) and b.n_samples == len(store)
-                and b.meta.get("weights_hash") == store.meta.get("weights_hash") and set(wanted) <= set(b.labels)):
+                and b.meta.weights_hash == store.meta.weights_hash and set(wanted) <= set(b.labels)):
             return b, wanted, f"read {saved}"
     return UnitPCA(units=wanted, block_rows=block_rows, progress=progress).fit(store).bases_, wanted, "fitted"
 
@@ -50,11 +50,11 @@ def check_stores_match(a, b, path_a, path_b) -> None:
 
     if not a.composition.same_model(b.composition):
         raise ResiDualError(f"{path_a} and {path_b} come from different models "
-                            f"({a.meta.get('model_spec', '?')} vs {b.meta.get('model_spec', '?')}): their units are not comparable")
-    ha, hb = a.meta.get("weights_hash"), b.meta.get("weights_hash")
+                            f"({a.meta.model_spec or '?'} vs {b.meta.model_spec or '?'}): their units are not comparable")
+    ha, hb = a.meta.weights_hash, b.meta.weights_hash
     if ha and hb and ha != hb:
         raise ResiDualError(f"{path_a} and {path_b} come from different model weights "
-                            f"({a.meta.get('model_spec', '?')} {ha[:12]} vs {b.meta.get('model_spec', '?')} {hb[:12]})")
+                            f"({a.meta.model_spec or '?'} {ha[:12]} vs {b.meta.model_spec or '?'} {hb[:12]})")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -77,8 +77,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = [asdict(r) for r in similarity_table(bases_a, bases_b, labels, args.variance)]
-    name_a = a.meta.get("dataset_name", Path(args.store_a).name)
-    name_b = b.meta.get("dataset_name", Path(args.store_b).name)
+    name_a = a.meta.dataset_name or Path(args.store_a).name
+    name_b = b.meta.dataset_name or Path(args.store_b).name
     written = write_table(rows, out / "similarity", formats=("tsv", "parquet"), precision=".6g")
     heads = [r for r in rows if r["kind"] == "head"]
     if heads:

@@ -34,7 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _same_model(stores, what):
     from resi_dual.errors import ResiDualError
 
-    specs = {s.meta.get("model_spec") for s in stores}
+    specs = {s.meta.model_spec for s in stores}
     if len(specs) > 1:
         raise ResiDualError(f"{what}: stores of different models ({', '.join(sorted(map(str, specs)))})")
 
@@ -65,18 +65,18 @@ def run(args: argparse.Namespace) -> int:
     ranks_on = [open_store(s) for s in args.rank_on] if args.rank_on else trains
     _same_model(evals + trains + list(ranks_on), "specialize")
     for e, t in zip(evals, trains):
-        if e.meta.get("dataset_name") != t.meta.get("dataset_name"):
-            raise ResiDualError(f"evaluated store of {e.meta.get('dataset_name')!r} paired with a train store of {t.meta.get('dataset_name')!r}")
-        if e.meta.get("split") == t.meta.get("split") or Path(e.path).resolve() == Path(t.path).resolve():
-            raise ResiDualError(f"the evaluated store and its train store are both the {e.meta.get('split')!r} split: "
+        if e.meta.dataset_name != t.meta.dataset_name:
+            raise ResiDualError(f"evaluated store of {e.meta.dataset_name!r} paired with a train store of {t.meta.dataset_name!r}")
+        if e.meta.split == t.meta.split or Path(e.path).resolve() == Path(t.path).resolve():
+            raise ResiDualError(f"the evaluated store and its train store are both the {e.meta.split!r} split: "
                                 "head means must come from another split")
-    model = load_model(evals[0].meta["model_spec"])
+    model = load_model(evals[0].meta.model_spec)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     con = Console()
     rank_rows, abl_rows, by_dataset, sizes = [], [], {}, None
     for ev, tr, rk in zip(evals, trains, ranks_on):
-        name = ev.meta.get("dataset_name") or Path(str(getattr(ev, "path", "store"))).name
+        name = ev.meta.dataset_name or Path(str(getattr(ev, "path", "store"))).name
         head = classifier_for_source(tr, model=model, train_source=tr)
         rankings = rank_heads(rk, head, methods=methods, seeds=range(args.seeds), protocol=args.protocol)
         means = head_means(tr) if "mean" in modes and args.protocol == "project" else None

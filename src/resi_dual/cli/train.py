@@ -95,9 +95,9 @@ def load_bases(basis: str | None, train, units: list[str], progress: bool = True
         check_same_model(train, ref, "train and basis stores")
     bases = fit_bases(ref, units=units, progress=progress)
     bases.meta.setdefault("store", str(basis) if basis else "train")
-    for k in ("dataset_spec", "split"):
-        if k in ref.meta:
-            bases.meta.setdefault(k, ref.meta[k])
+    for k, v in ref.meta.identity().items():
+        if k in ("dataset_spec", "split"):
+            bases.meta.setdefault(k, v)
     return bases
 
 
@@ -123,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
         raise ResiDualError("--epochs, --patience and --batch must be at least 1")
     train, val, test = open_store(args.train), open_store(args.val), open_store(args.test)
     check_splits(train, val, test)
-    dataset = train.meta.get("dataset_name") or "data"
+    dataset = train.meta.dataset_name or "data"
     out_dir = ensure_out_dir(args.out)
 
     if args.adapter in ("finetune", "lora"):
@@ -151,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
     from resi_dual.adapters.protocol import labelled_rows
     from resi_dual.zeroshot import classifier_for_source
 
-    model = load_model(train.meta["model_spec"], convention=train.composition.convention)
+    model = load_model(train.meta.model_spec, convention=train.composition.convention)
 
     def head_for(seed: int):
         """The frozen head of one run: text prompts, or prototypes of the rows this run may read."""

@@ -49,8 +49,8 @@ def run(args: argparse.Namespace) -> int:
 
     store = open_store(args.store)
     train = open_store(args.train) if args.train else None
-    if train is not None and train.meta.get("model_spec") != store.meta.get("model_spec"):
-        raise ResiDualError(f"--train store was encoded with {train.meta.get('model_spec')!r}, not {store.meta.get('model_spec')!r}")
+    if train is not None and train.meta.model_spec != store.meta.model_spec:
+        raise ResiDualError(f"--train store was encoded with {train.meta.model_spec!r}, not {store.meta.model_spec!r}")
     templates = None
     if args.templates:
         templates = read_lines(args.templates, "templates")
@@ -58,8 +58,8 @@ def run(args: argparse.Namespace) -> int:
             raise ResiDualError("every template needs a {} where the class name goes")
     head = classifier_for_source(store, train_source=train, templates=templates, cache_dir=args.cache_dir)
     rep = accuracy_report(source_logits(head, store), store.labels, head.class_names)
-    rep.update(classifier=head.kind, model_spec=store.meta.get("model_spec"), dataset=store.meta.get("dataset_name"),
-               split=store.meta.get("split"), templates=head.templates, store=str(args.store))
+    rep.update(classifier=head.kind, model_spec=store.meta.model_spec, dataset=store.meta.dataset_name,
+               split=store.meta.split, templates=head.templates, store=str(args.store))
     out = ensure_out_dir(Path(args.out) if args.out else Path(args.store) / "zeroshot")
     write_table([{"class": name, "n": r["n"], "top1": float(r["top1"])} for name, r in rep["per_class"].items()],
                 out / "per_class", ["class", "n", "top1"], formats=("tsv",), precision=".6f")

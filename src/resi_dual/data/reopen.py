@@ -15,22 +15,22 @@ from PIL import Image
 from resi_dual.errors import ResiDualError
 
 
-def reopen_images(meta: dict, sample_ids: Sequence[str], class_names: Sequence[str],
+def reopen_images(meta, sample_ids: Sequence[str], class_names: Sequence[str],
                   wanted: Sequence[str] | None = None, data_root: str | Path | None = None) -> list[Image.Image]:
     """RGB images of the ``wanted`` sample ids (default: all of ``sample_ids``), in that order.
 
     Args:
-        meta: the store manifest (``dataset_spec``, ``split``, ``run.data_root``).
+        meta: the store's ``StoreMeta`` (its ``dataset_spec``, ``split`` and recorded ``data_root``).
         sample_ids: every sample id of the store (to name the store's size in errors).
         class_names: the store's class names (for sources that carry none).
     """
     from resi_dual.data.specs import load_dataset
 
-    spec, split = meta.get("dataset_spec"), meta.get("split")
+    spec, split = meta.dataset_spec, meta.split
     if not spec or not split:
         raise ResiDualError("the store manifest records no dataset spec and split, so its images cannot be reopened")
     kind, _, arg = str(spec).partition(":")
-    root = data_root if data_root is not None else (meta.get("run") or {}).get("data_root")
+    root = data_root if data_root is not None else meta.data_root
     if kind == "folder" and data_root is not None:
         spec = f"folder:{data_root}"
     try:

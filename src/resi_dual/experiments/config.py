@@ -20,7 +20,7 @@ from resi_dual.adapters.training import Products, TrainConfig
 from resi_dual.core.units import Convention
 from resi_dual.data.base import Split
 from resi_dual.errors import ResiDualError
-from resi_dual.store.writer import StoreDtype
+from resi_dual.store.disk import StoreDtype
 from resi_dual.zeroshot.specialize import Ablation, Protocol, RankingMethod
 
 

@@ -104,7 +104,7 @@ class Grid:
             cfg = EncodeConfig(limit=limit, batch_size=self.config.batch_size, dtype=self.config.store_dtype,
                                workers=self.workers, progress=self.progress)
             manifest = encode_store(tm, ds, work / STORE_DIR, cfg)
-            return {"n": int(manifest.get("n_samples", manifest.get("n_planned", 0)) or 0)}
+            return {"n": int(manifest.n_samples or 0)}
 
         name = f"{model.name}.{dataset.name}.{split}" + (f".{limit}" if limit else "")
         # a store resumes itself chunk by chunk, so an interrupted store cell keeps its directory

@@ -21,7 +21,7 @@ from resi_dual.experiments.grid import Grid, cell_rows, load_cell_bases, open_ce
 from resi_dual.experiments.outputs import Outputs
 from resi_dual.experiments.summaries import (adaptation_outputs, intrinsic_dim_outputs, similarity_outputs,
                                             specialization_outputs)
-from resi_dual.store.writer import StoreDtype
+from resi_dual.store.disk import StoreDtype
 
 EXPERIMENTS = ("intrinsic-dim", "similarity", "specialization", "adaptation")
 

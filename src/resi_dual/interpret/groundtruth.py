@@ -55,8 +55,7 @@ def named_attribute(text: str) -> str | None:
 
 def world_attributes(source) -> np.ndarray:
     """(n, A) int64 ground truth of a store of world images, rebuilt from its dataset spec and sample ids."""
-    meta = getattr(source, "meta", {}) or {}
-    spec, split = meta.get("dataset_spec", ""), meta.get("split", "")
+    spec, split = source.meta.dataset_spec or "", source.meta.split or ""
     kind, _, arg = str(spec).partition(":")
     if kind != "world":
         raise ResiDualError(f"the ground-truth check needs a store of world images (dataset spec 'world:…'), got {spec!r}")

@@ -184,9 +184,9 @@ def build_site(store_path, out, analysis=None, interpret=None, adapter=None, spe
                                           [store.sample_ids[r] for r in rows], opt.data_root)))
     stats.distinct_images = len(rows)
     t = stats.lap("reopen images", t)
-    model = load_model(store.meta["model_spec"], convention=comp.convention, device=resolve_device(opt.device))
-    if store.meta.get("weights_hash") and model.weights_hash() != store.meta["weights_hash"]:
-        raise ResiDualError(f"model {store.meta['model_spec']} now has other weights than when the store was encoded")
+    model = load_model(store.meta.model_spec, convention=comp.convention, device=resolve_device(opt.device))
+    if store.meta.weights_hash and model.weights_hash() != store.meta.weights_hash:
+        raise ResiDualError(f"model {store.meta.model_spec} now has other weights than when the store was encoded")
     t1 = stats.lap("load model", t)
     maps = trace_pc_maps(model, images, bases, lists, opt.batch_size, progress)
     stats.trace_seconds = time.perf_counter() - t1
@@ -261,8 +261,8 @@ def _write(tmp: Path, store, comp, bases, labels, lists, images, maps, measures,
     head_measures = {m: {k: v for k, v in vals.items() if k in is_head and is_head[k]} for m, vals in measures.items()}
     head_measures = {m: v for m, v in head_measures.items() if v}
     default = next((m for m in ("linear ID", "specialization (S)") if m in head_measures), next(iter(head_measures), ""))
-    summary = (f"{store.meta.get('model_spec', '?')} on {store.meta.get('dataset_spec', '?')} "
-               f"({store.meta.get('split', '?')}, {len(store)} samples): {len(labels)} units, first {opt.pcs} PCs, "
+    summary = (f"{store.meta.model_spec or '?'} on {store.meta.dataset_spec or '?'} "
+               f"({store.meta.split or '?'}, {len(store)} samples): {len(labels)} units, first {opt.pcs} PCs, "
                f"{opt.images} highest and lowest images each. Click a head.")
     shown = [lab for lab in labels if not is_head[lab]]
     (tmp / "index.html").write_text(pages.overview("resi-dual explorer", comp, head_measures, default,

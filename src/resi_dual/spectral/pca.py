@@ -291,7 +291,7 @@ class UnitPCA:
             release_free_memory()  # pages the pass freed go back before the factorisations allocate theirs
             task2 = bar.add_task("PCA: per-unit eigendecomposition", total=len(idx)) if bar else None
             step = (lambda: bar.advance(task2)) if bar else None
-            meta = {k: source.meta[k] for k in ("model_spec", "weights_hash", "dataset_spec", "dataset_name", "split") if k in source.meta}
+            meta = source.meta.identity()
             self.bases_ = moments.to_bases(source.readout, meta=meta, progress=step)
         self.moments_ = moments
         self.n_samples_ = moments.n

@@ -1,8 +1,9 @@
 """Encoding stores: unit encodings of a whole dataset split, on disk (chunked, resumable) or in memory."""
 
 from resi_dual.store.base import EncodingSource, MemorySource, RawBlock
+from resi_dual.store.meta import Plan, StoreMeta
 
-__all__ = ["EncodingSource", "MemorySource", "RawBlock", "open_store"]
+__all__ = ["EncodingSource", "MemorySource", "Plan", "RawBlock", "StoreMeta", "open_store"]
 
 
 def open_store(path, **kwargs):

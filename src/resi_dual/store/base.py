@@ -18,6 +18,7 @@ import torch
 from resi_dual.errors import ResiDualError
 from resi_dual.core.encodings import Readout, UnitEncodings, unit_features
 from resi_dual.core.units import Composition, Unit
+from resi_dual.store.meta import StoreMeta
 
 
 @dataclass
@@ -39,7 +40,7 @@ class RawBlock:
 
 class EncodingSource:
     """Unit encodings of one (model, dataset, split). Subclasses set ``composition``, ``readout``,
-    ``labels`` (np.int64 (n,)), ``class_names`` (list[str]), ``sample_ids`` (list[str]), ``meta`` (dict)
+    ``labels`` (np.int64 (n,)), ``class_names`` (list[str]), ``sample_ids`` (list[str]), ``meta`` (:class:`StoreMeta`)
     and implement ``_read_raw``."""
 
     composition: Composition
@@ -47,7 +48,7 @@ class EncodingSource:
     labels: np.ndarray
     class_names: list[str]
     sample_ids: list[str]
-    meta: dict
+    meta: StoreMeta
 
     # -- to implement --------------------------------------------------------------------
     def _read_raw(self, rows: np.ndarray | slice) -> tuple[torch.Tensor, ...]:
@@ -112,7 +113,7 @@ class MemorySource(EncodingSource):
         labels: Sequence[int] | np.ndarray,
         class_names: Sequence[str] | None = None,
         sample_ids: Sequence[str] | None = None,
-        meta: dict | None = None,
+        meta: StoreMeta | dict | None = None,
     ) -> None:
         n = len(enc)
         labels = np.asarray(labels, dtype=np.int64)
@@ -123,7 +124,7 @@ class MemorySource(EncodingSource):
         self.labels = labels
         self.class_names = list(class_names) if class_names is not None else [str(c) for c in range(int(labels.max()) + 1)]
         self.sample_ids = list(sample_ids) if sample_ids is not None else [str(i) for i in range(n)]
-        self.meta = dict(meta or {})
+        self.meta = meta if isinstance(meta, StoreMeta) else StoreMeta.from_dict(dict(meta or {}), "meta")
         self._enc = enc
 
     def _read_raw(self, rows):

@@ -29,7 +29,7 @@ import hashlib
 import json
 import struct
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Literal
 
 import numpy as np
 import torch
@@ -39,9 +39,8 @@ from resi_dual.files import atomic_write, is_tmp, tmp_name  # noqa: F401 - the s
 from resi_dual.core.encodings import Readout
 from resi_dual.core.units import Composition, Unit
 from resi_dual.store.base import EncodingSource
+from resi_dual.store.meta import FORMAT, FORMAT_VERSION, StoreMeta
 
-FORMAT = "resi-dual-store"
-FORMAT_VERSION = 1
 PLAN, MANIFEST, COMPOSITION, READOUT, CHUNKS = "plan.json", "manifest.json", "composition.json", "readout.safetensors", "chunks"
 #: manifest keys that may differ between two runs of the same plan
 VOLATILE_KEYS = ("timing", "run")
@@ -49,6 +48,8 @@ VOLATILE_KEYS = ("timing", "run")
 _DTYPES = {"F16": np.float16, "F32": np.float32, "F64": np.float64, "I64": np.int64, "I32": np.int32, "U8": np.uint8,
            "BOOL": np.bool_}
 _CODES = {np.dtype(v): k for k, v in _DTYPES.items()}
+#: storage of the raw dense/head encodings (μ, σ and outputs are always float32)
+StoreDtype = Literal["float16", "float32"]
 #: store dtype name -> numpy dtype of the raw dense/head encodings
 STORE_DTYPES = {"float16": np.float16, "float32": np.float32}
 
@@ -145,7 +146,8 @@ class DiskStore(EncodingSource):
     """A complete store opened for reading (see module docstring for the layout).
 
     Attributes:
-        path: the store directory; meta: the manifest dict; composition, readout (float32);
+        path: the store directory; meta: the manifest as a :class:`StoreMeta` (given as the validated
+        raw manifest dict, whose integrity is checked against the files first); composition, readout (float32);
         labels (n,) int64; class_names; sample_ids (n,) list[str]; chunk_offsets (K+1,) first row of
         each chunk. Reads are lazy: only the rows (and, for ``features``, the unit) asked for are read.
     """
@@ -154,10 +156,10 @@ class DiskStore(EncodingSource):
         from resi_dual.store import integrity
 
         self.path = Path(path)
-        self.meta = meta
         problems = integrity.manifest_problems(self.path, meta)
         if problems:
             raise integrity.fail(self.path, meta, MANIFEST, problems[0].removeprefix(MANIFEST + " "))
+        self.meta = StoreMeta.from_dict(meta, str(self.path / MANIFEST))
         try:
             self.composition = Composition.from_json((self.path / COMPOSITION).read_text())
         except (OSError, ValueError, KeyError, TypeError) as e:
@@ -191,7 +193,7 @@ class DiskStore(EncodingSource):
     # -- reading -------------------------------------------------------------------------
     @property
     def split(self) -> str:
-        return self.meta["split"]
+        return self.meta.split
 
     def _pieces(self, rows: np.ndarray | slice) -> Iterator[tuple[int, np.ndarray | slice, np.ndarray | slice]]:
         """(chunk, rows within the chunk, positions in the result) covering ``rows``."""
@@ -269,8 +271,8 @@ class DiskStore(EncodingSource):
 
     def __repr__(self) -> str:
         m = self.meta
-        return (f"DiskStore({str(self.path)!r}, model={m['model_spec']!r}, dataset={m['dataset_spec']!r}, "
-                f"split={m['split']!r}, n={len(self)}, dtype={m['dtype']})")
+        return (f"DiskStore({str(self.path)!r}, model={m.model_spec!r}, dataset={m.dataset_spec!r}, "
+                f"split={m.split!r}, n={len(self)}, dtype={m.plan.dtype})")
 
 
 def read_manifest(path: Path) -> dict:
@@ -311,22 +313,23 @@ def open_store(path: str | Path, model=None, split: str | None = None, dataset: 
         ResiDualError naming the mismatch; nothing is modified.
     """
     path = Path(path)
-    meta = read_manifest(path)
-    if split is not None and meta["split"] != split:
-        raise ResiDualError(f"store {path} holds the {meta['split']!r} split, not {split!r}")
-    if dataset is not None and dataset not in (meta["dataset_spec"], meta["dataset_name"]):
-        raise ResiDualError(f"store {path} holds dataset {meta['dataset_spec']!r}, not {dataset!r}")
+    raw = read_manifest(path)
+    meta = StoreMeta.from_dict(raw, str(path / MANIFEST))
+    if split is not None and meta.split != split:
+        raise ResiDualError(f"store {path} holds the {meta.split!r} split, not {split!r}")
+    if dataset is not None and dataset not in (meta.dataset_spec, meta.dataset_name):
+        raise ResiDualError(f"store {path} holds dataset {meta.dataset_spec!r}, not {dataset!r}")
     if model is not None:
         if isinstance(model, str):
-            if model != meta["model_spec"]:
-                raise ResiDualError(f"store {path} was encoded with model {meta['model_spec']!r}, not {model!r}")
+            if model != meta.model_spec:
+                raise ResiDualError(f"store {path} was encoded with model {meta.model_spec!r}, not {model!r}")
         else:
             h = model.weights_hash()
-            if h != meta["weights_hash"]:
+            if h != meta.weights_hash:
                 raise ResiDualError(
-                    f"store {path} was encoded with model {meta['model_spec']!r} (weights {meta['weights_hash'][:12]}), "
+                    f"store {path} was encoded with model {meta.model_spec!r} (weights {meta.weights_hash[:12]}), "
                     f"not {getattr(model, 'spec', '?')!r} (weights {h[:12]})")
-    store = DiskStore(path, meta)
+    store = DiskStore(path, raw)
     if model is not None and not isinstance(model, str) and not store.composition.same_model(model.composition):
         raise ResiDualError(f"store {path}: the model's unit layout or convention differs from the store's")
     if verify:

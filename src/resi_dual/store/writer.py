@@ -35,7 +35,7 @@ import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Callable
 
 import numpy as np
 import torch
@@ -49,12 +49,10 @@ from resi_dual.store.integrity import (
     DATA_HASH, LOCK, check_written_chunks, chunk_hashes, recheck_complete, release_lock, take_lock,
 )
 from resi_dual.store.disk import (
-    CHUNKS, COMPOSITION, FORMAT, FORMAT_VERSION, MANIFEST, PLAN, READOUT, STORE_DTYPES, ShardReader, atomic_write, chunk_path,
+    CHUNKS, COMPOSITION, FORMAT, MANIFEST, PLAN, READOUT, STORE_DTYPES, ShardReader, StoreDtype, atomic_write, chunk_path,
     file_sha256, is_tmp, json_bytes, read_manifest, safetensors_bytes,
 )
-
-#: storage of the raw dense/head encodings (μ, σ and outputs are always float32)
-StoreDtype = Literal["float16", "float32"]
+from resi_dual.store.meta import Plan, StoreMeta
 
 
 @dataclass
@@ -128,8 +126,8 @@ def preprocessing_fingerprint(model) -> dict:
             "probe_mean": round(float(arr.mean()), 6), "probe_std": round(float(arr.std()), 6)}
 
 
-def make_plan(model, dataset: ImageDataset, cfg: EncodeConfig) -> tuple[dict, np.ndarray, list[str]]:
-    """(plan dict, planned dataset indices (N,), their sample ids)."""
+def make_plan(model, dataset: ImageDataset, cfg: EncodeConfig) -> tuple[Plan, np.ndarray, list[str]]:
+    """(plan, planned dataset indices (N,), their sample ids)."""
     if cfg.dtype not in STORE_DTYPES:
         raise ResiDualError(f"--dtype must be one of {', '.join(STORE_DTYPES)}, got {cfg.dtype!r}")
     if cfg.chunk_rows < 1 or cfg.batch_size < 1:
@@ -147,26 +145,13 @@ def make_plan(model, dataset: ImageDataset, cfg: EncodeConfig) -> tuple[dict, np
     for sid, lab in zip(ids, labels):
         h.update(f"{sid}\t{int(lab)}\n".encode())
     comp = model.composition
-    plan = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "model_spec": model.spec,
-        "weights_hash": model.weights_hash(),
-        "family": comp.family,
-        "convention": comp.convention,
-        "preprocessing": preprocessing_fingerprint(model),
-        "dataset_spec": dataset.spec,
-        "dataset_name": dataset.name,
-        "split": dataset.split,
-        "class_names": list(dataset.class_names),
-        "limit": cfg.limit,
-        "n_planned": int(len(indices)),
-        "samples_sha256": h.hexdigest(),
-        "dtype": cfg.dtype,
-        "chunk_rows": int(cfg.chunk_rows),
-        "batch_size": int(cfg.batch_size),
-        "n_chunks": int(-(-len(indices) // cfg.chunk_rows)),
-    }
+    plan = Plan(
+        model_spec=model.spec, weights_hash=model.weights_hash(), family=comp.family, convention=comp.convention,
+        preprocessing=preprocessing_fingerprint(model), dataset_spec=dataset.spec, dataset_name=dataset.name,
+        split=dataset.split, class_names=tuple(dataset.class_names), limit=cfg.limit, n_planned=int(len(indices)),
+        samples_sha256=h.hexdigest(), dtype=cfg.dtype, chunk_rows=int(cfg.chunk_rows), batch_size=int(cfg.batch_size),
+        n_chunks=int(-(-len(indices) // cfg.chunk_rows)),
+    )
     return plan, indices, ids
 
 
@@ -175,7 +160,7 @@ def _diff(a: dict, b: dict) -> list[str]:
     return [f"{k}: {a.get(k)!r} (store) vs {b.get(k)!r} (now)" for k in keys if a.get(k) != b.get(k)]
 
 
-def prepare_dir(out: Path, plan: dict, model) -> str:
+def prepare_dir(out: Path, plan: Plan, model) -> str:
     """Check ``out`` and write the plan files. Returns ``new``, ``resume`` or ``complete``."""
     out = ensure_out_dir(out)
     entries = [p for p in out.iterdir() if not is_tmp(p) and p.name != LOCK]
@@ -187,7 +172,7 @@ def prepare_dir(out: Path, plan: dict, model) -> str:
             raise ResiDualError(f"{out} holds a {PLAN} that is not valid JSON; refusing to write there") from None
         if old.get("format") != FORMAT:
             raise ResiDualError(f"{out} holds a {PLAN} that is not a resi-dual plan; refusing to write there")
-        diffs = _diff(old, plan)
+        diffs = _diff(old, plan.to_dict())
         if diffs:
             raise ResiDualError(f"{out} holds a store of a different job ({'; '.join(diffs[:3])}); "
                                 "nothing was changed — choose another --out")
@@ -206,7 +191,7 @@ def prepare_dir(out: Path, plan: dict, model) -> str:
     comp_bytes = model.composition.to_json().encode()
     readout_bytes = safetensors_bytes({k: v.detach().cpu().float().numpy() for k, v in model.readout.state_dict().items()})
     if state == "new" or not (out / PLAN).exists():
-        atomic_write(out / PLAN, json_bytes(plan))
+        atomic_write(out / PLAN, json_bytes(plan.to_dict()))
     for name, data in ((COMPOSITION, comp_bytes), (READOUT, readout_bytes)):
         target = out / name
         if target.exists():
@@ -367,11 +352,11 @@ def _device(model) -> torch.device:
     return torch.device(getattr(model, "device", None) or "cpu")
 
 
-def _run_chunks(model, dataset, indices, ids, out: Path, cfg: EncodeConfig, group: Group, plan: dict) -> int:
+def _run_chunks(model, dataset, indices, ids, out: Path, cfg: EncodeConfig, group: Group, plan: Plan) -> int:
     """Encode this rank's missing chunks; returns the number of images traced."""
     comp = model.composition
     n = len(indices)
-    mine = [k for k in range(plan["n_chunks"]) if k % group.world_size == group.rank and not chunk_path(out, k).exists()]
+    mine = [k for k in range(plan.n_chunks) if k % group.world_size == group.rank and not chunk_path(out, k).exists()]
     batches = [b for k in mine for b in _chunk_batches(k, n, cfg)]
     if not batches:
         return 0
@@ -405,11 +390,11 @@ def _run_chunks(model, dataset, indices, ids, out: Path, cfg: EncodeConfig, grou
     return done
 
 
-def finalize(out: Path, plan: dict, extra: dict) -> dict:
+def finalize(out: Path, plan: Plan, extra: dict) -> StoreMeta:
     """Check that every chunk exists and write ``manifest.json`` (atomically, last)."""
     chunks, skipped, rows = [], [], 0
     trace_err = storage_err = 0.0
-    for k in range(plan["n_chunks"]):
+    for k in range(plan.n_chunks):
         path = chunk_path(out, k)
         if not path.exists():
             raise ResiDualError(f"chunk {path.name} is missing; run the same command again to finish the store")
@@ -425,9 +410,9 @@ def finalize(out: Path, plan: dict, extra: dict) -> dict:
         trace_err = max(trace_err, float(shard.metadata.get("max_trace_error", 0.0)))
         storage_err = max(storage_err, float(shard.metadata.get("max_storage_error", 0.0)))
         rows += r
-    if rows + len(skipped) != plan["n_planned"]:
-        raise ResiDualError(f"store {out}: {rows} rows + {len(skipped)} skipped ≠ {plan['n_planned']} planned")
-    manifest = dict(plan)
+    if rows + len(skipped) != plan.n_planned:
+        raise ResiDualError(f"store {out}: {rows} rows + {len(skipped)} skipped ≠ {plan.n_planned} planned")
+    manifest = plan.to_dict()
     manifest.update({
         "n_samples": rows,
         "chunks": chunks,
@@ -439,11 +424,11 @@ def finalize(out: Path, plan: dict, extra: dict) -> dict:
     })
     manifest.update(extra)
     atomic_write(out / MANIFEST, json_bytes(manifest))
-    return manifest
+    return StoreMeta.from_dict(manifest)
 
 
 def encode_store(model, dataset: ImageDataset, out: str | Path, cfg: EncodeConfig | None = None,
-                 group: Group | None = None, log: Callable[[str], None] | None = None) -> dict:
+                 group: Group | None = None, log: Callable[[str], None] | None = None) -> StoreMeta:
     """Encode ``dataset`` through ``model`` into the store at ``out`` (create, resume or no-op).
 
     Args:
@@ -453,7 +438,7 @@ def encode_store(model, dataset: ImageDataset, out: str | Path, cfg: EncodeConfi
         out: the store directory.
         group: the processes sharing the work (default: this process alone).
     Returns:
-        the manifest dict (on every rank).
+        the store's :class:`StoreMeta` (on every rank).
     """
     cfg = cfg or EncodeConfig()
     group = group or Group()
@@ -467,7 +452,7 @@ def encode_store(model, dataset: ImageDataset, out: str | Path, cfg: EncodeConfi
             release_lock(lock)
 
 
-def _encode(model, dataset, out: Path, cfg: EncodeConfig, group: Group, log, held: list) -> dict:
+def _encode(model, dataset, out: Path, cfg: EncodeConfig, group: Group, log, held: list) -> StoreMeta:
     """encode_store's work; rank 0 appends the write lock it takes to ``held``."""
     t0 = time.perf_counter()
     plan, indices, ids = make_plan(model, dataset, cfg)
@@ -481,7 +466,7 @@ def _encode(model, dataset, out: Path, cfg: EncodeConfig, group: Group, log, hel
                 log(problem)
                 status = prepare_dir(out, plan, model)
             if status == "resume":
-                for msg in check_written_chunks(out, plan, model.composition):
+                for msg in check_written_chunks(out, plan.to_dict(), model.composition):
                     log(msg)
         except ResiDualError as e:
             status = f"error: {e}"
@@ -489,11 +474,11 @@ def _encode(model, dataset, out: Path, cfg: EncodeConfig, group: Group, log, hel
     if status.startswith("error: "):
         raise ResiDualError(status[len("error: "):])
     if status == "complete":
-        log(f"{out} is already complete ({plan['n_planned']} planned samples); nothing to do")
-        return read_manifest(out)
+        log(f"{out} is already complete ({plan.n_planned} planned samples); nothing to do")
+        return StoreMeta.from_dict(read_manifest(out))
     if status == "resume" and group.rank == 0:
-        have = sum(chunk_path(out, k).exists() for k in range(plan["n_chunks"]))
-        log(f"resuming {out}: {have} of {plan['n_chunks']} chunks already written")
+        have = sum(chunk_path(out, k).exists() for k in range(plan.n_chunks))
+        log(f"resuming {out}: {have} of {plan.n_chunks} chunks already written")
     error, done = None, 0
     try:
         done = _run_chunks(model, dataset, indices, ids, out, cfg, group, plan)
@@ -527,4 +512,4 @@ def _encode(model, dataset, out: Path, cfg: EncodeConfig, group: Group, log, hel
     status = group.broadcast(status)
     if status.startswith("error: "):
         raise ResiDualError(status[len("error: "):])
-    return manifest if manifest is not None else read_manifest(out)
+    return manifest if manifest is not None else StoreMeta.from_dict(read_manifest(out))

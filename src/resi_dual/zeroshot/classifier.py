@@ -95,8 +95,8 @@ def classifier_for_source(source, model=None, train_source=None, templates: Sequ
     """The zero-shot head for a store: text prompts when the model has a text tower, else prototypes.
 
     Args:
-        source: an EncodingSource; ``source.meta["model_spec"]`` names the model when ``model`` is None,
-            ``source.meta["dataset_name"]`` picks class names and templates.
+        source: an EncodingSource; ``source.meta.model_spec`` names the model when ``model`` is None,
+            ``source.meta.dataset_name`` picks class names and templates.
         model: a loaded model (TracedModel or library model), to avoid loading it again.
         train_source: train split of the same dataset; required for vision-only models.
         train_rows: the rows of ``train_source`` the prototypes may read (the few-shot shots), or all.
@@ -104,21 +104,21 @@ def classifier_for_source(source, model=None, train_source=None, templates: Sequ
     """
     from resi_dual.models.text import get_text_tower, has_text_tower
 
-    meta = getattr(source, "meta", {}) or {}
-    dataset = meta.get("dataset_name") or meta.get("dataset")
+    meta = source.meta
+    dataset = meta.dataset_name
     labels = np.asarray(source.labels)
     n_classes = max(int(labels.max()) + 1 if labels.size else 0, len(source.class_names or []))
     names = class_names_for(dataset, source.class_names, n_classes)
     if model is None:
-        spec = meta.get("model_spec")
+        spec = meta.model_spec
         if not spec:
-            raise ResiDualError("the store does not record its model spec (meta['model_spec']); pass the model")
+            raise ResiDualError("the store does not record its model spec (meta.model_spec); pass the model")
         from resi_dual import load_model
 
         model = load_model(spec)
     if not has_text_tower(model):
         if train_source is None:
-            spec = getattr(model, "spec", None) or meta.get("model_spec", "?")
+            spec = getattr(model, "spec", None) or meta.model_spec or "?"
             raise ResiDualError(f"model {spec} has no text tower; use class-mean prototypes (pass the train split store)")
         return prototype_classifier(train_source, names, rows=train_rows)
     tower = get_text_tower(model, cache_dir=cache_dir)

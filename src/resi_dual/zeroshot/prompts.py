@@ -358,7 +358,7 @@ def class_names_for(dataset: str | None, dataset_class_names: Sequence[str] | No
     """Class names used in prompts, one per label.
 
     Args:
-        dataset: canonical dataset name (``source.meta["dataset_name"]``); may be None.
+        dataset: canonical dataset name (``source.meta.dataset_name``); may be None.
         dataset_class_names: the dataset's own label names (``source.class_names``).
         n_classes: number of labels that must be named (max label + 1); checked when given.
     Raises:
