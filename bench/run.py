@@ -12,12 +12,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import platform
+import statistics
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-import torch
 
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_JSON = BENCH_DIR / "results.json"
@@ -31,25 +30,53 @@ def _fmt(x) -> str:
     return str(x)
 
 
+def spread(xs) -> dict:
+    """``{"min", "median", "max", "n"}`` of repeated measurements (a row's ``reps`` entries)."""
+    xs = sorted(float(x) for x in xs)
+    return {"min": xs[0], "median": statistics.median(xs), "max": xs[-1], "n": len(xs)}
+
+
+def _spread_cell(row: dict) -> str:
+    """min / median / max of each measured side of a row, when the bench recorded its repetitions."""
+    reps = row.get("reps") or {}
+    parts = [f"{side} {_fmt(v['min'])} / {_fmt(v['median'])} / {_fmt(v['max'])} (n={v['n']})"
+             for side, v in reps.items()]
+    return "; ".join(parts) or "—"
+
+
+def _machine_lines(results: dict) -> list[str]:
+    machines = sorted({r.get("cpu") or r["machine"] for r in results.values()})
+    return [f"Machine: {m}" + ("" if len(machines) == 1 else " (some sections)") for m in machines]
+
+
 def render(results: dict) -> str:
     lines = [
         "# Benchmarks",
         "",
+        *_machine_lines(results),
+        "",
         "Written by `make bench` (`python -m bench.run`). Every ratio compares two measurements taken in the",
-        "same run on the same data, so it holds on a noisy machine where absolute times do not.",
+        "same run on the same data, so it holds on a noisy machine where absolute times do not. Where a",
+        "section repeats its measurements, the table gives the median and \"met\" is judged on it; the",
+        "spread column gives min / median / max.",
         "",
     ]
     for area in sorted(results):
         r = results[area]
         lines += [f"## {r['title']}", "", f"Run {r['when']} on {r['machine']} ({r['seconds']:.0f} s).", ""]
-        lines += ["| what | ours | baseline | ratio | target | met | note |", "|---|---|---|---|---|---|---|"]
+        lines += ["| what | ours | baseline | ratio | target | met | spread (min / median / max) | note |",
+                  "|---|---|---|---|---|---|---|---|"]
         for row in r["rows"]:
             unit = row.get("unit", "")
             lines.append(
                 f"| {row['what']} | {_fmt(row['ours'])} {unit} | {_fmt(row['baseline'])} {unit} ({row['baseline_name']}) "
-                f"| {_fmt(row['ratio'])} | {row['target']} | {'' if row['met'] is None else 'yes' if row['met'] else 'no'} | {row.get('note', '')} |"
+                f"| {_fmt(row['ratio'])} | {row['target']} | {'' if row['met'] is None else 'yes' if row['met'] else 'no'} "
+                f"| {_spread_cell(row)} | {row.get('note', '')} |"
             )
         lines.append("")
+        lines += [f"- {note}" for note in r.get("notes", [])]
+        if r.get("notes"):
+            lines.append("")
     return "\n".join(lines)
 
 
@@ -89,7 +116,8 @@ def main(argv=None) -> int:
     if args.only:
         wanted = {a.strip() for a in args.only.split(",")}
         areas = [a for a in areas if a in wanted]
-    machine = f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+    from resi_dual.runtime import machine_line
+
     for area in areas:
         mod = importlib.import_module(f"bench.bench_{area}")
         print(f"== {area}: {mod.TITLE}", flush=True)
@@ -97,11 +125,14 @@ def main(argv=None) -> int:
         rows = mod.run()
         for row in rows:
             print("  ", {k: _fmt(v) for k, v in row.items()}, flush=True)
+        cpu = machine_line()  # CPU model and flags, torch's thread count (as the section leaves it)
         entry = {
             "title": mod.TITLE,
             "rows": rows,
+            "notes": list(getattr(mod, "NOTES", [])),
             "when": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "machine": machine + _load_note(),
+            "machine": cpu + _load_note(),
+            "cpu": cpu,
             "seconds": time.perf_counter() - t0,
         }
         _merge(area, entry)

@@ -118,7 +118,7 @@ def test_bfloat16_fit_is_deterministic_and_lands_next_to_float32(world):
 
 
 def test_products_auto_follows_the_measurement_and_the_dtype(monkeypatch):
-    from resi_dual.adapters import training
+    from resi_dual.adapters import scaling as training
 
     shapes = []
     monkeypatch.setattr(training, "faster_products", lambda b, k, d: shapes.append((b, k, d)) or "bfloat16")
