@@ -45,7 +45,7 @@ def _spread_cell(row: dict) -> str:
 
 
 def _machine_lines(results: dict) -> list[str]:
-    machines = sorted({r.get("cpu") or r["machine"] for r in results.values()})
+    machines = sorted({r.get("cpu") or r["machine"].split(", load average")[0] for r in results.values()})
     return [f"Machine: {m}" + ("" if len(machines) == 1 else " (some sections)") for m in machines]
 
 
