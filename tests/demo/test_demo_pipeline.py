@@ -44,6 +44,9 @@ def test_quick_demo_writes_a_complete_report(tmp_path):
     # the seen dataset's zero-shot row is far above chance (10 classes)
     zs = re.search(r"\| fashion-mnist \| zeroshot \| 0 \| (\d+\.\d)", md)
     assert float(zs.group(1)) > 60.0
+    # the explorer site is there, complete, and the report links into it
+    assert 'href="explorer/index.html"' in html and (out / "explorer" / "index.html").is_file()
+    assert (out / "explorer" / "u" / "L5H0-pc1.html").is_file() and (out / "explorer" / "build.json").is_file()
     # a second run reuses every cell
     proc2 = subprocess.run([sys.executable, "-m", "resi_dual", "demo", "--out", str(out), "--quick", "--quiet"],
                            capture_output=True, text=True, timeout=900)

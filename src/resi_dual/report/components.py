@@ -36,7 +36,7 @@ def pc_coefficients(source, bases, label: str, n_pcs: int) -> torch.Tensor:
     """(N, k) float64 coefficients ``⟨c_u − m_u, v_j⟩`` of the unit's first ``k ≤ n_pcs`` PCs."""
     comp = source.composition
     i = comp.index(label)
-    a, k = source.readout.to(torch.float64).affine(comp, i)
+    a, k = (t.double() for t in source.readout.affine(comp, i))  # this unit's rows only, not the whole readout
     v = bases.components[label][:n_pcs].double()  # (k, d_out)
     f = source.features(i, dtype=torch.float64)  # (N, d_in + 2)
     return f @ (a.T @ v.T) + (k.double() - bases.means[label].double()) @ v.T
