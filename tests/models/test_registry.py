@@ -23,6 +23,7 @@ def test_list_models_names_each_family_once_with_its_spec_form():
     assert by["demo"].spec_form == "demo | demo:<folder>" and by["vit"].spec_form.startswith("hf:")
     assert all(f.tracer.family == f.name for f in fams)  # the tracer's Composition.family is the family
     assert registry.get_family("open_clip").scheme == "open_clip"
+    assert repr(by["vit"]) == "Family('vit', hf:<hub id or dir>; vit_l=hf:google/vit-large-patch16-224)"
     with pytest.raises(ResiDualError, match="unknown model family 'nope'; registered: hf-clip, blip"):
         registry.get_family("nope")
 

@@ -41,7 +41,7 @@ Loader = Callable[[str, str, str, object], object]
 TextEncoder = Callable[[object, object], tuple[Callable, float]]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Family:
     """Everything about one model family.
 
@@ -76,6 +76,10 @@ class Family:
     library_module: str = ""
     short_names: Mapping[str, str] = field(default_factory=dict)
     weights_path: Callable[[str], Path | None] | None = None
+
+    def __repr__(self) -> str:
+        names = ", ".join(f"{k}={v}" for k, v in self.short_names.items())
+        return f"Family({self.name!r}, {self.spec_form}{'; ' + names if names else ''})"
 
     @property
     def spec_form(self) -> str:
