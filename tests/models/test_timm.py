@@ -115,3 +115,16 @@ def test_the_real_eva02_b16_architecture_decomposes_exactly():
             ref = model.library_model.encode_image(px)
         err = float(((enc.contributions().sum(1).double() - ref.double()).norm(dim=-1) / ref.double().norm(dim=-1)).max())
         assert err <= TOL
+
+
+def test_eva02_short_name_offline_is_one_line(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
+    r = subprocess.run([sys.executable, "-m", "resi_dual", "trace", "--model", "eva02_b"], env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: could not fetch the weights of 'eva02_b' (offline?)")

@@ -25,6 +25,7 @@ model with open_clip's own factory and hands it to the first family that accepts
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -272,7 +273,10 @@ def _create(spec: str, rest: str) -> tuple:
                 )
         else:
             warnings.warn(f"{spec!r}: no pretrained weights given; the model has random weights", stacklevel=3)
+    previous = logging.root.manager.disable
     try:
+        # open_clip logs a failed download on the root logger before raising; the error below says it once
+        logging.disable(logging.ERROR)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             model, _, preprocess_val = open_clip.create_model_and_transforms(name, **kwargs)
@@ -283,6 +287,8 @@ def _create(spec: str, rest: str) -> tuple:
         if "download" in reason.lower() or "hub" in reason.lower() or "connect" in reason.lower() or "offline" in reason.lower():
             raise ResiDualError(f"could not fetch the weights of {spec!r} (offline?): {reason}") from None
         raise ResiDualError(f"could not load {spec!r}: {reason}") from None
+    finally:
+        logging.disable(previous)
     try:
         tokenizer = open_clip.get_tokenizer(tokenizer_name)
     except Exception:  # noqa: BLE001 - a missing tokenizer only disables text features
