@@ -40,7 +40,7 @@ def test_top_functions_match_their_stages(make_toy_source):
     assert [r.name for r in rankings] == ["S"] and res.accuracy["S"]["mean"][-1] == pytest.approx(res.base_accuracy)
 
     adapter, metrics = rd.train_adapter(train, val, test, head, "coarse", bases=bases, max_epochs=2, progress=False)
-    assert metrics["trainable_parameters"] == 6 and metrics["accuracy"]["test"] == pytest.approx(
+    assert metrics.trainable_parameters == 6 and metrics.test_accuracy == pytest.approx(
         adapter.accuracy(adapter.encode(test)))
 
 

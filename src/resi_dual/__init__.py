@@ -154,8 +154,9 @@ def train_adapter(train, val, test, classifier, variant: str = "residual", bases
 
     ``variant``: ``residual`` (one λ per head component), ``residual-full``, ``coarse``, ``spectral`` or
     ``linear``; ``bases`` from :func:`fit_bases` (the unit variants); ``train_config``: ``TrainConfig``
-    fields (``max_epochs``, ``lr``, ``seed`` …). Returns ``(adapter, metrics)``: metrics holds
-    ``accuracy`` (val, test, zero-shot) and ``trainable_parameters``; ``adapter.save(path)`` persists it.
+    fields (``max_epochs``, ``lr``, ``seed`` …). Returns ``(adapter, metrics)``: a ``RunMetrics``
+    (``val_accuracy``, ``test_accuracy``, ``zeroshot_test``, ``trainable_parameters`` …; ``to_dict()`` for
+    JSON); ``adapter.save(path)`` persists the adapter.
     """
     from resi_dual.adapters import AdapterConfig, TrainConfig
     from resi_dual.adapters.protocol import train_and_evaluate

@@ -161,5 +161,24 @@ def test_a_few_shot_adapter_run_reads_only_its_shots_and_capped_validation():
                               train_config=TrainConfig(lr="sweep", seed=7, max_epochs=3, patience=2, progress=False))
     assert train.rows_read == set(split.train_rows.tolist()) and len(train.rows_read) == 12
     assert val.rows_read == set(split.val_rows.tolist()) and len(val.rows_read) == 12
-    assert m["n"] == {"train": 12, "val": 12, "test": 30}
-    assert [c["lr"] for c in m["lr_sweep"]] == [0.008, 0.08, 0.8, 8.0] and m["lr"] in (0.008, 0.08, 0.8, 8.0)
+    assert m.n == {"train": 12, "val": 12, "test": 30}
+    assert [c["lr"] for c in m.details["lr_sweep"]] == [0.008, 0.08, 0.8, 8.0] and m.lr in (0.008, 0.08, 0.8, 8.0)
+
+
+def test_run_metrics_round_trip_the_train_json():
+    """RunMetrics reads the JSON `resi-dual train` writes (and wrote before the record existed) and writes it back."""
+    from resi_dual.adapters.metrics import RunMetrics
+    from resi_dual.errors import ResiDualError
+
+    old = {"variant": "coarse", "trainable_parameters": 6, "adapted_units": 6, "components": 6, "kept_units": [],
+           "accuracy": {"val": 0.5, "test": 0.25, "zeroshot_val": 0.4, "zeroshot_test": 0.2}, "epochs": 3,
+           "best_epoch": 2, "lr": 0.8, "note": "", "seconds": {"total": 1.5}, "n": {"train": 9, "val": 3, "test": 4},
+           "shots": None, "seed": 1, "model_spec": "demo", "lr_sweep": [], "history": [{"epoch": 1, "loss": 2.0}]}
+    m = RunMetrics.from_dict(old)
+    assert (m.val_accuracy, m.test_accuracy, m.zeroshot_test, m.epochs, m.lr) == (0.5, 0.25, 0.2, 3, 0.8)
+    assert m.details == {"adapted_units": 6, "components": 6, "kept_units": [], "lr_sweep": []}
+    assert m.to_dict() == old and RunMetrics.from_dict(m.to_dict()) == m
+    peer = RunMetrics.from_dict({"variant": "tip-adapter", "trainable_parameters": 0, "accuracy": {"val": 1.0, "test": 0.5}})
+    assert peer.to_dict()["accuracy"] == {"val": 1.0, "test": 0.5} and peer.epochs == 0 and peer.zeroshot_test is None
+    with pytest.raises(ResiDualError, match="accuracy.val"):
+        RunMetrics.from_dict({"variant": "x", "trainable_parameters": 0, "accuracy": {"val": 1.0}})

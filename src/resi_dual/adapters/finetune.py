@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from resi_dual.adapters.adapter import DEFAULT_LR, LR_SWEEP
+from resi_dual.adapters.metrics import RunMetrics
 from resi_dual.adapters.modules import classify
 from resi_dual.adapters.training import TrainConfig
 from resi_dual.errors import ResiDualError
@@ -171,7 +172,7 @@ def finetune_from_stores(train, val, test, shots: int | None = None, seed: int =
                          epochs: int = TrainConfig.max_epochs, patience: int = TrainConfig.patience,
                          batch_size: int = TrainConfig.batch_size, progress: bool = True,
                          weights_out=None, device: str = "cpu", data_root: str | None = None,
-                         logit_scale: float | None = None, method: str = "finetune") -> dict:
+                         logit_scale: float | None = None, method: str = "finetune") -> RunMetrics:
     """The ``finetune`` row (with its ``wise-ft`` companion) or the ``lora`` row of the protocol: same
     samples, classifier, few-shot rows and selection rule as the adapters.
 
@@ -227,16 +228,15 @@ def finetune_from_stores(train, val, test, shots: int | None = None, seed: int =
 
         save_file({k: v.detach().cpu().contiguous() for k, v in model.library_model.state_dict().items()}, str(weights_out),
                   metadata={"model_spec": spec, "variant": method})
-    out = {"variant": method, "trainable_parameters": best["trainable_parameters"],
-           "accuracy": {"val": best["best_val_accuracy"], "test": test_acc, "zeroshot_test": zs_test},
-           "epochs": best["epochs"], "best_epoch": best["best_epoch"], "lr": best["lr"],
-           "lr_choice": "sweep" if lr == "sweep" else "given", "lr_sweep": sweep,
-           "note": sweep_note(best["lr"], candidates) if lr == "sweep" else "",
-           "shots": shots, "seed": seed, "logit_scale": scale, "seconds": {"total": seconds},
-           "n": {"train": len(tr_rows), "val": len(va_rows), "test": len(test)},
-           "model_spec": spec, "history": best["history"]}
+    out = RunMetrics(
+        variant=method, trainable_parameters=best["trainable_parameters"], val_accuracy=best["best_val_accuracy"],
+        test_accuracy=test_acc, zeroshot_test=zs_test, epochs=best["epochs"], best_epoch=best["best_epoch"],
+        lr=best["lr"], seed=seed, shots=shots, n={"train": len(tr_rows), "val": len(va_rows), "test": len(test)},
+        seconds={"total": seconds}, model_spec=spec, note=sweep_note(best["lr"], candidates) if lr == "sweep" else "",
+        history=tuple(best["history"]),
+        details={"lr_choice": "sweep" if lr == "sweep" else "given", "lr_sweep": sweep, "logit_scale": scale})
     if method == "finetune":
         wise = wise_ft(model, params, zero, best_state, va_images, val.labels[va_rows], head.weights, scale, batch_size)
         wise["test_accuracy"] = accuracy(model, te_images, test.labels, head.weights, scale, batch_size)
-        out["wise_ft"] = wise
+        out = out.with_details(wise_ft=wise)
     return out

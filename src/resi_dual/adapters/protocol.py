@@ -21,6 +21,7 @@ from resi_dual.adapters.adapter import LR_SWEEP, Adapter, AdapterConfig, build_a
 from resi_dual.adapters.cache import CachedSplit, check_same_labels, check_same_model
 from resi_dual.adapters.adapter import Variant
 from resi_dual.adapters.fewshot import FewShotSplit, few_shot_split
+from resi_dual.adapters.metrics import RunMetrics
 from resi_dual.adapters.peers import Peer
 from resi_dual.adapters.modules import classify
 from resi_dual.adapters.training import TrainConfig, fit
@@ -99,7 +100,7 @@ def train_and_evaluate(
     shots: int | None = None,
     reference: EncodingSource | None = None,
     logit_bias: float = 0.0,
-) -> tuple[Adapter, dict]:
+) -> tuple[Adapter, RunMetrics]:
     """Build, train (on cached coefficients) and test one adapter.
 
     Args:
@@ -111,7 +112,7 @@ def train_and_evaluate(
             unlabelled reference in the few-shot protocol).
         logit_bias: the frozen head's bias (SigLIP's; it leaves the softmax loss unchanged).
     Returns:
-        (the trained adapter, a JSON-ready metrics dict).
+        (the trained adapter, its :class:`RunMetrics`).
     """
     train_config = train_config or TrainConfig()
     t0 = time.perf_counter()
@@ -130,42 +131,43 @@ def train_and_evaluate(
     t_cache = time.perf_counter() - t_cache
     result, sweep = fit_with_lr_choice(adapter, tr, va, train_config)
     test_acc = adapter.accuracy(te)
-    metrics = {
-        **describe(adapter),
-        "accuracy": {
-            "val": result.best_val_accuracy,
-            "test": test_acc,
-            "zeroshot_val": zero_shot_accuracy(val, classifier, logit_scale, rows=val_rows),
-            "zeroshot_test": zero_shot_accuracy(test, classifier, logit_scale),
-        },
-        "epochs": result.epochs,
-        "best_epoch": result.best_epoch,
-        "lr": result.lr,
+    layout = describe(adapter)
+    metrics = RunMetrics(
+        variant=layout.pop("variant"), trainable_parameters=layout.pop("trainable_parameters"),
+        val_accuracy=result.best_val_accuracy, test_accuracy=test_acc,
+        zeroshot_val=zero_shot_accuracy(val, classifier, logit_scale, rows=val_rows),
+        zeroshot_test=zero_shot_accuracy(test, classifier, logit_scale),
+        epochs=result.epochs, best_epoch=result.best_epoch, lr=result.lr, seed=train_config.seed, shots=shots,
+        n={"train": len(tr), "val": len(va), "test": len(te)},
+        seconds={"cache": t_cache, "train": result.seconds, "total": time.perf_counter() - t0},
+        model_spec=adapter.provenance.get("model_spec"),
+        note=sweep_note(result.lr, [c["lr"] for c in sweep]) if sweep else "",
+        history=tuple(result.history),
+        details={**layout, **_adapter_details(adapter, train_config, sweep, result, (train, val, test))},
+    )
+    return adapter, metrics
+
+
+def _adapter_details(adapter: Adapter, train_config: TrainConfig, sweep: list, result, stores) -> dict:
+    """What only an adapter run records: how its lr was chosen, its configs, its basis and stores."""
+    return {
         "lr_auto": train_config.lr == "auto",
         "lr_choice": "sweep" if sweep else ("auto" if train_config.lr == "auto" else "given"),
         "lr_sweep": sweep,
-        "note": sweep_note(result.lr, [c["lr"] for c in sweep]) if sweep else "",
         "products": result.products,
-        "seconds": {"cache": t_cache, "train": result.seconds, "total": time.perf_counter() - t0},
-        "n": {"train": len(tr), "val": len(va), "test": len(te)},
-        "shots": shots,
-        "seed": train_config.seed,
         "adapter_config": adapter.config,
         "train_config": {k: v for k, v in asdict(train_config).items() if k != "progress"},
         "basis_hash": adapter.provenance.get("basis_hash"),
         "basis_meta": adapter.provenance.get("basis_meta"),
-        "model_spec": adapter.provenance.get("model_spec"),
         "stores": {k: {m: v for m, v in s.meta.identity().items() if m in ("dataset_spec", "dataset_name", "split")}
-                   for k, s in (("train", train), ("val", val), ("test", test))},
-        "history": result.history,
+                   for k, s in zip(("train", "val", "test"), stores)},
     }
-    return adapter, metrics
 
 
-def summarise_seeds(runs: list[dict]) -> dict:
+def summarise_seeds(runs: list[RunMetrics]) -> dict:
     """Mean and standard deviation of val/test accuracy over seeds."""
     out = {}
     for key in ("val", "test"):
-        a = np.array([r["accuracy"][key] for r in runs], dtype=np.float64)
+        a = np.array([getattr(r, f"{key}_accuracy") for r in runs], dtype=np.float64)
         out[key] = {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if len(a) > 1 else 0.0}
     return out

@@ -137,11 +137,11 @@ def run(args: argparse.Namespace) -> int:
                                            progress=not args.quiet, weights_out=None, device=device,
                                            data_root=args.data_root, logit_scale=args.logit_scale,
                                            method=args.adapter)
-            atomic_write(stem.with_suffix(".json"), json.dumps(metrics, indent=1))
+            atomic_write(stem.with_suffix(".json"), json.dumps(metrics.to_dict(), indent=1))
             runs.append(metrics)
-            wise = metrics.get("wise_ft")
-            console.print(f"{args.adapter} seed {seed}: {metrics['trainable_parameters']} parameters, lr {metrics['lr']:g}, "
-                          f"val {metrics['accuracy']['val']:.4f}  test {metrics['accuracy']['test']:.4f}"
+            wise = metrics.details.get("wise_ft")
+            console.print(f"{args.adapter} seed {seed}: {metrics.trainable_parameters} parameters, lr {metrics.lr:g}, "
+                          f"val {metrics.val_accuracy:.4f}  test {metrics.test_accuracy:.4f}"
                           + (f"; WiSE-FT α {wise['alpha']:g}: test {wise['test_accuracy']:.4f}" if wise else ""))
         _write_summary(out_dir, dataset, args.adapter, args.shots, runs, console)
         return 0
@@ -185,16 +185,17 @@ def run(args: argparse.Namespace) -> int:
         adapter, metrics = train_and_evaluate(config, train, val, test, head.weights, scale, bases, tc, args.shots,
                                               reference, logit_bias=head.logit_bias if head.kind == "text" else 0.0)
         stem = out_dir / _stem(dataset, args.adapter, args.shots, seed)
-        metrics["adapter_file"] = str(adapter.save(stem.with_suffix(".safetensors"), extra={"metrics": {
-            k: metrics[k] for k in ("accuracy", "epochs", "best_epoch", "lr", "shots", "seed")}}))
-        metrics["classifier_kind"], metrics["logit_scale"] = head.kind, scale
-        atomic_write(stem.with_suffix(".json"), json.dumps(metrics, indent=1))
+        record = metrics.to_dict()
+        saved = str(adapter.save(stem.with_suffix(".safetensors"), extra={"metrics": {
+            k: record[k] for k in ("accuracy", "epochs", "best_epoch", "lr", "shots", "seed")}}))
+        metrics = metrics.with_details(adapter_file=saved, classifier_kind=head.kind, logit_scale=scale)
+        atomic_write(stem.with_suffix(".json"), json.dumps(metrics.to_dict(), indent=1))
         runs.append(metrics)
-        a = metrics["accuracy"]
-        console.print(f"{args.adapter} seed {seed}: {metrics['trainable_parameters']} parameters, "
-                      f"val {a['val']:.4f}  test {a['test']:.4f}  (zero-shot test {a['zeroshot_test']:.4f}), "
-                      f"lr {metrics['lr']:g}, {metrics['epochs']} epochs, {metrics['seconds']['total']:.1f} s "
-                      f"-> {metrics['adapter_file']}" + (f"  [{metrics['note']}]" if metrics.get("note") else ""))
+        console.print(f"{args.adapter} seed {seed}: {metrics.trainable_parameters} parameters, "
+                      f"val {metrics.val_accuracy:.4f}  test {metrics.test_accuracy:.4f}  "
+                      f"(zero-shot test {metrics.zeroshot_test:.4f}), "
+                      f"lr {metrics.lr:g}, {metrics.epochs} epochs, {metrics.seconds['total']:.1f} s "
+                      f"-> {saved}" + (f"  [{metrics.note}]" if metrics.note else ""))
     _write_summary(out_dir, dataset, args.adapter, args.shots, runs, console)
     return 0
 
@@ -204,6 +205,7 @@ def _run_peer(args, train, val, test, seeds, head_for, dataset, out_dir, console
     import json
 
     from resi_dual.adapters.fewshot import run_peers
+    from resi_dual.adapters.metrics import RunMetrics
     from resi_dual.adapters.peers import PeerTraining
     from resi_dual.files import atomic_write
 
@@ -214,7 +216,7 @@ def _run_peer(args, train, val, test, seeds, head_for, dataset, out_dir, console
         (row,) = run_peers(train, val, test, head.weights, scale, args.shots, seed, peers=[args.adapter], budget=budget)
         row.update(classifier_kind=head.kind, logit_scale=scale, variant=args.adapter)
         atomic_write((out_dir / _stem(dataset, args.adapter, args.shots, seed)).with_suffix(".json"), json.dumps(row, indent=1))
-        runs.append(row)
+        runs.append(RunMetrics.from_dict(row))
         console.print(f"{args.adapter} seed {seed}: {row['trainable_parameters']} parameters, "
                       f"val {row['accuracy']['val']:.4f}  test {row['accuracy']['test']:.4f}, settings {row['settings']}")
     _write_summary(out_dir, dataset, args.adapter, args.shots, runs, console)
@@ -244,5 +246,5 @@ def _write_summary(out_dir, dataset, variant, shots, runs, console) -> None:
         return
     s = summarise_seeds(runs)
     path = out_dir / (f"{dataset}-{variant}" + (f"-{shots}shot" if shots else "") + "-summary.json")
-    atomic_write(path, json.dumps({"variant": variant, "shots": shots, "seeds": [r["seed"] for r in runs], "accuracy": s}, indent=1))
+    atomic_write(path, json.dumps({"variant": variant, "shots": shots, "seeds": [r.seed for r in runs], "accuracy": s}, indent=1))
     console.print(f"{variant} over {len(runs)} seeds: test {s['test']['mean']:.4f} ± {s['test']['std']:.4f} -> {path}")

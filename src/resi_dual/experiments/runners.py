@@ -9,12 +9,13 @@ writes to ``OUT/<name>/``. The stages do the work; this module only wires them.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
 import torch
 
+from resi_dual.adapters.metrics import RunMetrics
 from resi_dual.errors import ResiDualError
 from resi_dual.experiments.config import GridConfig, convert
 from resi_dual.experiments.grid import Grid, cell_rows, load_cell_bases, open_cell_store
@@ -186,11 +187,10 @@ def _zero_shot_head(grid: Grid, m, train_store, train_rows=None):
     return _HEADS[key]
 
 
-def _result_row(base: dict, method: str, res: dict) -> dict:
-    return {**base, "method": method, "trainable_parameters": int(res["trainable_parameters"]),
-            "val_accuracy": float(res["accuracy"]["val"]), "test_accuracy": float(res["accuracy"]["test"]),
-            "epochs": int(res.get("epochs", 0)), "best_epoch": int(res.get("best_epoch", 0)),
-            "lr": res.get("lr"), "note": res.get("note", "")}
+def _result_row(base: dict, method: str, res: RunMetrics) -> dict:
+    return {**base, "method": method, "trainable_parameters": int(res.trainable_parameters),
+            "val_accuracy": float(res.val_accuracy), "test_accuracy": float(res.test_accuracy),
+            "epochs": int(res.epochs), "best_epoch": int(res.best_epoch), "lr": res.lr, "note": res.note}
 
 
 def adaptation_rows(grid: Grid, m, d, method: str, seed: int, stores: dict, bases_cell, shots: int | None = None,
@@ -216,13 +216,13 @@ def adaptation_rows(grid: Grid, m, d, method: str, seed: int, stores: dict, base
                                    epochs=s.finetune_max_epochs, patience=s.patience, batch_size=s.batch_size,
                                    progress=grid.progress, device=grid.device, method=method)
         if s.finetune_max_epochs < s.max_epochs:
-            res["note"] = "; ".join(filter(None, [res.get("note", ""), f"budget cut: ≤ {s.finetune_max_epochs} epochs"]))
+            res = replace(res, note="; ".join(filter(None, [res.note, f"budget cut: ≤ {s.finetune_max_epochs} epochs"])))
         if method == "lora":
             return [_result_row(base, "lora", res)]
-        wise = res["wise_ft"]
-        wise_row = {**base, "method": "wise-ft", "trainable_parameters": int(res["trainable_parameters"]),
+        wise = res.details["wise_ft"]
+        wise_row = {**base, "method": "wise-ft", "trainable_parameters": int(res.trainable_parameters),
                     "val_accuracy": float(wise["val_accuracy"]), "test_accuracy": float(wise["test_accuracy"]),
-                    "epochs": int(res["epochs"]), "best_epoch": int(res["best_epoch"]), "lr": res["lr"],
+                    "epochs": int(res.epochs), "best_epoch": int(res.best_epoch), "lr": res.lr,
                     "note": f"α = {wise['alpha']:g}"}
         return [_result_row(base, "finetune", res), wise_row]
     head = _zero_shot_head(grid, m, stores["train"], None if split is None else split.train_rows)
@@ -239,7 +239,7 @@ def adaptation_rows(grid: Grid, m, d, method: str, seed: int, stores: dict, base
         res["note"] = "; ".join(filter(None, [
             ", ".join(f"{k} {v:.3g}" for k, v in res["settings"].items() if k != "lr"),
             sweep_note(res["lr"], LR_GRID) if res["lr"] is not None else ""]))
-        return [_result_row(base, method, res)]
+        return [_result_row(base, method, RunMetrics.from_dict({"variant": method, **res}))]
     from resi_dual.adapters.protocol import train_and_evaluate
 
     bases = load_cell_bases(bases_cell) if bases_cell is not None else None
