@@ -112,7 +112,7 @@ def run() -> list[dict]:
                                           train_config=TrainConfig(lr="sweep", seed=seed, progress=False))
                 sweep = m["lr_sweep"] or [{"epochs": m["epochs"]}]
                 images += sum(c["epochs"] for c in sweep) * (m["n"]["train"] + m["n"]["val"])
-                accs.setdefault((method, k), []).append(m["accuracy"]["test"])
+                accs.setdefault((method, k), []).append(m.test_accuracy)
                 runs += 1
             budget = PeerTraining(seed=seed)
             for row in run_peers(train, val, test, clf, 100.0, k, seed, peers=PEER_METHODS, budget=budget):
