@@ -110,8 +110,8 @@ def run() -> list[dict]:
                 _, m = train_and_evaluate(AdapterConfig(method, seed=seed), train, val, test, clf, 100.0, bases=bases,
                                           shots=k, reference=reference,
                                           train_config=TrainConfig(lr="sweep", seed=seed, progress=False))
-                sweep = m["lr_sweep"] or [{"epochs": m["epochs"]}]
-                images += sum(c["epochs"] for c in sweep) * (m["n"]["train"] + m["n"]["val"])
+                sweep = m.details["lr_sweep"] or [{"epochs": m.epochs}]
+                images += sum(c["epochs"] for c in sweep) * (m.n["train"] + m.n["val"])
                 accs.setdefault((method, k), []).append(m.test_accuracy)
                 runs += 1
             budget = PeerTraining(seed=seed)
