@@ -11,11 +11,11 @@ spectra of the top heads and accuracy against trainable parameters.
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from pathlib import Path
 
 from resi_dual.errors import ResiDualError
 from resi_dual.experiments.config import GridConfig, parse_config
+from resi_dual.report.tables import read_table
 
 #: the demo grid; ``quick`` shrinks limits and epochs for tests
 DEMO_GRID = {
@@ -48,14 +48,6 @@ def demo_config(quick: bool = False) -> GridConfig:
         data["specialization"] = {**data["specialization"], "random-seeds": 2}
         data["adaptation"] = {**data["adaptation"], "max-epochs": 3, "finetune-max-epochs": 1}
     return parse_config(data, source="demo" + (" (quick)" if quick else ""))
-
-
-def _read_tsv(path: Path) -> list[dict]:
-    lines = path.read_text().splitlines()
-    if not lines:
-        return []
-    cols = lines[0].split("\t")
-    return [dict(zip(cols, line.split("\t"))) for line in lines[1:] if line]
 
 
 def _spectra_figure(bases, labels: list[str], path: Path) -> Path:
@@ -111,34 +103,31 @@ def _pretraining_log() -> list[dict]:
     from resi_dual.models.demo import DEMO_DIR
 
     log = DEMO_DIR / "train_log.tsv"
-    return _read_tsv(log) if log.is_file() else []
+    return read_table(log) if log.is_file() else []
 
 
-def run_demo(out: str | Path, quick: bool = False, progress: bool = True) -> Path:
-    """Run the demo grid into ``out/grid`` and write ``out/index.html`` and ``out/results.md``.
-
-    Returns the path of ``index.html``.
-    """
-    from resi_dual.experiments.grid import Grid, load_cell_bases
-    from resi_dual.experiments.runners import EXPERIMENTS
-    from resi_dual.report.experiments import run_experiment
-    from resi_dual.report.html import Report
-
-    out = Path(out)
+def _prepare_out(out: Path) -> Path:
+    """``out`` as a demo folder: empty, new, or an earlier demo (resumed); anything else is refused."""
     if out.exists() and any(out.iterdir()) and not (out / "grid").is_dir():
         raise ResiDualError(f"{out} holds something that is not a demo report; choose an empty or new folder")
-    cfg = demo_config(quick)
-    grid_dir = out / "grid"
-    t0 = time.perf_counter()
-    runs = {}
-    for name in EXPERIMENTS:
-        runs[name] = run_experiment(name, cfg, grid_dir, progress=progress)
-    seconds = time.perf_counter() - t0
+    return out / "grid"
 
-    rep = Report("resi-dual demo: ResiDual on a small vision-language model, offline")
+
+def _run_experiments(cfg: GridConfig, grid_dir: Path, progress: bool) -> float:
+    """The four experiments into ``grid_dir`` (cached cells reused); returns the seconds taken."""
+    from resi_dual.experiments.runners import EXPERIMENTS
+    from resi_dual.report.experiments import run_experiment
+
+    t0 = time.perf_counter()
+    for name in EXPERIMENTS:
+        run_experiment(name, cfg, grid_dir, progress=progress)
+    return time.perf_counter() - t0
+
+
+def _introduction(rep, cfg: GridConfig, seconds: float) -> None:
     rep.text(
         "The bundled `demo` model is a 6-layer, 6-head CLIP vision tower (28 px, patch 4) trained by "
-        "`resi-dual pretrain-demo` on Fashion-MNIST and digits against frozen MiniLM text embeddings. "
+        "`resi-dual pretrain-demo` against frozen MiniLM text embeddings. "
         "Animal-MNIST was held out of pretraining entirely: its classes are new to the model. "
         f"Grid: {cfg.source}; reference for the PCA bases of the similarity experiment: {cfg.reference.name} "
         f"train ({cfg.limits.reference} images); task limits train {cfg.limits.train}, val {cfg.limits.val}, "
@@ -149,9 +138,11 @@ def run_demo(out: str | Path, quick: bool = False, progress: bool = True) -> Pat
         rep.section("Pretraining of the demo model", "Per-epoch log committed next to the checkpoint.")
         rep.table(log[-6:], caption="last rows of the pretraining log (train_log.tsv)")
 
-    # -- adaptation: the headline table ------------------------------------------------------------
+
+def _adaptation_section(rep, grid_dir: Path, out: Path) -> None:
+    """The headline: test top-1 of every method against its trainable parameters."""
     ad = grid_dir / "adaptation"
-    summary = _read_tsv(ad / "summary.tsv")
+    summary = read_table(ad / "summary.tsv")
     rep.section(
         "Adaptation (paper §5)",
         "Test top-1 of each method with its trainable parameters. `residual`: one scalar per principal "
@@ -168,7 +159,8 @@ def run_demo(out: str | Path, quick: bool = False, progress: bool = True) -> Pat
     for png in sorted((ad / "figures").glob("*.png")):
         rep.figure(png, f"adaptation: {png.stem}")
 
-    # -- intrinsic dimension -------------------------------------------------------------------------
+
+def _intrinsic_dim_section(rep, grid_dir: Path, cfg: GridConfig) -> None:
     idd = grid_dir / "intrinsic-dim"
     rep.section(
         "Intrinsic dimension per unit (paper §3.1)",
@@ -177,22 +169,33 @@ def run_demo(out: str | Path, quick: bool = False, progress: bool = True) -> Pat
     )
     for png in sorted((idd / "figures").glob("*.png")):
         rep.figure(png, f"intrinsic dimension heatmaps: {png.stem}")
-    rep.table(_read_tsv(idd / "summary_by_layer.tsv"), caption="intrinsic-dim/summary_by_layer.tsv")
+    rep.table(read_table(idd / "summary_by_layer.tsv"), caption="intrinsic-dim/summary_by_layer.tsv")
 
-    # -- spectra of the top heads (by the S ranking of the held-out dataset) -------------------------
+
+def _reference_store(cfg: GridConfig, grid_dir: Path):
+    """The demo grid (no progress) and the cell of its reference store."""
+    from resi_dual.experiments.grid import Grid
+
     grid = Grid(cfg, grid_dir, progress=False)
-    ref_store = grid.store(cfg.models[0], cfg.reference, cfg.reference_split, cfg.limits.reference)
+    return grid, grid.store(cfg.models[0], cfg.reference, cfg.reference_split, cfg.limits.reference)
+
+
+def _spectra_section(rep, grid_dir: Path, cfg: GridConfig, out: Path) -> None:
+    """Cumulative explained variance of the top heads by S on the held-out dataset, and the last MLP."""
+    from resi_dual.experiments.grid import load_cell_bases
+
+    grid, ref_store = _reference_store(cfg, grid_dir)
     bases = load_cell_bases(grid.bases(ref_store))
-    spec_dir = grid_dir / "specialization"
-    top = _read_tsv(spec_dir / "top_heads.tsv")
+    top = read_table(grid_dir / "specialization" / "top_heads.tsv")
     top_labels = [r["unit"] for r in top if r.get("ranking") == "S" and r.get("dataset") == cfg.datasets[0].name][:4]
-    top_labels = [lab for lab in top_labels if lab in bases.labels] or [u.label for u in bases.composition.head_units if u.label in bases.labels][:4]
+    heads = [u.label for u in bases.composition.head_units if u.label in bases.labels]
+    top_labels = [lab for lab in top_labels if lab in bases.labels] or heads[:4]
     last_mlp = [u.label for u in bases.composition.units if u.kind == "mlp" and u.label in bases.labels][-1:]
-    rep.figure(_spectra_figure(bases, top_labels + last_mlp,
-                               out / "figures" / "spectra.png"),
+    rep.figure(_spectra_figure(bases, top_labels + last_mlp, out / "figures" / "spectra.png"),
                f"cumulative explained variance of the top heads' PCA on {cfg.reference.name} train")
 
-    # -- similarity ------------------------------------------------------------------------------------
+
+def _similarity_section(rep, grid_dir: Path) -> None:
     sim = grid_dir / "similarity"
     rep.section(
         "Similarity of head spectra across datasets (paper §3.2)",
@@ -202,9 +205,11 @@ def run_demo(out: str | Path, quick: bool = False, progress: bool = True) -> Pat
     for png in sorted((sim / "figures").glob("*.png")):
         rep.figure(png, f"similarity: {png.stem}")
     for tsv in sorted(sim.glob("summary*.tsv")):
-        rep.table(_read_tsv(tsv), caption=f"similarity/{tsv.name}")
+        rep.table(read_table(tsv), caption=f"similarity/{tsv.name}")
 
-    # -- specialization ----------------------------------------------------------------------------
+
+def _specialization_section(rep, grid_dir: Path) -> None:
+    spec_dir = grid_dir / "specialization"
     rep.section(
         "Head specialization (paper §4)",
         "Zero-shot accuracy when only the top-ranked heads are kept and the others are replaced by their "
@@ -213,18 +218,17 @@ def run_demo(out: str | Path, quick: bool = False, progress: bool = True) -> Pat
     )
     for png in sorted((spec_dir / "figures").glob("*.png")):
         rep.figure(png, f"specialization: {png.stem}")
+    top = read_table(spec_dir / "top_heads.tsv")
     rep.table([r for r in top if r.get("ranking") == "S"], caption="top heads by S and their TextSpan descriptions")
 
-    _explorer_section(rep, grid, ref_store, out, idd / "units.tsv")
-    index = rep.write(out)
-    return index
 
-
-def _explorer_section(rep, grid, ref_store, out: Path, id_table: Path) -> None:
+def _explorer_section(rep, grid_dir: Path, cfg: GridConfig, out: Path) -> None:
     """Build the explorer site of the reference store into ``out/explorer`` and link it from the report."""
     from resi_dual.experiments.grid import STORE_DIR
     from resi_dual.report.explorer import ExploreOptions, build_site
 
+    grid, ref_store = _reference_store(cfg, grid_dir)
+    id_table = grid_dir / "intrinsic-dim" / "units.tsv"
     stats = build_site(ref_store.path / STORE_DIR, out / "explorer", analysis=grid.bases(ref_store).path,
                        id_table=id_table, options=ExploreOptions(pcs=5, images=6))
     rep.section(
@@ -235,3 +239,25 @@ def _explorer_section(rep, grid, ref_store, out: Path, id_table: Path) -> None:
         f"(red: positive, blue: negative). {stats.traced_images} distinct images re-traced in "
         f"{stats.trace_seconds:.0f} s; the rest of the site {stats.other_seconds:.0f} s; {stats.bytes / 2**20:.1f} MB.",
     )
+
+
+def run_demo(out: str | Path, quick: bool = False, progress: bool = True) -> Path:
+    """Run the demo grid into ``out/grid`` and write ``out/index.html`` and ``out/results.md``.
+
+    Returns the path of ``index.html``.
+    """
+    from resi_dual.report.html import Report
+
+    out = Path(out)
+    grid_dir = _prepare_out(out)
+    cfg = demo_config(quick)
+    seconds = _run_experiments(cfg, grid_dir, progress)
+    rep = Report("resi-dual demo: ResiDual on a small vision-language model, offline")
+    _introduction(rep, cfg, seconds)
+    _adaptation_section(rep, grid_dir, out)
+    _intrinsic_dim_section(rep, grid_dir, cfg)
+    _spectra_section(rep, grid_dir, cfg, out)
+    _similarity_section(rep, grid_dir)
+    _specialization_section(rep, grid_dir)
+    _explorer_section(rep, grid_dir, cfg, out)
+    return rep.write(out)

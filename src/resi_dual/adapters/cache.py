@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from resi_dual.core.progress import task
 from resi_dual.errors import ResiDualError
 from resi_dual.core.encodings import Readout, unit_features
 from resi_dual.core.units import Composition
@@ -126,10 +127,7 @@ def encode_split(
             unit_maps.append((i, (v @ a_u).T.contiguous(), v @ (k_u - means[j])))
         kept_idx = [comp.index(lab) for lab in proj.kept]
 
-    from rich.progress import Progress
-
-    with Progress(transient=True, disable=not progress) as bar:
-        task = bar.add_task("caching coefficients", total=n)
+    with task(progress, "caching coefficients", n) as step:
         for start in range(0, n, block_rows):
             stop = min(start + block_rows, n)
             r = slice(start, stop) if rows is None else np.asarray(rows[start:stop])
@@ -148,7 +146,7 @@ def encode_split(
                     # mean plus whatever lies outside the kept components: λ = 1 gives y back exactly
                     y = y - c @ comps
                 fixed[start:stop] = y.float()
-            bar.advance(task, stop - start)
+            step(stop - start)
     labels = torch.from_numpy(np.asarray(source.labels if rows is None else source.labels[rows], dtype=np.int64))
     return CachedSplit(coef, fixed, labels)
 

@@ -24,6 +24,7 @@ from resi_dual.adapters.adapter import DEFAULT_LR, LR_SWEEP
 from resi_dual.adapters.metrics import RunMetrics
 from resi_dual.adapters.modules import classify
 from resi_dual.adapters.training import TrainConfig
+from resi_dual.core.progress import task
 from resi_dual.errors import ResiDualError
 
 
@@ -70,7 +71,6 @@ def finetune(
         dict with best_val_accuracy, best_epoch, epochs, trainable_parameters, history, seconds.
     """
     import schedulefree
-    from rich.progress import Progress
 
     t0 = time.perf_counter()
     torch.manual_seed(seed)
@@ -83,8 +83,7 @@ def finetune(
     y_train = torch.as_tensor(np.asarray(train_labels), dtype=torch.int64).to(device)
     n, steps = len(train_images), math.ceil(len(train_images) / batch_size)
     best, best_epoch, best_state, bad, history = -1.0, 0, None, 0, []
-    with Progress(transient=True, disable=not progress) as bar:
-        task = bar.add_task("finetune", total=epochs * steps)
+    with task(progress, "finetune", epochs * steps, loss=float("nan"), val=float("nan")) as advance:
         for epoch in range(1, epochs + 1):
             lib.train()
             opt.train()
@@ -99,12 +98,12 @@ def finetune(
                 torch.nn.utils.clip_grad_norm_(params, grad_clip)
                 opt.step()
                 total += float(loss.detach()) * len(b)
-                bar.advance(task)
+                advance()
             lib.eval()
             opt.eval()
             acc = accuracy(model, val_images, val_labels, classifier, logit_scale, batch_size)
             history.append({"epoch": epoch, "loss": total / n, "val_accuracy": acc})
-            bar.update(task, description=f"finetune loss {total / n:.4f} val {acc:.4f}")
+            advance(0, loss=total / n, val=acc)
             if acc > best:
                 best, best_epoch, bad = acc, epoch, 0
                 best_state = [p.detach().clone() for p in params]

@@ -26,6 +26,7 @@ from resi_dual.adapters.scaling import (  # noqa: F401  (re-exported: the produc
     ThreadPicker,
     resolve_products,
 )
+from resi_dual.core.progress import task
 from resi_dual.errors import ResiDualError
 from resi_dual.runtime import torch_threads
 
@@ -42,7 +43,7 @@ class TrainConfig:
         patience: epochs without a better validation accuracy before stopping.
         seed: seeds the shuffling (and nothing else: the λ init has its own seed).
         weight_decay: AdamW decoupled weight decay.
-        progress: show a rich progress bar with loss and validation accuracy.
+        progress: True, False or a ``core.progress.Progress`` (shows loss and validation accuracy; docs/DESIGN.md §14).
         hand_gradient: for `ComponentScaling` adapters, the hand-written λ-gradient and the
             arg-max validation shortcut (same quantities as autograd, a fraction of the time);
             ``False`` runs the plain autograd loop (the reference the tests compare against).
@@ -179,14 +180,6 @@ def _check_fit_inputs(adapter: Adapter, train: CachedSplit, val: CachedSplit, co
         raise ResiDualError("training labels exceed the classifier's classes")
 
 
-def _progress_bar(config: TrainConfig):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-               TextColumn("loss {task.fields[loss]:.4f}  val {task.fields[val]:.4f}"))
-    return Progress(*columns, transient=True, disable=not config.progress)
-
-
 def _train_epochs(adapter: Adapter, params: list, opt, step, n: int, config: TrainConfig) -> tuple[list, float, int, list]:
     """Epochs of shuffled batches with early stopping on validation accuracy (Schedule-Free's averaged
     weights, in its eval mode). Returns (history, best accuracy, best epoch, best parameters)."""
@@ -196,9 +189,8 @@ def _train_epochs(adapter: Adapter, params: list, opt, step, n: int, config: Tra
     every = max(1, steps // 20)  # progress updates per epoch: ~20, not one per step
     best_acc, best_epoch, best_state, bad = -1.0, 0, None, 0
     history: list[dict] = []
-    with _progress_bar(config) as bar:
-        task = bar.add_task(f"train {adapter.config['variant']}", total=config.max_epochs * steps,
-                            loss=float("nan"), val=float("nan"))
+    with task(config.progress, f"train {adapter.config['variant']}", config.max_epochs * steps,
+              loss=float("nan"), val=float("nan")) as advance:
         for epoch in range(1, config.max_epochs + 1):
             adapter.train()
             opt.train()
@@ -208,13 +200,13 @@ def _train_epochs(adapter: Adapter, params: list, opt, step, n: int, config: Tra
                 b = perm[s : s + bs]
                 total += step(b) * len(b)
                 if (i + 1) % every == 0:
-                    bar.advance(task, every)
-            bar.update(task, completed=epoch * steps)
+                    advance(every)
+            advance(steps % every)  # the epoch's last steps
             adapter.eval()
             opt.eval()  # Schedule-Free: evaluate (and checkpoint) the averaged weights
             acc = step.accuracy()
             history.append({"epoch": epoch, "loss": float(total) / n, "val_accuracy": acc})
-            bar.update(task, loss=float(total) / n, val=acc)
+            advance(0, loss=float(total) / n, val=acc)
             if acc > best_acc:
                 best_acc, best_epoch, bad = acc, epoch, 0
                 best_state = [p.detach().clone() for p in params]

@@ -1,7 +1,9 @@
 """Progress reporting for long loops, without any user interface (docs/DESIGN.md §14).
 
 A :class:`Progress` is a callable ``progress(description, total=None, **fields)`` returning a context
-manager that yields ``step(n=1, **fields)``: advance by ``n`` and update the shown fields. Stages
+manager that yields ``step(n=1, **fields)``: advance by ``n`` and update the shown fields. Two
+keywords are display hints an implementation may ignore: ``unit`` (show a rate, ``img`` → img/s) and
+``keep`` (leave the finished display on screen). Stages
 take ``progress=`` as ``True`` (the installed default), ``False``/``None`` (silent) or any
 :class:`Progress`, and open their loops with :func:`task`. The rich bars live in
 ``resi_dual.report.progress``; the package top installs them as the default with :func:`use_default`.

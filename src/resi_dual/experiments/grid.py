@@ -1,4 +1,4 @@
-"""The shared cells of every experiment (stores, bases) and the loop that runs a grid with a progress view.
+"""The shared cells of every experiment (stores, bases) and the loop that runs a grid (with a progress display).
 
 Cell graph: ``store`` cells (model × dataset × split × limit) → ``bases`` cells (per-unit PCA of a
 store) → experiment cells (``intrinsic-dim``, ``similarity``, ``specialization``, ``adaptation``),
@@ -26,6 +26,7 @@ from resi_dual.errors import ResiDualError
 from resi_dual.experiments.cells import Cell, topological, write_json_atomic
 from resi_dual.experiments.config import DatasetEntry, GridConfig, ModelEntry
 from resi_dual.models.registry import weights_fingerprint
+from resi_dual.core.progress import task
 
 STORE_DIR = "store"
 BASES_FILE = "bases.safetensors"
@@ -137,17 +138,17 @@ class Grid:
     def run(self, targets: list[Cell], title: str) -> dict:
         """Compute every cell the targets need, skipping finished ones. Returns counts."""
         cells = topological(targets)
-        view = GridView(cells, title, enabled=self.progress)
         computed = 0
-        with view:
+        with task(self.progress, title, len(cells), keep=True, running="", last="") as step:
+            step(sum(c.done() for c in cells))
             for c in cells:
                 if c.done():
                     continue
-                view.start(c)
+                step(0, running=c.label)
                 t0 = time.perf_counter()
                 c.run()
                 computed += 1
-                view.finish(c, time.perf_counter() - t0)
+                step(1, running="", last=f"{c.label} ({time.perf_counter() - t0:.1f} s)")
         return {"cells": len(cells), "computed": computed, "cached": len(cells) - computed}
 
 
@@ -167,53 +168,9 @@ def load_cell_bases(cell: Cell):
     return UnitBases.load(cell.path / BASES_FILE)
 
 
-class GridView:
-    """A progress view of a grid: cells done / running / left, per kind, with a rich bar."""
-
-    def __init__(self, cells: list[Cell], title: str, enabled: bool = True) -> None:
-        self.cells = cells
-        self.title = title
-        self.enabled = enabled
-        self._bar = None
-
-    def status_table(self):
-        from rich.table import Table
-
-        kinds: dict[str, list[int]] = {}
-        for c in self.cells:
-            done = c.done()
-            kinds.setdefault(c.kind, [0, 0])[0 if done else 1] += 1
-        t = Table(title=self.title)
-        for col in ("cells", "done", "left"):
-            t.add_column(col, justify="right" if col != "cells" else "left")
-        for k, (d, left) in kinds.items():
-            t.add_row(k, str(d), str(left))
-        return t
-
-    def __enter__(self):
-        if not self.enabled:
-            return self
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        Console(stderr=True).print(self.status_table())
-        done = sum(c.done() for c in self.cells)
-        self._bar = Progress(TextColumn("[bold]grid[/]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                             TextColumn("{task.fields[running]}"), console=Console(stderr=True))
-        self._bar.__enter__()
-        self._task = self._bar.add_task("grid", total=len(self.cells), completed=done, running="")
-        return self
-
-    def start(self, cell: Cell) -> None:
-        if self._bar:
-            self._bar.update(self._task, running=f"running {cell.label}")
-
-    def finish(self, cell: Cell, seconds: float) -> None:
-        if self._bar:
-            self._bar.console.print(f"done {cell.label} ({seconds:.1f} s)")
-            self._bar.update(self._task, advance=1, running="")
-
-    def __exit__(self, *exc):
-        if self._bar:
-            self._bar.__exit__(*exc)
-        return False
+def status_counts(cells: list[Cell]) -> dict[str, tuple[int, int]]:
+    """Per cell kind, in order of first appearance: (done, left)."""
+    kinds: dict[str, list[int]] = {}
+    for c in cells:
+        kinds.setdefault(c.kind, [0, 0])[0 if c.done() else 1] += 1
+    return {k: (d, left) for k, (d, left) in kinds.items()}

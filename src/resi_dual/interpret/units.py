@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from resi_dual.core.progress import task
 from resi_dual.errors import ResiDualError
 from resi_dual.interpret.decompose import Decomposition, somp, text_span
 from resi_dual.core.encodings import unit_features
@@ -84,9 +85,7 @@ def decompose_units(source, dictionary: torch.Tensor, texts: Sequence[str], meth
     cached = None if hasattr(source, "iter_units") else source.raw(rows, torch.float64)
     readout = source.readout.to(torch.float64)
     out: dict[str, Decomposition] = {}
-    bar = _progress(progress, len(idx), f"{method} on {len(idx)} units")
-    with bar as prog:
-        task = prog.add_task(f"{method}", total=len(idx)) if prog else None
+    with task(progress if len(idx) >= 4 else False, f"{method} on {len(idx)} units", len(idx)) as step:
         for i in idx:
             if cached is None:
                 f = source.features(i, rows=rows, dtype=torch.float64)
@@ -100,8 +99,7 @@ def decompose_units(source, dictionary: torch.Tensor, texts: Sequence[str], meth
                 out[label] = somp(data, dictionary, k, basis=basis, texts=texts)
             else:
                 out[label] = text_span(data, dictionary, k, rank=rank, basis=basis, texts=texts, mode=textspan_mode)
-            if prog:
-                prog.advance(task)
+            step()
     return out
 
 
@@ -124,20 +122,3 @@ def pc_descriptions(bases, dictionary: torch.Tensor, texts: Sequence[str], label
                     rows.append(dict(unit=lab, pc=pc, explained_variance_ratio=float(ratio[pc]), pole=pole, rank=r,
                                      text=texts[j], cosine=float(cos[pc, j])))
     return rows
-
-
-class _NullProgress:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
-
-
-def _progress(enabled: bool, total: int, what: str):
-    if not enabled or total < 4:
-        return _NullProgress()
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    transient=True)

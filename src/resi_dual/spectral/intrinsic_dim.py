@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from resi_dual.core.progress import task
 from resi_dual.errors import ResiDualError
 from resi_dual.runtime import single_thread
 from resi_dual.spectral.bases import UnitBases
@@ -116,12 +117,10 @@ def unit_intrinsic_dimensions(
         twonn_discard: fraction of the largest μ = r2/r1 left out of the TwoNN fit (the paper: 0.1).
         seed: subsample seed.
         memory_budget: bytes of features held at once; units are processed in groups that fit.
-        progress: show a ``rich`` progress bar.
+        progress: True (the installed bars), False, or a ``core.progress.Progress`` (docs/DESIGN.md §14).
     Returns:
         one :class:`UnitID` per unit, in the order of ``bases.labels``.
     """
-    from resi_dual.spectral.pca import _progress
-
     if not 0.0 < threshold <= 1.0:
         raise ResiDualError(f"threshold must be in (0, 1], got {threshold}")
     comp = source.composition
@@ -131,8 +130,7 @@ def unit_intrinsic_dimensions(
     rows = subsample_rows(len(source), n_sub, seed) if n_sub else None
     twonn: dict[str, float] = {}
     indices = [comp.index(lab) for lab in bases.labels]
-    with _progress(progress) as bar:
-        task = bar.add_task("TwoNN per unit", total=len(indices)) if (bar and n_sub) else None
+    with task(progress if n_sub else False, "TwoNN per unit", len(indices)) as step:
         if n_sub:
             groups, cur, used = [], [], 0.0
             for i in indices:
@@ -154,8 +152,7 @@ def unit_intrinsic_dimensions(
                         with warnings.catch_warnings():
                             warnings.simplefilter("ignore")
                             twonn[lab] = TwoNN(discard_fraction=twonn_discard, max_samples=None).fit(f, linear_map=distance_map(source, i)).dimension_
-                    if bar:
-                        bar.advance(task)
+                    step()
     out = []
     for lab in bases.labels:
         u = comp.units[comp.index(lab)]

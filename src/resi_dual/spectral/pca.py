@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from resi_dual.core.progress import task
 from resi_dual.errors import ResiDualError
 from resi_dual.runtime import release_free_memory, single_thread
 from resi_dual.core.units import Composition
@@ -246,7 +247,7 @@ def fit_bases(
         source: any :class:`~resi_dual.store.base.EncodingSource`.
         units: labels, a shorthand (``heads``, ``mlps``, ``all`` …) or indices; all units by default.
         block_rows: rows per block; memory is O(block_rows · U · d_in) + O(U · (d_in+2)²).
-        progress: show a ``rich`` progress bar.
+        progress: True (the installed bars), False, or a ``core.progress.Progress`` (docs/DESIGN.md §14).
     Returns:
         :class:`UnitBases` (float64 tensors) with all ``min(n−1, d_in+2, d_out)`` components per unit.
     """
@@ -277,20 +278,17 @@ class UnitPCA:
         comp = source.composition
         idx = comp.select(self.units, require=True)
         moments = UnitMoments(comp, idx)
-        with _progress(self.progress) as bar:
-            task = bar.add_task("PCA: moments", total=len(source)) if bar else None
+        with task(self.progress, "PCA: moments", len(source)) as step:
             # stored dtype: each unit's columns are converted to float64 per chunk inside update, so no
             # float32 copy of the whole block (nor of fields the selected units never read) is made
             for block in source.iter_blocks(self.block_rows, dtype=None):
                 moments.update(block)
                 rows = len(block)
                 del block  # before the next block is read: one block alive at a time
-                if bar:
-                    bar.advance(task, rows)
+                step(rows)
             moments.release_scratch()
             release_free_memory()  # pages the pass freed go back before the factorisations allocate theirs
-            task2 = bar.add_task("PCA: per-unit eigendecomposition", total=len(idx)) if bar else None
-            step = (lambda: bar.advance(task2)) if bar else None
+        with task(self.progress, "PCA: per-unit eigendecomposition", len(idx)) as step:
             meta = source.meta.identity()
             self.bases_ = moments.to_bases(source.readout, meta=meta, progress=step)
         self.moments_ = moments
@@ -305,19 +303,3 @@ class UnitPCA:
         f = source.features(i, rows, dtype=torch.float64)
         return (f @ a.T + k - b.means[unit]) @ b.components[unit].T
 
-
-class _NullBar:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
-
-
-def _progress(enabled: bool):
-    """A ``rich`` progress context, or a null context yielding None."""
-    if not enabled:
-        return _NullBar()
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=True)

@@ -42,6 +42,7 @@ import torch
 
 from resi_dual.data.base import BadImageError, ImageDataset
 from resi_dual.data.splits import stratified_limit
+from resi_dual.core.progress import ProgressArg, task
 from resi_dual.errors import ResiDualError
 from resi_dual.core.encodings import UnitEncodings, relative_error
 from resi_dual.files import ensure_out_dir, pid_alive, tmp_owner
@@ -65,7 +66,7 @@ class EncodeConfig:
     chunk_rows: int = 1024  # rows per chunk file
     workers: int = 0  # DataLoader worker processes for decoding and preprocessing
     skip_bad: bool = False  # leave unreadable images out (listed in the manifest) instead of failing
-    progress: bool = True  # rich progress bar (rank 0 only)
+    progress: ProgressArg = True  # a progress display on rank 0 (docs/DESIGN.md §14)
     data_root: str | None = None  # recorded in the manifest (run.data_root) so later stages can reload the data
 
 
@@ -331,22 +332,6 @@ def _encode_batch(model, items, dataset, indices, ids, cfg, comp) -> tuple[dict 
     }, skipped
 
 
-def _progress(enabled: bool, total: int, description: str):
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
-    from rich.text import Text
-
-    class Rate(ProgressColumn):
-        def render(self, task) -> Text:
-            speed = task.finished_speed or task.speed
-            return Text(f"{speed:,.1f} img/s" if speed else "… img/s")
-
-    p = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), Rate(), TextColumn("ETA"),
-                 TimeRemainingColumn(), disable=not enabled, transient=False,
-                 console=Console(stderr=True))
-    return p, p.add_task(description, total=total)
-
-
 def _device(model) -> torch.device:
     """Where ``model`` runs (a traced model's ``device``; CPU for objects without one)."""
     return torch.device(getattr(model, "device", None) or "cpu")
@@ -366,13 +351,12 @@ def _run_chunks(model, dataset, indices, ids, out: Path, cfg: EncodeConfig, grou
         pin_memory=_device(model).type == "cuda",  # page-locked batches copy to the GPU asynchronously
     )
     total = sum(len(b) for b in batches)
-    progress, task = _progress(cfg.progress and group.rank == 0, total,
-                               f"encode {dataset.name}/{dataset.split}" + (f" [rank 0 of {group.world_size}]" if group.world_size > 1 else ""))
+    description = f"encode {dataset.name}/{dataset.split}" + (f" [rank 0 of {group.world_size}]" if group.world_size > 1 else "")
     parts: list[dict] = []
     skipped: list[dict] = []
     current = None
     done = 0
-    with progress:
+    with task(cfg.progress and group.rank == 0, description, total, unit="img", keep=True) as step:
         for items in loader:
             k = items[0][0] // cfg.chunk_rows
             if current is not None and k != current:
@@ -384,7 +368,7 @@ def _run_chunks(model, dataset, indices, ids, out: Path, cfg: EncodeConfig, grou
                 parts.append(arrays)
             skipped.extend(bad)
             done += len(items)
-            progress.update(task, advance=len(items))
+            step(len(items))
         if current is not None:
             _write_chunk(out, current, parts, skipped, cfg.dtype, comp)
     return done
