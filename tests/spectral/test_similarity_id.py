@@ -73,7 +73,9 @@ def test_unit_intrinsic_dimensions_table():
     rows = unit_intrinsic_dimensions(src, bases, twonn_samples=300, progress=False)
     assert [r.unit for r in rows] == bases.labels
     for r in rows:
-        assert 1 <= r.linear_id <= r.n_components and 0 < r.pc1_ratio <= 1 and r.participation_ratio >= 1
+        ev, total = bases.explained_variance[r.unit], bases.total_variance[r.unit]
+        assert r.linear_id == linear_id(ev, total, 0.99) and r.pc1_ratio == pytest.approx(pc1_ratio(ev, total))
+        assert r.participation_ratio == pytest.approx(participation_ratio(ev))
         assert r.twonn_id > 0 and r.ratio == pytest.approx(r.linear_id / r.twonn_id)
     # TwoNN through R_u equals TwoNN on the materialised output-space vectors of the same rows
     from resi_dual.spectral.twonn import subsample_rows
