@@ -181,7 +181,7 @@ def test_mismatched_tokenizer_is_a_clear_error():
         get_text_tower(m).encode(["a photo of a dog"])
 
 
-# -- text towers at the cost of their real tokens (issue 19.3) ---------------------------------
+# -- text towers at the cost of their real tokens -------------------------------------------
 
 MIXED = ["a", "a photo of a dog.", "an aerial view of a harbor at dusk, seen from a small plane over the sea",
          "stripes", "a blurry photo of the large red car parked next to a tall building"] * 3
