@@ -28,7 +28,7 @@ from typing import Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
-from resi_dual.core.encodings import UnitEncodings
+from resi_dual.core.encodings import UnitEncodings, relative_error
 from resi_dual.errors import ResiDualError
 from resi_dual.models.tracing.base import TracedModel, _first_tensor
 
@@ -217,8 +217,8 @@ def _head_shares(model: TracedModel, dirs: torch.Tensor, pulled: list) -> tuple[
 def _check(model, z_rebuilt, enc, maps, cls, remainder, score) -> None:
     tol = model.tolerance
     z = enc.heads.double()
-    zerr = float(((z_rebuilt.double() - z).flatten(2).norm(dim=-1) / z.flatten(2).norm(dim=-1).clamp_min(1e-30)).max())
-    serr = float(((maps.sum(-1) - cls).flatten(2).norm(dim=-1) / cls.flatten(2).norm(dim=-1).clamp_min(1e-30)).max())
+    zerr = float(relative_error(z_rebuilt.flatten(2), z.flatten(2)).max())
+    serr = float(relative_error(maps.sum(-1).flatten(2), cls.flatten(2)).max())
     terr = 0.0
     if score is not None:
         total = maps.sum(dim=(2, 3, 4)) + remainder
