@@ -67,8 +67,8 @@ class Readout:
     @cached_property
     def head_weight_flat(self) -> torch.Tensor:
         """(L·H·d_head, d_out): every head's readout stacked for one GEMM against heads.flatten(1);
-        ``einsum("nlhd,lhod->no")`` on ``head_weight`` took 28 ms against 5.7 ms for this product
-        (ViT-B/32, batch 32, 1 thread), re-laying out the 19 MB weight on every call."""
+        ``einsum("nlhd,lhod->no")`` on ``head_weight`` re-lays out the whole weight on every call
+        (figures in BENCHMARKS.md, tracing notes)."""
         L, H, o, dh = self.head_weight.shape
         return self.head_weight.permute(0, 1, 3, 2).reshape(L * H * dh, o).contiguous()
 

@@ -1,6 +1,7 @@
 """Exact distances to the first and second nearest neighbour, without the N × N distance matrix.
 
-TwoNN (Facco et al. 2017; :mod:`resi_dual.spectral.twonn`) needs them for every point. The paper's code forms the full N × N distance matrix (10 GB at N = 50k). Here nearest neighbours are
+TwoNN (Facco et al. 2017; :mod:`resi_dual.spectral.twonn`) needs them for every point. The paper's
+code forms the full N × N distance matrix (10 GB at N = 50k). Here nearest neighbours are
 exact but never need that matrix, and most of the work happens in a few dimensions:
 
 1. rotate the centred points onto their top-m principal axes. The distance of two projections is a
