@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, replace
+from pathlib import Path
 from typing import Literal, get_args
 
 import numpy as np
@@ -35,7 +36,16 @@ METHODS: tuple[str, ...] = get_args(Method)
 
 
 def check_splits(train: EncodingSource, val: EncodingSource, test: EncodingSource) -> None:
-    """Same model and same label set across the three splits, or a `ResiDualError`."""
+    """Same model and same label set across the three splits, at least two classes, and three
+    different stores, or a `ResiDualError`."""
+    paths = {name: getattr(s, "path", None) for name, s in (("train", train), ("val", val), ("test", test))}
+    for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
+        if paths[a] is not None and paths[b] is not None and Path(paths[a]).resolve() == Path(paths[b]).resolve():
+            raise ResiDualError(f"the {a} and {b} stores are the same store ({paths[a]}); a model selected or "
+                                f"scored on the data it was fitted on reports a meaningless accuracy — encode separate splits")
+    if len(np.unique(train.labels)) < 2:
+        raise ResiDualError(f"the train store holds a single class ({train.class_names[int(train.labels[0])] if len(train.labels) else 'none'}); "
+                            "a classifier needs at least two")
     check_same_model(train, val, "train and val stores")
     check_same_model(train, test, "train and test stores")
     check_same_labels(train, val, "train and val stores")

@@ -59,6 +59,21 @@ def head_heatmaps(rows: list[dict], comp, out_dir, measures: dict[str, str], pre
     return paths
 
 
+def _warn_flat_units(rows: list[dict], bases) -> None:
+    """A unit whose encodings do not vary (identical images, a dead head) has no spectrum: say so.
+    Flat means a variance below 1e-12 of the squared mean contribution (rounding noise, not signal)."""
+    import sys
+
+    def scale(label: str) -> float:
+        return float(bases.means[label].double().pow(2).sum()) if label in bases.means else 0.0
+
+    flat = [r["unit"] for r in rows if not float(r["total_variance"]) > 1e-12 * scale(r["unit"]) + 1e-30]
+    if flat:
+        print(f"warning: {len(flat)} unit(s) have zero variance over this store ({', '.join(flat[:6])}"
+              f"{'…' if len(flat) > 6 else ''}): identical images or a constant unit; their IDs mean nothing",
+              file=sys.stderr)
+
+
 def run(args: argparse.Namespace) -> int:
     import json
     from dataclasses import asdict
@@ -86,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
     table = unit_intrinsic_dimensions(store, bases, threshold=args.threshold, twonn_samples=args.twonn_samples,
                                       twonn_discard=args.twonn_discard, seed=args.seed, progress=progress)
     rows = [asdict(r) for r in table]
+    _warn_flat_units(rows, bases)
     written = [bases_path] + write_table(rows, out / "id", formats=("tsv", "parquet"), precision=".6g")
     measures = {k: v.format(threshold=args.threshold) for k, v in MEASURES.items()}
     if args.twonn_samples == 0:

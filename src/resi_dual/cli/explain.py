@@ -75,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
         raise ResiDualError("--top must be at least 1")
     adapter = Adapter.load(args.adapter)
     variant = adapter.config["variant"]
+    desc = read_descriptions(args.descriptions) if args.descriptions else None  # checked even when unused
     if not adapter.component_weights():
         print(f"adapter {variant!r} has no per-component weights to explain")
         return 0
@@ -83,7 +84,6 @@ def run(args: argparse.Namespace) -> int:
         unknown = [u for u in units if u not in adapter.projection.adapted]
         if unknown:
             raise ResiDualError(f"units not adapted by this {variant} adapter: {', '.join(unknown)}")
-    desc = read_descriptions(args.descriptions) if args.descriptions else None
     rows = explain(adapter, desc, args.top, units)
     if adapter.config.get("tied"):  # Coarse: one λ per unit, so rank the units instead
         rows = sorted(({"unit": r["unit"], "lambda": r["mean"]} for r in rows), key=lambda r: -r["lambda"])

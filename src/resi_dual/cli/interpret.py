@@ -49,10 +49,20 @@ def run(args: argparse.Namespace) -> int:
     if k < 1:
         raise ResiDualError("-k must be at least 1")
     texts = load_dictionary(args.dictionary)
+    if args.method == "textspan" and k > len(texts):
+        raise ResiDualError(f"-k {k} is larger than the dictionary ({len(texts)} descriptions): TextSpan picks each "
+                            "description at most once — lower -k or give a larger --dictionary")
     spec = store.meta.model_spec
     if not spec:
         raise ResiDualError(f"store {args.store} does not record its model spec")
-    tower = get_text_tower(load_model(spec), cache_dir=args.cache_dir)
+    try:
+        tower = get_text_tower(load_model(spec), cache_dir=args.cache_dir)
+    except ResiDualError as e:
+        if "no text tower" not in str(e):
+            raise
+        raise ResiDualError(f"{spec} is vision-only (no text tower), and `resi-dual interpret` describes units with "
+                            "text: use `resi-dual analyze STORE` for its units' spectra, and "
+                            "`resi-dual zeroshot STORE --train TRAIN_STORE` for class-mean prototypes") from None
     dictionary = embed_dictionary(tower, texts)
     con = Console()
     res = decompose_units(store, dictionary, texts, args.method, k, units=args.units, rank=args.rank,

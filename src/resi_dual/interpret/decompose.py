@@ -103,6 +103,8 @@ def text_span(data, dictionary, k: int = 20, rank: int = 80, basis=None, texts: 
     t = _as_double(dictionary)
     b = None if basis is None else _as_double(basis)
     _check(y, t, b, k)
+    if k > t.shape[0]:
+        raise ResiDualError(f"k = {k} is larger than the dictionary ({t.shape[0]} descriptions); TextSpan picks each at most once")
     if mode == "paper":
         cov, tc, total, r_eff = _paper_span(y if b is None else y @ b.T, t, rank)
     else:

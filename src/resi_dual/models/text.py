@@ -180,7 +180,9 @@ def get_text_tower(model, tokenizer=None, cache_dir: str | Path | None = None, b
     fam = library_family(lib)
     spec = getattr(model, "spec", None) or type(lib).__name__
     if fam is None:
-        raise ResiDualError(f"model {spec} has no text tower; use class-mean prototypes (classifier_for_source(..., train_source=...))")
+        raise ResiDualError(f"model {spec} is vision-only (no text tower); for zero-shot use class-mean prototypes of a "
+                            "train store: `resi-dual zeroshot STORE --train TRAIN_STORE` (in Python: "
+                            "classifier_for_source(..., train_source=...))")
     encode, scale, *bias = fam.text(lib, tok)
     lib.eval()  # dropout off: encodings must be deterministic
     return TextTower(encode, scale, _weights_key(model, lib), batch_size, Path(cache_dir) if cache_dir else None,
