@@ -148,8 +148,8 @@ def encode_split(
                 fixed[start:stop] = y.float()
             step(stop - start)
     if not (torch.isfinite(coef.sum()) and torch.isfinite(fixed.sum())):  # NaN/inf reach the sums: one cheap pass
-        where = getattr(source, "path", None) or source.meta.get("dataset_name", "the encodings")
-        split = source.meta.get("split", "")
+        where = getattr(source, "path", None) or getattr(source.meta, "dataset_name", None) or "the encodings"
+        split = getattr(source.meta, "split", None) or ""
         raise ResiDualError(f"non-finite values (NaN or inf) in the {split} store {where}; re-encode it "
                             "(`resi-dual verify` checks its files)")
     labels = torch.from_numpy(np.asarray(source.labels if rows is None else source.labels[rows], dtype=np.int64))
