@@ -51,14 +51,19 @@ def test_somp_weights_are_reference_coefficient_norms():
     assert d.explained[-1] == pytest.approx(1 - (resid ** 2).sum() / ((x - x.mean(0)) ** 2).sum(), rel=1e-8)
 
 
-def test_factored_data_gives_the_same_picks():
-    rng = np.random.default_rng(4)
-    D, p, m = 80, 9, 250
+def factored(seed, D=80, p=9, m=250):
+    """(coefficients f (500, p), basis (D, p), the explicit data f @ basisᵀ, an (m, D) dictionary): rank p data."""
+    rng = np.random.default_rng(seed)
     basis = rng.standard_normal((D, p))
     f = rng.standard_normal((500, p)) * np.geomspace(4, 0.2, p)
     dic = rng.standard_normal((m, D))
     dic /= np.linalg.norm(dic, axis=1, keepdims=True)
-    x = f @ basis.T
+    return f, basis, f @ basis.T, dic
+
+
+def test_factored_data_gives_the_same_picks():
+    f, basis, x, dic = factored(4)
+    p = f.shape[1]
     assert somp(f, dic, 12, basis=basis).indices == somp(x, dic, 12).indices == somp_reference(x, dic, 12)[0]
     # rank clipped to the data's rank (9): the extra directions of an 80-rank span would be arbitrary
     ts = text_span(f, dic, 8, rank=80, basis=basis)
@@ -75,13 +80,8 @@ def test_bad_inputs():
 
 
 def test_paper_mode_reproduces_the_original_code_when_the_rank_exceeds_the_data():
-    rng = np.random.default_rng(5)
-    D, p, m = 80, 9, 250
-    basis = rng.standard_normal((D, p))
-    f = rng.standard_normal((500, p)) * np.geomspace(4, 0.2, p)
-    dic = rng.standard_normal((m, D))
-    dic /= np.linalg.norm(dic, axis=1, keepdims=True)
-    x = f @ basis.T
+    f, basis, x, dic = factored(5)
+    p = f.shape[1]
     paper = text_span(x, dic, 10, rank=40, mode="paper")
     assert paper.meta == {"rank": 40, "mode": "paper"}
     # the original algorithm, rank 40 > the data's rank 9: its null-space rows change the deflation.
