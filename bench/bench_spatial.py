@@ -80,7 +80,7 @@ def _page_cost(n: int = 100) -> float:
 
 def _ranking_cost(comp, n: int = 2000) -> float:
     """Seconds per (sample, head) of ranking 5 PCs from stored features (a memory store of n samples)."""
-    from resi_dual.core.encodings import Readout, UnitEncodings
+    from resi_dual.core.encodings import Readout, UnitEncodings, unit_features
     from resi_dual.report.components import rank_pc_images
     from resi_dual.spectral.pca import UnitPCA
     from resi_dual.store.base import MemorySource
@@ -92,7 +92,14 @@ def _ranking_cost(comp, n: int = 2000) -> float:
                  torch.zeros(U, o), torch.zeros(U, o))
     enc = UnitEncodings(comp, ro, torch.randn(n, 1 + L, D, generator=g), torch.randn(n, L, H, dh, generator=g),
                         torch.zeros(n), torch.ones(n), torch.zeros(n, o))
-    src = MemorySource(enc, np.zeros(n, np.int64), ["x"])
+    class UnitColumns(MemorySource):
+        """Reads one unit's columns, as a disk store does (MemorySource converts the whole block per unit)."""
+
+        def features(self, unit, rows=None, dtype=torch.float64):
+            return unit_features(comp, comp.index(unit) if isinstance(unit, str) else unit, enc.dense, enc.heads,
+                                 enc.mu, enc.sigma).to(dtype)
+
+    src = UnitColumns(enc, np.zeros(n, np.int64), ["x"])
     heads = [f"L{layer}H{h}" for layer in range(2) for h in range(H)]
     bases = UnitPCA(units=heads, progress=False).fit(src).bases_
     t0 = time.perf_counter()
