@@ -106,3 +106,13 @@ def test_bad_bases_files(world, tmp_path, capsys):
         rc, _, err = run_cli(_train_argv(world, tmp_path / "o") + ["--adapter", "residual", "--basis", path], capsys)
         assert_one_line_error(rc, err, str(path), "not a readable bases file")
     assert json.loads(json.dumps(str(good)))  # the good one stays readable
+
+
+def test_grid_dataset_specs_are_checked_up_front(tmp_path, capsys):
+    grid = tmp_path / "g.toml"
+    grid.write_text('[[models]]\nname = "a"\nspec = "demo"\n\n[[datasets]]\nname = "digits"\nspec = "digits"\n\n'
+                    f'[[datasets]]\nname = "mine"\nspec = "folder:{tmp_path / "nowhere"}"\n\n'
+                    '[reference]\nspec = "fashion-mnist"\n')
+    rc, _, err = run_cli(["experiment", "intrinsic-dim", "--config", grid, "--out", tmp_path / "out"], capsys)
+    assert_one_line_error(rc, err, "datasets[1] (mine)", "no folder")
+    assert not (tmp_path / "out").exists()

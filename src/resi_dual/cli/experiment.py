@@ -27,6 +27,19 @@ def add_arguments(parser) -> None:
                              "not part of the cache keys, results on disk are CPU tensors")
 
 
+def _check_datasets(config, source: str) -> None:
+    """Every dataset entry checked before the first cell runs, so a typo fails now and names its entry."""
+    from resi_dual.data.specs import check_dataset_spec
+    from resi_dual.errors import ResiDualError
+
+    entries = [(f"datasets[{i}]", d) for i, d in enumerate(config.datasets)] + [("reference", config.reference)]
+    for where, entry in entries:
+        try:
+            check_dataset_spec(entry.spec, entry.root)
+        except ResiDualError as e:
+            raise ResiDualError(f"{source}: {where} ({entry.name}): {e}") from None
+
+
 def run(args) -> int:
     import json
 
@@ -38,6 +51,8 @@ def run(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     config = load_config(args.config)
+    if not (args.status or args.encode_commands):
+        _check_datasets(config, args.config)
     summary = run_experiment(args.name, config, args.out, progress=not args.quiet, status_only=args.status,
                              store_dtype=args.store_dtype, workers=args.workers,
                              models=[m.strip() for m in args.models.split(",") if m.strip()] or None,

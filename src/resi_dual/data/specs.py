@@ -66,6 +66,36 @@ def load_dataset(spec: str, split: str = "train", root: str | Path | None = None
     return _hf(spec, arg, split, names)
 
 
+def check_dataset_spec(spec: str, root: str | Path | None = None) -> None:
+    """Cheap checks of a dataset spec without decoding anything (a grid validates every entry up
+    front): the kind is known, a bundled name exists, a folder or local hf: directory exists, a
+    torchvision: dataset has a root that exists. Raises ResiDualError."""
+    from resi_dual.data.bundled import NAMES
+
+    spec = str(spec).strip()
+    kind, sep, arg = spec.partition(":")
+    if spec == "noise" or kind == "world":
+        return
+    if not sep or kind not in ("folder", "torchvision", "tv", "hf", "bundled"):
+        kind, arg = "bundled", spec
+    if kind == "bundled":
+        if canonical_dataset(arg) not in NAMES:
+            raise ResiDualError(f"unknown dataset {spec!r}: not a bundled name ({', '.join(NAMES)}) nor "
+                                "folder:/torchvision:/hf:/world:")
+        return
+    if not arg:
+        raise ResiDualError(f"dataset spec {spec!r} is missing its argument after ':'")
+    if kind == "folder" and not Path(arg).expanduser().is_dir():
+        raise ResiDualError(f"dataset {spec!r}: no folder {arg}")
+    if kind in ("torchvision", "tv"):
+        if root is None:
+            raise ResiDualError(f"dataset {spec!r} needs a root (the folder where it already is)")
+        if not Path(root).expanduser().is_dir():
+            raise ResiDualError(f"dataset {spec!r}: its root {root} does not exist")
+    if kind == "hf" and (arg.startswith(("/", "./", "../", "~")) or arg.count("/") > 1) and not Path(arg).expanduser().exists():
+        raise ResiDualError(f"dataset {spec!r}: no such directory {arg}")
+
+
 def _read_class_names(class_names) -> list[str] | None:
     if class_names is None:
         return None
