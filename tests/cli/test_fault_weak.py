@@ -116,3 +116,27 @@ def test_grid_dataset_specs_are_checked_up_front(tmp_path, capsys):
     rc, _, err = run_cli(["experiment", "intrinsic-dim", "--config", grid, "--out", tmp_path / "out"], capsys)
     assert_one_line_error(rc, err, "datasets[1] (mine)", "no folder")
     assert not (tmp_path / "out").exists()
+
+
+def test_an_unfinished_rerun_marks_the_previous_tables_stale(tmp_path):
+    from types import SimpleNamespace
+
+    from resi_dual.experiments.config import parse_config
+    from resi_dual.experiments.outputs import Outputs
+    from resi_dual.report.experiments import STALE, config_sha256, mark_stale, write_run
+
+    def grid(ds):
+        return parse_config({"models": [{"name": "a", "spec": "demo"}], "datasets": [{"name": ds, "spec": ds}],
+                             "reference": {"spec": "fashion-mnist"}})
+
+    first, edited = config_sha256(grid("digits")), config_sha256(grid("textiles"))
+    assert first != edited and first == config_sha256(grid("digits"))
+    run = SimpleNamespace(name="intrinsic-dim", outputs=Outputs(), summary={"cells": 1})
+    results = write_run(run, tmp_path, first)
+    assert json.loads((results / "run.json").read_text())["config_sha256"] == first
+    (results / "units.tsv").write_text("old table\n")
+    mark_stale(results, edited)  # the edited grid starts ... and is killed
+    assert not (results / "run.json").exists() and edited[:16] in (results / STALE).read_text()
+    assert (results / "units.tsv").read_text() == "old table\n"
+    write_run(run, tmp_path, edited)  # ... and finishes on the rerun
+    assert not (results / STALE).exists() and json.loads((results / "run.json").read_text())["config_sha256"] == edited

@@ -37,12 +37,40 @@ def write_outputs(outputs: Outputs, out: str | Path) -> list[Path]:
     return written
 
 
-def write_run(run: ExperimentRun, out: str | Path) -> Path:
-    """``out/<name>/``: the run's tables, figures and ``run.json``; returns that folder."""
+#: in ``OUT/<name>/`` while a run is in progress: the tables there are a previous run's
+STALE = "STALE.txt"
+
+
+def config_sha256(config: GridConfig) -> str:
+    """A hash of the validated grid (every field, in a fixed order): which grid the tables come from."""
+    import dataclasses
+    import hashlib
+    import json
+
+    doc = {k: v for k, v in dataclasses.asdict(config).items() if k != "source"}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def mark_stale(results: Path, config_hash: str) -> None:
+    """Before a run: its folder's tables are marked stale (and run.json removed) until it finishes."""
+    from resi_dual.files import atomic_write
+
+    if not results.is_dir():
+        return
+    (results / "run.json").unlink(missing_ok=True)
+    atomic_write(results / STALE, f"the tables here may come from an earlier grid; a run of grid {config_hash[:16]} "
+                                  "started and has not finished (run.json is written when it does)\n")
+
+
+def write_run(run: ExperimentRun, out: str | Path, config_hash: str | None = None) -> Path:
+    """``out/<name>/``: the run's tables, figures and ``run.json`` (with the grid's hash, written last);
+    returns that folder."""
     results = Path(out) / run.name
     results.mkdir(parents=True, exist_ok=True)
     write_outputs(run.outputs, results)
-    write_json_atomic(results / "run.json", run.summary)
+    summary = dict(run.summary, config_sha256=config_hash) if config_hash else run.summary
+    write_json_atomic(results / "run.json", summary)
+    (results / STALE).unlink(missing_ok=True)
     return results
 
 
@@ -67,6 +95,10 @@ def run_experiment(name: str, config: GridConfig, out: str | Path, progress: boo
     ``status_only`` prints what is done and left; ``print_encode=K`` prints the ``torchrun`` commands
     of the missing stores. Other arguments: :func:`resi_dual.experiments.runners.compute_experiment`.
     """
+    writes = not (status_only or kwargs.get("print_encode"))
+    config_hash = config_sha256(config)
+    if writes:
+        mark_stale(Path(out) / name, config_hash)
     run = compute_experiment(name, config, out, progress=progress, status_only=status_only, **kwargs)
     if kwargs.get("print_encode"):
         print("\n".join(run.encode_commands))
@@ -75,5 +107,5 @@ def run_experiment(name: str, config: GridConfig, out: str | Path, progress: boo
 
         Console().print(status_table(run.cells, f"{name}: {config.source}"))
     else:
-        write_run(run, out)
+        write_run(run, out, config_hash)
     return run.summary
