@@ -39,7 +39,7 @@ def _bases_for(store, path, units, block_rows: int, progress: bool):
     if saved.is_file():
         b = UnitBases.load(saved)
         if (b.composition.same_model(store.composition) and b.n_samples == len(store)
-                and b.meta.weights_hash == store.meta.weights_hash and set(wanted) <= set(b.labels)):
+                and b.meta.get("weights_hash") == store.meta.weights_hash and set(wanted) <= set(b.labels)):
             return b, wanted, f"read {saved}"
     return UnitPCA(units=wanted, block_rows=block_rows, progress=progress).fit(store).bases_, wanted, "fitted"
 
