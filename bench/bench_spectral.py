@@ -244,6 +244,7 @@ def _passes(st: dict) -> str:
 
 
 def bench_twonn() -> list[dict]:
+    from resi_dual.runtime import torch_threads
     from resi_dual.spectral.twonn import TwoNN, two_nearest_neighbours
 
     rows = []
@@ -262,8 +263,8 @@ def bench_twonn() -> list[dict]:
     res = interleaved(fns)
     (est, t_ours, mem_ours), (d_full, t_full, mem_full) = res["ours"], res["full"]
     st = {}
-    torch.set_num_threads(THREADS)
-    two_nearest_neighbours(x, stats=st)
+    with torch_threads(THREADS):
+        two_nearest_neighbours(x, stats=st)
     agree = abs(est.dimension_ - d_full) / d_full
     ratio = t_full / t_ours
     timing = f"median of {REPEATS} interleaved, {THREADS} thread each side"
@@ -298,8 +299,8 @@ def bench_twonn() -> list[dict]:
                        "full": lambda: full_matrix_twonn(c)})
     (est_h, t_h, mem_h), (d_h, t_hfull, mem_hfull) = res["ours"], res["full"]
     st = {}
-    torch.set_num_threads(THREADS)
-    two_nearest_neighbours(f, linear_map=rmap, stats=st)
+    with torch_threads(THREADS):
+        two_nearest_neighbours(f, linear_map=rmap, stats=st)
     agree_h = abs(est_h.dimension_ - d_h) / d_h
     ratio = t_hfull / t_h
     rows.append(_row("TwoNN, one head, N=20k (66 coords vs 512-d)", t_h, t_hfull, "full torch.cdist on 512-d contributions",
