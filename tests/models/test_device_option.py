@@ -145,7 +145,9 @@ def test_cpu_end_to_end_and_identical_to_the_default(tiny, tmp_path, capsys):
             "--out", str(out), "--quiet", "--device", "cpu"]
     assert main(base + ["--adapter", "coarse", "--epochs", "2"]) == 0
     assert main(base + ["--adapter", "finetune", "--epochs", "1", "--lr", "1e-3"]) == 0
-    ft = json.loads((out / "data-finetune-seed1.json").read_text())
+    from resi_dual.adapters.metrics import RunMetrics
+
+    ft = RunMetrics.from_dict(json.loads((out / "data-finetune-seed1.json").read_text()))
     assert ft.epochs == 1 and ft.n == {"train": 30, "val": 12, "test": 12}
     assert ft.test_accuracy == 1.0  # colour-separable classes: the prototype classifier is already perfect
     capsys.readouterr()
