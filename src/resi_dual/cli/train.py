@@ -102,17 +102,12 @@ def load_bases(basis: str | None, train, units: list[str], progress: bool = True
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-    from pathlib import Path
-
     from rich.console import Console
 
     from resi_dual import open_store
-    from resi_dual.adapters.adapter import AdapterConfig
-    from resi_dual.adapters.protocol import check_splits, train_and_evaluate
-    from resi_dual.adapters.training import TrainConfig
+    from resi_dual.adapters.protocol import check_splits
     from resi_dual.errors import ResiDualError
-    from resi_dual.files import atomic_write, ensure_out_dir
+    from resi_dual.files import ensure_out_dir
     from resi_dual.models.loading import resolve_device
 
     console = Console(stderr=True)
@@ -127,24 +122,7 @@ def run(args: argparse.Namespace) -> int:
     out_dir = ensure_out_dir(args.out)
 
     if args.adapter in ("finetune", "lora"):
-        from resi_dual.adapters.finetune import finetune_from_stores
-
-        runs = []
-        for seed in seeds:
-            stem = out_dir / _stem(dataset, args.adapter, args.shots, seed)
-            metrics = finetune_from_stores(train, val, test, shots=args.shots, seed=seed, lr=lr,
-                                           epochs=args.epochs, patience=args.patience, batch_size=args.batch,
-                                           progress=not args.quiet, weights_out=None, device=device,
-                                           data_root=args.data_root, logit_scale=args.logit_scale,
-                                           method=args.adapter)
-            atomic_write(stem.with_suffix(".json"), json.dumps(metrics.to_dict(), indent=1))
-            runs.append(metrics)
-            wise = metrics.details.get("wise_ft")
-            console.print(f"{args.adapter} seed {seed}: {metrics.trainable_parameters} parameters, lr {metrics.lr:g}, "
-                          f"val {metrics.val_accuracy:.4f}  test {metrics.test_accuracy:.4f}"
-                          + (f"; WiSE-FT α {wise['alpha']:g}: test {wise['test_accuracy']:.4f}" if wise else ""))
-        _write_summary(out_dir, dataset, args.adapter, args.shots, runs, console)
-        return 0
+        return _run_on_images(args, train, val, test, seeds, lr, device, dataset, out_dir, console)
 
     from resi_dual import load_model
     from resi_dual.adapters.peers import PEERS
@@ -165,6 +143,19 @@ def run(args: argparse.Namespace) -> int:
 
     if args.adapter in PEERS:
         return _run_peer(args, train, val, test, seeds, head_for, dataset, out_dir, console)
+    return _run_adapter(args, train, val, test, seeds, lr, head_for, dataset, out_dir, console)
+
+
+def _run_adapter(args, train, val, test, seeds, lr, head_for, dataset, out_dir, console) -> int:
+    """A λ-adapter, linear or zeroshot on cached coefficients, per seed: metrics JSON + adapter file."""
+    import json
+
+    from resi_dual import open_store
+    from resi_dual.adapters.adapter import AdapterConfig
+    from resi_dual.adapters.protocol import train_and_evaluate
+    from resi_dual.adapters.training import TrainConfig
+    from resi_dual.files import atomic_write
+
     config = AdapterConfig(args.adapter, variance="preset" if args.variance is None else args.variance,
                            mean_mode=args.mean_mode, init=args.init)
     cfg = config.resolved()
@@ -196,6 +187,31 @@ def run(args: argparse.Namespace) -> int:
                       f"(zero-shot test {metrics.zeroshot_test:.4f}), "
                       f"lr {metrics.lr:g}, {metrics.epochs} epochs, {metrics.seconds['total']:.1f} s "
                       f"-> {saved}" + (f"  [{metrics.note}]" if metrics.note else ""))
+    _write_summary(out_dir, dataset, args.adapter, args.shots, runs, console)
+    return 0
+
+
+def _run_on_images(args, train, val, test, seeds, lr, device, dataset, out_dir, console) -> int:
+    """finetune or lora, which rerun the backbone on the images, per seed: metrics JSON."""
+    import json
+
+    from resi_dual.adapters.finetune import finetune_from_stores
+    from resi_dual.files import atomic_write
+
+    runs = []
+    for seed in seeds:
+        stem = out_dir / _stem(dataset, args.adapter, args.shots, seed)
+        metrics = finetune_from_stores(train, val, test, shots=args.shots, seed=seed, lr=lr,
+                                       epochs=args.epochs, patience=args.patience, batch_size=args.batch,
+                                       progress=not args.quiet, weights_out=None, device=device,
+                                       data_root=args.data_root, logit_scale=args.logit_scale,
+                                       method=args.adapter)
+        atomic_write(stem.with_suffix(".json"), json.dumps(metrics.to_dict(), indent=1))
+        runs.append(metrics)
+        wise = metrics.details.get("wise_ft")
+        console.print(f"{args.adapter} seed {seed}: {metrics.trainable_parameters} parameters, lr {metrics.lr:g}, "
+                      f"val {metrics.val_accuracy:.4f}  test {metrics.test_accuracy:.4f}"
+                      + (f"; WiSE-FT α {wise['alpha']:g}: test {wise['test_accuracy']:.4f}" if wise else ""))
     _write_summary(out_dir, dataset, args.adapter, args.shots, runs, console)
     return 0
 
