@@ -15,7 +15,7 @@ MLP is nonlinear): they are the non-spatial ``remainder``, so ``Σ_heads Σ_t m 
 model's own score ``⟨embedding, u⟩``.
 
 The attention row is recomputed from x̂ and the block's q/k weights (the family's
-:class:`~resi_dual.models.tracing.base.AttnSpec`); ``check`` verifies it against the tracer's own
+:class:`~resi_dual.models.tracing.layout.AttnSpec`); ``check`` verifies it against the tracer's own
 captured head outputs, so a family whose attention is computed differently fails loudly.
 """
 

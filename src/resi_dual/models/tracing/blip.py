@@ -16,7 +16,8 @@ import torch
 from resi_dual.errors import ResiDualError
 from resi_dual.models import hf
 from resi_dual.models.registry import local_weights, register_family
-from resi_dual.models.tracing.base import AttnSpec, Layout, TracedModel
+from resi_dual.models.tracing.base import TracedModel
+from resi_dual.models.tracing.layout import AttnSpec, Layout
 
 
 def _library_class(config, archs: list[str], spec: str):

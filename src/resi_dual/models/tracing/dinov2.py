@@ -12,7 +12,8 @@ import torch
 
 from resi_dual.models import hf
 from resi_dual.models.registry import local_weights, register_family
-from resi_dual.models.tracing.base import Layout, TracedModel
+from resi_dual.models.tracing.base import TracedModel
+from resi_dual.models.tracing.layout import Layout
 from resi_dual.models.tracing.vit import attr_path, hf_attention
 
 

@@ -37,7 +37,8 @@ from torch import nn
 
 from resi_dual.errors import ResiDualError
 from resi_dual.models import registry
-from resi_dual.models.tracing.base import AttnSpec, Layout, TracedModel
+from resi_dual.models.tracing.base import TracedModel
+from resi_dual.models.tracing.layout import AttnSpec, Layout
 
 
 def _mha_forward(mha: nn.MultiheadAttention):

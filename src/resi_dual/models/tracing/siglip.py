@@ -22,7 +22,7 @@ from resi_dual.errors import ResiDualError
 from resi_dual.models import hf
 from resi_dual.models.registry import local_weights, register_family
 from resi_dual.models.tracing import openclip, timm_vit
-from resi_dual.models.tracing.base import AttnSpec, Layout, packed_qkv
+from resi_dual.models.tracing.layout import AttnSpec, Layout, packed_qkv
 from resi_dual.models.tracing.pooled import PooledTracedModel, PoolHead
 
 #: SigLIP's image processor normalises to [-1, 1]

@@ -28,7 +28,8 @@ from torch import nn
 from resi_dual.errors import ResiDualError
 from resi_dual.models import registry
 from resi_dual.models.tracing import openclip
-from resi_dual.models.tracing.base import Layout, TracedModel
+from resi_dual.models.tracing.base import TracedModel
+from resi_dual.models.tracing.layout import Layout
 
 
 def _is_timm_tower(model) -> bool:
