@@ -25,7 +25,7 @@ class Plan:
     weights_hash: str  # sha256 of the tensors that determine the image embedding
     family: str  # tracer family
     convention: str  # bias / LayerNorm sharing convention of the decomposition
-    preprocessing: dict  # image size and a probe image's fingerprint (writer.preprocessing_fingerprint)
+    preprocessing: dict  # image size and a probe image's fingerprint (plan.preprocessing_fingerprint)
     dataset_spec: str  # what load_dataset accepted
     dataset_name: str  # canonical dataset name (data.names)
     split: str  # train, val or test
