@@ -66,10 +66,12 @@ def run_peers(train, val, test, classifier, logit_scale: float, shots: int | Non
         train, val, test: `EncodingSource`s of one model and label set.
         classifier: (C, d_out) frozen class rows; logit_scale: float.
     Returns:
-        one JSON-ready row per peer: name, shots, seed, trainable parameters, val/test accuracy,
-        the settings chosen on val, how many candidates were tried, seconds.
+        one JSON-ready row per peer: name, shots, seed, trainable parameters, val/test accuracy, the
+        settings chosen on val (and ``lr`` and a ``note`` naming them and any edge choice), how many
+        candidates were tried, seconds.
     """
     from resi_dual.adapters.peers import PEERS, PeerTraining, output_features, run_peer
+    from resi_dual.adapters.protocol import sweep_note
 
     if shots is None:
         train_rows = val_rows = None
@@ -82,9 +84,12 @@ def run_peers(train, val, test, classifier, logit_scale: float, shots: int | Non
     rows = []
     for name in peers or PEERS:
         res = run_peer(name, tr, va, classifier, logit_scale, budget)
+        lr = res.settings.get("lr")
+        note = "; ".join(filter(None, [", ".join(f"{k} {v:.3g}" for k, v in res.settings.items() if k != "lr"),
+                                       sweep_note(lr, budget.lr_grid) if lr is not None else ""]))
         rows.append({
             "method": name, "shots": shots, "seed": seed, "trainable_parameters": res.trainable_parameters,
-            "accuracy": {"val": res.val_accuracy, "test": res.accuracy(te)},
+            "accuracy": {"val": res.val_accuracy, "test": res.accuracy(te)}, "lr": lr, "note": note,
             "settings": res.settings, "candidates": res.candidates, "seconds": res.seconds,
             "n": {"train": len(tr), "val": len(va), "test": len(te)},
         })

@@ -18,9 +18,8 @@ from typing import Literal, get_args
 import numpy as np
 import torch
 
-from resi_dual.adapters.adapter import LR_SWEEP, Adapter, AdapterConfig, build_adapter, describe
+from resi_dual.adapters.adapter import LR_SWEEP, Adapter, AdapterConfig, Variant, build_adapter, describe
 from resi_dual.adapters.cache import CachedSplit, check_same_labels, check_same_model
-from resi_dual.adapters.adapter import Variant
 from resi_dual.adapters.fewshot import FewShotSplit, few_shot_split
 from resi_dual.adapters.metrics import RunMetrics
 from resi_dual.adapters.peers import Peer

@@ -232,13 +232,6 @@ def adaptation_rows(grid: Grid, m, d, method: str, seed: int, stores: dict, base
 
         budget = PeerTraining(max_epochs=s.max_epochs, patience=s.patience, batch_size=s.batch_size, seed=seed)
         (res,) = run_peers(train, val, test, head.weights, head.logit_scale, shots, seed, peers=[method], budget=budget)
-        from resi_dual.adapters.peers import LR_GRID
-        from resi_dual.adapters.protocol import sweep_note
-
-        res["lr"] = res["settings"].get("lr")
-        res["note"] = "; ".join(filter(None, [
-            ", ".join(f"{k} {v:.3g}" for k, v in res["settings"].items() if k != "lr"),
-            sweep_note(res["lr"], LR_GRID) if res["lr"] is not None else ""]))
         return [_result_row(base, method, RunMetrics.from_dict({"variant": method, **res}))]
     from resi_dual.adapters.protocol import train_and_evaluate
 
