@@ -4,10 +4,10 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from resi_dual.cli import main
+from tests.cli.fault_helpers import save_vit
 
 
 pytestmark = pytest.mark.integration  # the CLI / real stores end to end
@@ -26,20 +26,6 @@ def _folder(root, classes, per_split, seed):
                 Image.fromarray(img).save(d / f"{i}.png")
 
 
-def _vit(path, seed):
-    import transformers as tf
-
-    torch.manual_seed(seed)
-    m = tf.ViTModel(tf.ViTConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                 image_size=16, patch_size=8))
-    with torch.no_grad():
-        g = torch.Generator().manual_seed(seed)
-        for p in m.parameters():
-            p.add_(0.2 * torch.randn(p.shape, generator=g))
-    m.save_pretrained(path)
-    return f"hf:{path}"
-
-
 @pytest.fixture(scope="module")
 def stores(tmp_path_factory):
     from resi_dual import load_model
@@ -49,8 +35,8 @@ def stores(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
     _folder(root / "data", ["red", "green", "blue"], {"train": 30, "val": 10, "test": 10}, 0)
     _folder(root / "other", ["a", "b", "c", "d"], {"train": 4, "val": 4, "test": 4}, 1)
-    spec = _vit(root / "vit", 0)
-    spec2 = _vit(root / "vit2", 1)
+    spec = save_vit(root / "vit", 0)
+    spec2 = save_vit(root / "vit2", 1)
     with pytest.warns(UserWarning):
         model = load_model(spec)
     out = {"spec": spec, "spec2": spec2, "root": root}
