@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -19,6 +20,7 @@ from resi_dual.models.checkpoint_safety import NO_REMOTE_CODE, pickle_guard, ref
 
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+CLIP_MEAN_STD, IMAGENET_MEAN_STD = (CLIP_MEAN, CLIP_STD), (IMAGENET_MEAN, IMAGENET_STD)
 
 # attention-pooled model types without a registered family (SigLIP 2 NaFlex: patch-sequence input; AIMv2)
 _ATTN_POOL_TYPES = {"siglip2", "siglip2_vision_model", "aimv2", "aimv2_vision_model"}
@@ -143,3 +145,32 @@ def hf_tokenizer(source: str):
         return AutoTokenizer.from_pretrained(source, **NO_REMOTE_CODE)
     except Exception:  # noqa: BLE001 - a missing tokenizer only disables text features
         return None
+
+
+def transformers_classes(*names: str) -> Callable[[], tuple[type, ...]]:
+    """() -> the transformers classes called ``names`` (imported when called, not at registration)."""
+
+    def get() -> tuple[type, ...]:
+        import transformers
+
+        return tuple(getattr(transformers, n) for n in names)
+
+    return get
+
+
+def register_hf_family(name: str, model_types: tuple[str, ...], library_class: str | Callable, mean_std: tuple, *,
+                       text: Callable | None = None, text_class: str | None = None, **fields) -> Callable[[type], type]:
+    """:func:`~resi_dual.models.registry.register_family` for an ``hf:`` family that claims the config
+    ``model_types``: the shared loader and local weights are filled in, so a family declares only what differs.
+
+    ``library_class`` is a transformers class name, or (config, saved architectures, spec) -> class;
+    ``mean_std`` the preprocessing fallback; ``text_class`` names the class that carries the ``text`` tower.
+    """
+    if isinstance(library_class, str):
+        only = transformers_classes(library_class)
+        library_class = lambda config, archs, spec: only()[0]  # noqa: E731
+    if text_class is not None:
+        fields["text_types"] = transformers_classes(text_class)
+    return registry.register_family(name=name, scheme="hf", load=load_hf, model_types=model_types,
+                                    library_class=library_class, mean_std=mean_std, text=text,
+                                    library_module="transformers", weights_path=registry.local_weights, **fields)

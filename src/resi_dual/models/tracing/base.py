@@ -45,6 +45,12 @@ def _cls(x: torch.Tensor, batch_first: bool) -> torch.Tensor:
     return (x[:, 0] if batch_first else x[0]).detach().clone()
 
 
+def prefixed_state(**modules: nn.Module | None) -> dict[str, torch.Tensor]:
+    """``{f"{name}.{key}": tensor}`` over the state dicts of the named modules (None ones skipped),
+    the keys a family hashes for :meth:`TracedModel.weights_hash`."""
+    return {f"{name}.{k}": t for name, mod in modules.items() if mod is not None for k, t in mod.state_dict().items()}
+
+
 def _first_tensor(args: tuple, kwargs: dict) -> torch.Tensor:
     if args and isinstance(args[0], torch.Tensor):
         return args[0]

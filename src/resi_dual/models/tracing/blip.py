@@ -15,8 +15,7 @@ import torch
 
 from resi_dual.errors import ResiDualError
 from resi_dual.models import hf
-from resi_dual.models.registry import local_weights, register_family
-from resi_dual.models.tracing.base import TracedModel
+from resi_dual.models.tracing.base import TracedModel, prefixed_state
 from resi_dual.models.tracing.layout import AttnSpec, Layout
 
 
@@ -29,12 +28,6 @@ def _library_class(config, archs: list[str], spec: str):
             f"{spec!r} is a {other[0]} checkpoint; only BlipForImageTextRetrieval (image–text space via vision_proj) is supported"
         )
     return transformers.BlipForImageTextRetrieval
-
-
-def _text_types() -> tuple[type, ...]:
-    from transformers import BlipForImageTextRetrieval
-
-    return (BlipForImageTextRetrieval,)
 
 
 def text_encoder(model, tokenizer) -> tuple[Callable[[list[str]], torch.Tensor], float]:
@@ -53,36 +46,26 @@ def text_encoder(model, tokenizer) -> tuple[Callable[[list[str]], torch.Tensor],
     return encode, math.exp(float(model.config.logit_scale_init_value))
 
 
-@register_family(
-    name="blip",
-    summary="Hugging Face BlipForImageTextRetrieval (BLIP ITM checkpoints), image–text space via vision_proj",
-    scheme="hf",
-    load=hf.load_hf,
-    model_types=("blip",),
-    library_class=_library_class,
-    mean_std=(hf.CLIP_MEAN, hf.CLIP_STD),
-    text=text_encoder,
-    text_types=_text_types,
-    library_module="transformers",
+@hf.register_hf_family(
+    "blip", ("blip",), _library_class, hf.CLIP_MEAN_STD, text=text_encoder, text_class="BlipForImageTextRetrieval",
     short_names={"blip_l": "hf:Salesforce/blip-itm-large-flickr"},
-    weights_path=local_weights,
-)
+    summary="Hugging Face BlipForImageTextRetrieval (BLIP ITM checkpoints), image–text space via vision_proj")
 class BlipTraced(TracedModel):
 
     def _layout(self) -> Layout:
         m = self.library_model
         blocks = list(m.vision_model.encoder.layers)
+        attn = [b.self_attn for b in blocks]
         return Layout(
             blocks=blocks,
-            attn_out=[b.self_attn.projection for b in blocks],
+            attn_out=[a.projection for a in attn],
             mlp_out=[b.mlp for b in blocks],
-            attn_scale=[None] * len(blocks),
             final_norm=m.vision_model.post_layernorm,
+            n_heads=attn[0].num_heads,
             proj_weight=m.vision_proj.weight,
             proj_bias=m.vision_proj.bias,
-            n_heads=blocks[0].self_attn.num_heads,
             # one packed qkv Linear, reshaped (T, 3, H, d_head): rows q, k, v, head-major
-            attention=[AttnSpec(a, lambda a=a: (a.qkv.weight, a.qkv.bias), a.scale) for a in (b.self_attn for b in blocks)],
+            attention=[AttnSpec(a, lambda a=a: (a.qkv.weight, a.qkv.bias), a.scale) for a in attn],
         )
 
     def _forward(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -91,7 +74,4 @@ class BlipTraced(TracedModel):
         return m.vision_proj(seq[:, 0, :])  # what the ITC head normalises
 
     def _hashed_state(self) -> dict[str, torch.Tensor]:
-        m = self.library_model
-        state = {f"vision_model.{k}": t for k, t in m.vision_model.state_dict().items()}
-        state.update({f"vision_proj.{k}": t for k, t in m.vision_proj.state_dict().items()})
-        return state
+        return prefixed_state(vision_model=self.library_model.vision_model, vision_proj=self.library_model.vision_proj)

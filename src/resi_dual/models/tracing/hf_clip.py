@@ -3,7 +3,7 @@
 OpenAI and LAION CLIP in HF format. Pre-LN blocks (``layer_norm1`` → ``self_attn`` → residual,
 ``layer_norm2`` → ``mlp`` → residual) after ``pre_layrnorm``; the output is
 ``visual_projection(post_layernorm(CLS))`` (no projection for a bare ``CLIPVisionModel``, whose
-output is then ``pooler_output``).
+output is then ``pooler_output``). SigLIP's towers have the same encoder (``siglip``).
 """
 
 from __future__ import annotations
@@ -13,8 +13,7 @@ from typing import Callable
 import torch
 
 from resi_dual.models import hf
-from resi_dual.models.registry import local_weights, register_family
-from resi_dual.models.tracing.base import TracedModel
+from resi_dual.models.tracing.base import TracedModel, prefixed_state
 from resi_dual.models.tracing.layout import AttnSpec, Layout, packed_qkv
 
 
@@ -26,10 +25,40 @@ def _library_class(config, archs: list[str], spec: str):
     return transformers.CLIPVisionModel if "CLIPVisionModel" in archs else transformers.CLIPVisionModelWithProjection
 
 
-def _text_types() -> tuple[type, ...]:
-    from transformers import CLIPModel
+def encoder_layout(vision, proj: torch.nn.Linear | None = None) -> Layout:
+    """The :class:`Layout` of a CLIP-style HF vision tower (``encoder.layers`` of ``self_attn`` + ``mlp``,
+    then ``post_layernorm``), read through the optional linear projection ``proj``."""
+    blocks = list(vision.encoder.layers)
+    attn = [b.self_attn for b in blocks]
+    return Layout(
+        blocks=blocks,
+        attn_out=[a.out_proj for a in attn],
+        mlp_out=[b.mlp for b in blocks],
+        final_norm=vision.post_layernorm,
+        n_heads=attn[0].num_heads,
+        proj_weight=None if proj is None else proj.weight,
+        proj_bias=None if proj is None else proj.bias,
+        attention=[AttnSpec(a, packed_qkv(a.q_proj, a.k_proj, a.v_proj), a.scale) for a in attn],
+    )
 
-    return (CLIPModel,)
+
+class ClipEncoderTower:
+    """What the CLIP-style HF towers share (CLIP, SigLIP): the vision transformer of a two-tower model
+    (``vision_model``; a bare vision model is the tower) and its :func:`encoder_layout`."""
+
+    library_model: torch.nn.Module
+
+    @property
+    def _vision(self):
+        m = self.library_model
+        return m.vision_model if hasattr(m, "vision_model") else m
+
+    @property
+    def _projection(self) -> torch.nn.Linear | None:
+        return None
+
+    def _layout(self) -> Layout:
+        return encoder_layout(self._vision, self._projection)
 
 
 def text_encoder(model, tokenizer) -> tuple[Callable[[list[str]], torch.Tensor], float]:
@@ -47,46 +76,15 @@ def text_encoder(model, tokenizer) -> tuple[Callable[[list[str]], torch.Tensor],
     return encode, float(model.logit_scale.detach().exp())
 
 
-@register_family(
-    name="hf-clip",
-    summary="Hugging Face CLIP (CLIPModel, CLIPVisionModelWithProjection, CLIPVisionModel): OpenAI and LAION weights",
-    scheme="hf",
-    load=hf.load_hf,
-    model_types=("clip", "clip_vision_model"),
-    library_class=_library_class,
-    mean_std=(hf.CLIP_MEAN, hf.CLIP_STD),
-    text=text_encoder,
-    text_types=_text_types,
-    library_module="transformers",
+@hf.register_hf_family(
+    "hf-clip", ("clip", "clip_vision_model"), _library_class, hf.CLIP_MEAN_STD, text=text_encoder, text_class="CLIPModel",
     short_names={"clip_b": "hf:openai/clip-vit-base-patch16", "clip_l": "hf:openai/clip-vit-large-patch14"},
-    weights_path=local_weights,
-)
-class HFClipTraced(TracedModel):
-
-    @property
-    def _vision(self):
-        m = self.library_model
-        return m.vision_model if hasattr(m, "vision_model") else m  # a bare CLIPVisionModel is the tower
+    summary="Hugging Face CLIP (CLIPModel, CLIPVisionModelWithProjection, CLIPVisionModel): OpenAI and LAION weights")
+class HFClipTraced(ClipEncoderTower, TracedModel):
 
     @property
     def _projection(self):
         return getattr(self.library_model, "visual_projection", None)
-
-    def _layout(self) -> Layout:
-        v = self._vision
-        blocks = list(v.encoder.layers)
-        proj = self._projection
-        return Layout(
-            blocks=blocks,
-            attn_out=[b.self_attn.out_proj for b in blocks],
-            mlp_out=[b.mlp for b in blocks],
-            attn_scale=[None] * len(blocks),
-            final_norm=v.post_layernorm,
-            proj_weight=None if proj is None else proj.weight,
-            proj_bias=None if proj is None else proj.bias,
-            n_heads=blocks[0].self_attn.num_heads,
-            attention=[AttnSpec(a, packed_qkv(a.q_proj, a.k_proj, a.v_proj), a.scale) for a in (b.self_attn for b in blocks)],
-        )
 
     def _forward(self, pixels: torch.Tensor) -> torch.Tensor:
         pooled = self._vision(pixel_values=pixels).pooler_output  # post-LN CLS
@@ -94,7 +92,4 @@ class HFClipTraced(TracedModel):
         return pooled if proj is None else proj(pooled)
 
     def _hashed_state(self) -> dict[str, torch.Tensor]:
-        state = {f"vision.{k}": t for k, t in self._vision.state_dict().items()}
-        if self._projection is not None:
-            state.update({f"visual_projection.{k}": t for k, t in self._projection.state_dict().items()})
-        return state
+        return prefixed_state(vision=self._vision, visual_projection=self._projection)

@@ -71,7 +71,7 @@ def packed_qkv(q: nn.Linear, k: nn.Linear, v: nn.Linear) -> Callable[[], tuple[t
     return get
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Layout:
     """Where the residual terms of one ViT live in the library's module tree.
 
@@ -80,11 +80,11 @@ class Layout:
         attn_out: per block, the attention output projection (nn.Linear, weight (D, H·d_head));
             its input is the concatenation of the heads' outputs.
         mlp_out: per block, the module whose output is the MLP term *after* any layer scale.
-        attn_scale: per block, the attention layer-scale vector λ₁ (D,), or None.
         final_norm: the final LayerNorm (weight, bias, eps) whose input is the pre-LN residual.
+        n_heads: heads per block.
+        attn_scale: per block, the attention layer-scale vector λ₁ (D,), or None; empty means none anywhere.
         proj_weight: (d_out, D) final projection, or None (output = post-LN CLS).
         proj_bias: (d_out,) projection bias, or None.
-        n_heads: heads per block.
         batch_first: whether block inputs / MLP outputs are (n, T, D) (else (T, n, D)).
         instance_forwards: (module, forward) pairs installed on those module *instances* during
             capture (e.g. an explicit attention that calls ``out_proj`` as a module).
@@ -100,16 +100,20 @@ class Layout:
     blocks: Sequence[nn.Module]
     attn_out: Sequence[nn.Linear]
     mlp_out: Sequence[nn.Module]
-    attn_scale: Sequence[torch.Tensor | None]
     final_norm: nn.Module
-    proj_weight: torch.Tensor | None
-    proj_bias: torch.Tensor | None
     n_heads: int
+    attn_scale: Sequence[torch.Tensor | None] = ()
+    proj_weight: torch.Tensor | None = None
+    proj_bias: torch.Tensor | None = None
     batch_first: bool = True
     instance_forwards: Sequence[tuple[nn.Module, Callable]] = field(default_factory=tuple)
     attention: Sequence[AttnSpec] = field(default_factory=tuple)
     head_norm: Sequence[nn.Module | None] = field(default_factory=tuple)
     mlp_scale: Sequence[torch.Tensor | None] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        if not self.attn_scale:
+            self.attn_scale = [None] * len(self.blocks)
 
     @property
     def n_layers(self) -> int:

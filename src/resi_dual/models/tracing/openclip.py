@@ -169,23 +169,32 @@ def load_open_clip(spec: str, rest: str, convention: str, device="cpu") -> Trace
     )
 
 
-@registry.register_family(
-    name="open_clip",
-    summary="open_clip VisionTransformer towers (OpenAI and LAION CLIP); both attention implementations",
-    scheme="open_clip",
-    load=load_open_clip,
-    accepts=_is_vit_tower,
-    text=text_encoder,
-    text_types=text_types,
-    library_module="open_clip",
-    short_names={"openclip_b": "open_clip:ViT-B-16@laion2b_s34b_b88k", "openclip_l": "open_clip:ViT-L-14@laion2b_s32b_b82k"},
-    weights_path=registry.local_weights,
-)
-class OpenClipTraced(TracedModel):
+def register_open_clip_family(name: str, accepts: Callable[[nn.Module], bool], **fields) -> Callable[[type], type]:
+    """:func:`~resi_dual.models.registry.register_family` for an ``open_clip:`` family that traces the built
+    models ``accepts`` says it does: the shared loader, text tower and local weights are filled in."""
+    return registry.register_family(name=name, scheme="open_clip", load=load_open_clip, accepts=accepts, text=text_encoder,
+                                    text_types=text_types, library_module="open_clip", weights_path=registry.local_weights,
+                                    **fields)
+
+
+class OpenClipImage:
+    """What every open_clip family shares: the image tower ``visual`` and ``encode_image`` as the plain forward."""
+
+    library_model: nn.Module
+
     @property
     def _visual(self):
         return self.library_model.visual
 
+    def _forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.library_model.encode_image(pixels)  # unnormalised
+
+
+@register_open_clip_family(
+    "open_clip", _is_vit_tower,
+    short_names={"openclip_b": "open_clip:ViT-B-16@laion2b_s34b_b88k", "openclip_l": "open_clip:ViT-L-14@laion2b_s32b_b82k"},
+    summary="open_clip VisionTransformer towers (OpenAI and LAION CLIP); both attention implementations")
+class OpenClipTraced(OpenClipImage, TracedModel):
     def _layout(self) -> Layout:
         from open_clip.transformer import Attention, LayerScale, VisionTransformer
 
@@ -228,15 +237,11 @@ class OpenClipTraced(TracedModel):
             attn_scale=attn_scale,
             final_norm=v.ln_post,
             proj_weight=None if proj is None else proj.T,  # pooled @ proj  ==  proj.T applied to pooled
-            proj_bias=None,
             n_heads=n_heads,
             batch_first=getattr(v.transformer, "batch_first", True),
             instance_forwards=swaps,
             attention=[_attn_spec(b.attn) for b in blocks],
         )
-
-    def _forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.library_model.encode_image(pixels)  # unnormalised
 
     def _hashed_state(self) -> dict[str, torch.Tensor]:
         return dict(self._visual.state_dict())

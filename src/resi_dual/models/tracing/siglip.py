@@ -14,15 +14,17 @@ scores ``logit_scale.exp() · cos + logit_bias`` through a sigmoid.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Callable
 
 import torch
 
 from resi_dual.errors import ResiDualError
 from resi_dual.models import hf
-from resi_dual.models.registry import local_weights, register_family
 from resi_dual.models.tracing import openclip, timm_vit
-from resi_dual.models.tracing.layout import AttnSpec, Layout, packed_qkv
+from resi_dual.models.tracing.base import prefixed_state
+from resi_dual.models.tracing.hf_clip import ClipEncoderTower
+from resi_dual.models.tracing.layout import Layout
 from resi_dual.models.tracing.pooled import PooledTracedModel, PoolHead
 
 #: SigLIP's image processor normalises to [-1, 1]
@@ -33,12 +35,6 @@ def _library_class(config, archs: list[str], spec: str):
     import transformers
 
     return transformers.SiglipModel if config.model_type == "siglip" else transformers.SiglipVisionModel
-
-
-def _text_types() -> tuple[type, ...]:
-    from transformers import SiglipModel
-
-    return (SiglipModel,)
 
 
 def text_encoder(model, tokenizer) -> tuple[Callable[[list[str]], torch.Tensor], float, float]:
@@ -56,41 +52,11 @@ def text_encoder(model, tokenizer) -> tuple[Callable[[list[str]], torch.Tensor],
     return encode, float(model.logit_scale.detach().exp()), float(model.logit_bias.detach())
 
 
-@register_family(
-    name="hf-siglip",
-    summary="Hugging Face SigLIP (SiglipModel, SiglipVisionModel; SigLIP 2 FixRes): attention-pooled, no CLS",
-    scheme="hf",
-    load=hf.load_hf,
-    model_types=("siglip", "siglip_vision_model"),
-    library_class=_library_class,
-    mean_std=SIGLIP_MEAN_STD,
-    text=text_encoder,
-    text_types=_text_types,
-    library_module="transformers",
+@hf.register_hf_family(
+    "hf-siglip", ("siglip", "siglip_vision_model"), _library_class, SIGLIP_MEAN_STD, text=text_encoder, text_class="SiglipModel",
     short_names={"siglip_b": "hf:google/siglip-base-patch16-224", "siglip2_b": "hf:google/siglip2-base-patch16-224"},
-    weights_path=local_weights,
-)
-class HFSiglipTraced(PooledTracedModel):
-
-    @property
-    def _vision(self):
-        m = self.library_model
-        return m.vision_model if hasattr(m, "vision_model") else m
-
-    def _layout(self) -> Layout:
-        v = self._vision
-        blocks = list(v.encoder.layers)
-        return Layout(
-            blocks=blocks,
-            attn_out=[b.self_attn.out_proj for b in blocks],
-            mlp_out=[b.mlp for b in blocks],
-            attn_scale=[None] * len(blocks),
-            final_norm=v.post_layernorm,
-            proj_weight=None,
-            proj_bias=None,
-            n_heads=blocks[0].self_attn.num_heads,
-            attention=[AttnSpec(a, packed_qkv(a.q_proj, a.k_proj, a.v_proj), a.scale) for a in (b.self_attn for b in blocks)],
-        )
+    summary="Hugging Face SigLIP (SiglipModel, SiglipVisionModel; SigLIP 2 FixRes): attention-pooled, no CLS")
+class HFSiglipTraced(ClipEncoderTower, PooledTracedModel):
 
     def _pool_head(self) -> PoolHead:
         head = self._vision.head
@@ -103,33 +69,19 @@ class HFSiglipTraced(PooledTracedModel):
         return self._vision(pixel_values=pixels).pooler_output
 
     def _hashed_state(self) -> dict[str, torch.Tensor]:
-        return {f"vision.{k}": t for k, t in self._vision.state_dict().items()}
+        return prefixed_state(vision=self._vision)
 
 
-def _is_timm_map_tower(model) -> bool:
-    from open_clip.timm_model import TimmModel
-
-    return isinstance(model.visual, TimmModel) and getattr(model.visual.trunk, "attn_pool", None) is not None
-
-
-@register_family(
-    name="open_clip-siglip",
-    summary="open_clip SigLIP (timm ViT trunk pooled by a MAP attention probe, e.g. ViT-B-16-SigLIP): no CLS",
-    scheme="open_clip",
-    load=openclip.load_open_clip,
-    accepts=_is_timm_map_tower,
-    text=openclip.text_encoder,
-    text_types=openclip.text_types,
-    library_module="open_clip",
-    weights_path=local_weights,
-)
-class OpenClipSiglipTraced(PooledTracedModel):
+@openclip.register_open_clip_family(
+    "open_clip-siglip", partial(timm_vit.is_timm_tower, pooled=True),
+    summary="open_clip SigLIP (timm ViT trunk pooled by a MAP attention probe, e.g. ViT-B-16-SigLIP): no CLS")
+class OpenClipSiglipTraced(openclip.OpenClipImage, PooledTracedModel):
     """timm ``VisionTransformer`` blocks (as in ``timm_vit``), the final ``norm`` over all tokens, then
     timm's ``AttentionPoolLatent`` (one latent query) and the trunk's / open_clip's linear heads."""
 
     @property
     def _trunk(self):
-        return self.library_model.visual.trunk
+        return self._visual.trunk
 
     def _layout(self) -> Layout:
         from timm.models.vision_transformer import VisionTransformer
@@ -141,7 +93,7 @@ class OpenClipSiglipTraced(PooledTracedModel):
         if pool.pos_embed is not None or pool.latent_len != 1 or pool.pool != "token" or pool.mlp is None \
                 or not isinstance(trunk.fc_norm, torch.nn.Identity):
             raise ResiDualError(f"{name!r}: only a one-query MAP head without position embedding or fc_norm is traced")
-        return timm_vit.blocks_layout(name, trunk, self.library_model.visual, trunk.norm)
+        return timm_vit.blocks_layout(name, trunk, self._visual, trunk.norm)
 
     def _pool_head(self) -> PoolHead:
         pool = self._trunk.attn_pool
@@ -156,8 +108,5 @@ class OpenClipSiglipTraced(PooledTracedModel):
         return PoolHead(pool.mlp, J, lambda: (pool.kv.weight[d:], None if pool.kv.bias is None else pool.kv.bias[d:]),
                         pool.proj, module=pool, weights=weights)
 
-    def _forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.library_model.encode_image(pixels)  # unnormalised
-
     def _hashed_state(self) -> dict[str, torch.Tensor]:
-        return {f"visual.{k}": t for k, t in self.library_model.visual.state_dict().items()}
+        return prefixed_state(visual=self._visual)

@@ -26,17 +26,17 @@ import torch
 from torch import nn
 
 from resi_dual.errors import ResiDualError
-from resi_dual.models import registry
 from resi_dual.models.tracing import openclip
 from resi_dual.models.tracing.base import TracedModel
 from resi_dual.models.tracing.layout import Layout
 
 
-def _is_timm_tower(model) -> bool:
-    """A timm tower read at a token (towers with a MAP attention probe are the open_clip-siglip family)."""
+def is_timm_tower(model, pooled: bool = False) -> bool:
+    """Whether an open_clip model's image tower is timm's, read at a token (``pooled=False``, this family)
+    or through a MAP attention probe (``pooled=True``, the open_clip-siglip family)."""
     from open_clip.timm_model import TimmModel
 
-    return isinstance(model.visual, TimmModel) and getattr(model.visual.trunk, "attn_pool", None) is None
+    return isinstance(model.visual, TimmModel) and (getattr(model.visual.trunk, "attn_pool", None) is not None) == pooled
 
 
 def _projection(name: str, visual) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -113,23 +113,11 @@ def blocks_layout(name: str, trunk, visual, final_norm: nn.Module) -> Layout:
     )
 
 
-@registry.register_family(
-    name="open_clip-timm",
-    summary="open_clip towers built on timm: EVA-02 / EVA-01 CLIP (rotary, SwiGLU, inner LayerNorm) and timm ViTs",
-    scheme="open_clip",
-    load=openclip.load_open_clip,
-    accepts=_is_timm_tower,
-    text=openclip.text_encoder,
-    text_types=openclip.text_types,
-    library_module="open_clip",
+@openclip.register_open_clip_family(
+    "open_clip-timm", is_timm_tower,
     short_names={"eva02_b": "open_clip:EVA02-B-16@merged2b_s8b_b131k", "eva02_l": "open_clip:EVA02-L-14@merged2b_s4b_b131k"},
-    weights_path=registry.local_weights,
-)
-class TimmTraced(TracedModel):
-    @property
-    def _visual(self):
-        return self.library_model.visual
-
+    summary="open_clip towers built on timm: EVA-02 / EVA-01 CLIP (rotary, SwiGLU, inner LayerNorm) and timm ViTs")
+class TimmTraced(openclip.OpenClipImage, TracedModel):
     def _layout(self) -> Layout:
         from timm.models.eva import Eva
         from timm.models.vision_transformer import VisionTransformer
@@ -141,9 +129,6 @@ class TimmTraced(TracedModel):
                 "traceable timm trunks: VisionTransformer, Eva)"
             )
         return blocks_layout(name, trunk, self._visual, _final_norm(name, trunk))
-
-    def _forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.library_model.encode_image(pixels)  # unnormalised
 
     def _hashed_state(self) -> dict[str, torch.Tensor]:
         return dict(self._visual.state_dict())

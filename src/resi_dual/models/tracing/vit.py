@@ -13,7 +13,6 @@ import torch
 
 from resi_dual.errors import ResiDualError
 from resi_dual.models import hf
-from resi_dual.models.registry import local_weights, register_family
 from resi_dual.models.tracing.base import TracedModel
 from resi_dual.models.tracing.layout import AttnSpec, Layout, packed_qkv
 
@@ -38,23 +37,30 @@ def hf_attention(attn) -> AttnSpec:
     return AttnSpec(attn, packed_qkv(q, k, v), (q.weight.shape[0] // n_heads) ** -0.5)
 
 
+def vit_layout(model, blocks: list, mlp_out: list, attn_scale: list | tuple = ()) -> Layout:
+    """The :class:`Layout` of a ViT-style HF encoder (``blocks`` with an ``attention``, then ``layernorm``):
+    the output is the post-LN CLS token; ``mlp_out`` / ``attn_scale`` are per block (see :class:`Layout`)."""
+    attn = [b.attention for b in blocks]
+    return Layout(
+        blocks=blocks,
+        attn_out=[attr_path(a, "o_proj", "output.dense") for a in attn],
+        mlp_out=mlp_out,
+        attn_scale=attn_scale,
+        final_norm=model.layernorm,
+        n_heads=int(attr_path(attn[0], "num_attention_heads", "attention.num_attention_heads")),
+        attention=[hf_attention(a) for a in attn],
+    )
+
+
 def _library_class(config, archs: list[str], spec: str):
     import transformers
 
     return transformers.ViTForImageClassification if "ViTForImageClassification" in archs else transformers.ViTModel
 
 
-@register_family(
-    name="vit",
-    summary="Hugging Face ViTModel / ViTForImageClassification (supervised ViTs); output = post-LN CLS",
-    scheme="hf",
-    load=hf.load_hf,
-    model_types=("vit",),
-    library_class=_library_class,
-    mean_std=(hf.IMAGENET_MEAN, hf.IMAGENET_STD),
-    short_names={"vit_l": "hf:google/vit-large-patch16-224"},
-    weights_path=local_weights,
-)
+@hf.register_hf_family("vit", ("vit",), _library_class, hf.IMAGENET_MEAN_STD,
+                       short_names={"vit_l": "hf:google/vit-large-patch16-224"},
+                       summary="Hugging Face ViTModel / ViTForImageClassification (supervised ViTs); output = post-LN CLS")
 class ViTTraced(TracedModel):
 
     @property
@@ -63,20 +69,8 @@ class ViTTraced(TracedModel):
         return m.vit if hasattr(m, "vit") else m
 
     def _layout(self) -> Layout:
-        v = self._vit
-        blocks = list(attr_path(v, "layers", "encoder.layer"))
-        attn = [b.attention for b in blocks]
-        return Layout(
-            blocks=blocks,
-            attn_out=[attr_path(a, "o_proj", "output.dense") for a in attn],
-            mlp_out=[attr_path(b, "mlp", "output.dense") for b in blocks],
-            attn_scale=[None] * len(blocks),
-            final_norm=v.layernorm,
-            proj_weight=None,
-            proj_bias=None,
-            n_heads=int(attr_path(attn[0], "num_attention_heads", "attention.num_attention_heads")),
-            attention=[hf_attention(a) for a in attn],
-        )
+        blocks = list(attr_path(self._vit, "layers", "encoder.layer"))
+        return vit_layout(self._vit, blocks, [attr_path(b, "mlp", "output.dense") for b in blocks])
 
     def _forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self._vit(pixel_values=pixels).last_hidden_state[:, 0]  # post-LN CLS
