@@ -61,7 +61,7 @@ def _spectra_figure(bases, labels: list[str], path: Path) -> Path:
     """Cumulative explained variance of a few units' PCA (log-x), one line each."""
     import numpy as np
 
-    from resi_dual.report.plots import pyplot, save_figure
+    from resi_dual.report.plots import pyplot
 
     plt = pyplot()
 
@@ -71,17 +71,13 @@ def _spectra_figure(bases, labels: list[str], path: Path) -> Path:
         ax.plot(np.arange(1, ratio.size + 1), np.cumsum(ratio), label=lab)
     ax.axhline(0.9, color="grey", lw=0.8, ls="--")
     ax.axhline(0.99, color="grey", lw=0.8, ls=":")
-    ax.set_xscale("log")
-    ax.set_xlabel("principal components")
-    ax.set_ylabel("cumulative explained variance")
-    ax.set_title("Spectra of the top heads (dashed: 90 %, dotted: 99 %)")
-    ax.legend(fontsize=8)
-    return save_figure(fig, path, dpi=None)  # the figure's own dpi (110)
+    return _save_log_x(fig, ax, path, "principal components", "cumulative explained variance",
+                       "Spectra of the top heads (dashed: 90 %, dotted: 99 %)")
 
 
 def _params_figure(summary: list[dict], path: Path) -> Path:
     """Test accuracy against trainable parameters (log-x), one marker per method, per dataset."""
-    from resi_dual.report.plots import pyplot, save_figure
+    from resi_dual.report.plots import pyplot
 
     plt = pyplot()
 
@@ -98,12 +94,20 @@ def _params_figure(summary: list[dict], path: Path) -> Path:
         ax.annotate(r["method"], (p, acc), textcoords="offset points", xytext=(4, 3), fontsize=7)
     for name, m in markers.items():
         ax.scatter([], [], marker=m, color="k", label=name)
+    return _save_log_x(fig, ax, path, "trainable parameters (zero-shot drawn at 1)", "test top-1 accuracy (%)",
+                       "Accuracy against trainable parameters")
+
+
+def _save_log_x(fig, ax, path: Path, xlabel: str, ylabel: str, title: str) -> Path:
+    """Finish a figure of the demo report (log-x axes, labels, a legend) and save it at its own dpi (110)."""
+    from resi_dual.report.plots import save_figure
+
     ax.set_xscale("log")
-    ax.set_xlabel("trainable parameters (zero-shot drawn at 1)")
-    ax.set_ylabel("test top-1 accuracy (%)")
-    ax.set_title("Accuracy against trainable parameters")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.legend(fontsize=8)
-    return save_figure(fig, path, dpi=None)  # the figure's own dpi (110)
+    return save_figure(fig, path, dpi=None)
 
 
 def _pretraining_log() -> list[dict]:

@@ -153,3 +153,19 @@ def read_text_file(path: str | Path, what: str) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise ResiDualError(f"the {what} file {p} is not UTF-8 text (byte {e.start}: {e.reason})") from None
+
+
+def read_safetensors(path: str | Path, what: str, hint: str = "") -> tuple[dict[str, str], dict]:
+    """(header metadata, {name: tensor}) of a safetensors file; ResiDualError naming ``what`` and the
+    file when it is missing or not readable as safetensors (``hint`` is appended: how to rewrite it)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ResiDualError(f"no {what} file at {p}")
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            return f.metadata() or {}, {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types for other files
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise ResiDualError(f"{p} is not a readable {what} file (not a safetensors file: {reason}){hint}") from None

@@ -275,17 +275,9 @@ class Adapter(nn.Module):
     @classmethod
     def load(cls, path: str | Path, basis_hash: str | None = None) -> "Adapter":
         """Load an adapter file; with ``basis_hash``, refuse one trained against another basis."""
-        from safetensors import safe_open
+        from resi_dual.files import read_safetensors
 
-        path = Path(path)
-        if not path.is_file():
-            raise ResiDualError(f"no adapter file at {path}")
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                header = f.metadata() or {}
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except Exception as e:  # safetensors raises its own error types for non-safetensors files
-            raise ResiDualError(f"{path} is not a safetensors file ({e})") from None
+        header, tensors = read_safetensors(path, "adapter")
         if header.get("format") != FORMAT:
             raise ResiDualError(f"{path} is not a resi-dual adapter file")
         prov = json.loads(header["provenance"])

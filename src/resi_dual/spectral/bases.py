@@ -14,10 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
 from resi_dual.errors import ResiDualError
-from resi_dual.files import atomic_write
+from resi_dual.files import atomic_write, read_safetensors
 from resi_dual.store.disk import safetensors_bytes
 from resi_dual.core.units import Composition
 
@@ -87,16 +86,11 @@ class UnitBases:
     @classmethod
     def load(cls, path: str | Path) -> "UnitBases":
         path = Path(path)
-        if not path.is_file():
-            raise ResiDualError(f"no bases file at {path}")
-        from safetensors import SafetensorError, safe_open
-
+        rewrite = "; write it again with `resi-dual analyze`"
+        header, tensors = read_safetensors(path, "bases", rewrite)
+        if "composition" not in header:
+            raise ResiDualError(f"{path} is not a resi-dual bases file (no composition in its header)")
         try:
-            with safe_open(str(path), framework="pt") as f:
-                header = f.metadata() or {}
-            if "composition" not in header:
-                raise ResiDualError(f"{path} is not a resi-dual bases file (no composition in its header)")
-            tensors = load_file(str(path))
             labels = json.loads(header["labels"])
             out = cls(
                 composition=Composition.from_json(header["composition"]),
@@ -108,10 +102,9 @@ class UnitBases:
                 n_samples=int(header["n_samples"]),
                 meta=json.loads(header["meta"]),
             )
-        except (SafetensorError, OSError, ValueError, KeyError, TypeError) as e:
+        except (ValueError, KeyError, TypeError) as e:
             reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-            raise ResiDualError(f"{path} is not a readable bases file ({reason}); write it again with "
-                                "`resi-dual analyze`") from None
+            raise ResiDualError(f"{path} is not a readable bases file ({reason}){rewrite}") from None
         if header.get("content_hash") and header["content_hash"] != out.content_hash():
             raise ResiDualError(f"{path}: content hash mismatch, the file is corrupt")
         return out
