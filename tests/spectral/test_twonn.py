@@ -6,6 +6,7 @@ import torch
 
 from resi_dual.errors import ResiDualError
 from resi_dual.spectral import neighbours as twonn_mod
+from resi_dual.spectral.lower_bound import select_smallest
 from resi_dual.spectral.twonn import TwoNN, subsample_rows, two_nearest_neighbours, twonn_fit
 
 
@@ -134,7 +135,7 @@ def test_grouped_selection_equals_topk(kk):
     d2 = torch.randint(0, 400, (37, 32 * 128), generator=g).float()  # many ties
     d2[:, -40:] = float("inf")  # padding columns
     d2[3, :] = 5.0  # a row of equal values
-    vals, idx = twonn_mod._select_smallest(d2, kk)
+    vals, idx = select_smallest(d2, kk)
     ref = torch.topk(d2, kk, dim=1, largest=False, sorted=True).values
     assert torch.equal(vals, ref)
     assert torch.equal(d2.gather(1, idx), vals)  # indices point at those values
