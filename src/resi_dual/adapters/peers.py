@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from resi_dual.adapters.training import TrainConfig
 from resi_dual.errors import ResiDualError
 from resi_dual.store.base import EncodingSource
 
@@ -177,9 +178,9 @@ def tip_adapter(train: Features, val: Features, classifier: torch.Tensor, logit_
 class PeerTraining:
     """The shared budget of the trained peers: the same epochs, patience and batch as the λ-adapters."""
 
-    max_epochs: int = 30
-    patience: int = 5
-    batch_size: int = 64
+    max_epochs: int = TrainConfig.max_epochs
+    patience: int = TrainConfig.patience
+    batch_size: int = TrainConfig.batch_size
     seed: int = 1
     lr_grid: tuple[float, ...] = LR_GRID
 
