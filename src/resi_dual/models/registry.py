@@ -9,7 +9,10 @@ preprocessing fallback, its text tower, where its weights live on disk (the fing
 without loading it) and its short names. :func:`list_models` lists the registered families.
 
 Adding a family is one module listed in :data:`FAMILY_MODULES` plus one row in the random-weight
-test table (``tests/models/tracing_models.py``).
+test table (``tests/models/tracing_models.py``). ``hf:`` and ``open_clip:`` families register through
+their scheme's helper (:func:`resi_dual.models.hf.register_hf_family`,
+:func:`resi_dual.models.tracing.openclip.register_open_clip_family`), which fills in the shared loader,
+weights path and text tower, so a family module declares only what differs.
 """
 
 from __future__ import annotations
