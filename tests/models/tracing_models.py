@@ -106,7 +106,7 @@ def build_hf(kind: str, seed: int = 0):
 
 
 HF_KINDS = ["clip", "clip_vision_proj", "clip_vision", "blip", "vit", "vit_cls", "dinov2", "dinov2_swiglu", "dinov2_registers"]
-#: attention-pooled towers (pooled geometry: no CLS token, so no spatial maps)
+#: attention-pooled towers (pooled geometry: no CLS token; spatial maps over the tokens the probe pools)
 POOLED_KINDS = ["siglip", "siglip_vision"]
 
 #: the registered family each row of the table must be traced by (the demo family has the

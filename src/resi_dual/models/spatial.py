@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from resi_dual.core.encodings import UnitEncodings, relative_error
 from resi_dual.errors import ResiDualError
 from resi_dual.models.tracing.base import TracedModel, _first_tensor
+from resi_dual.models.tracing.layout import norm_eps
 
 
 @dataclass
@@ -107,7 +108,9 @@ def _attention_hooks(model: TracedModel, pulled: list, store: dict) -> Iterator[
             b = torch.zeros(3 * H * dh, device=x.device) if bias is None else bias
             wq, wk, wv = weight.split(H * dh)
             q0 = F.linear(x[:, 0], wq, b[: H * dh]).view(n, H, dh)
-            if spec.logits is None:
+            if spec.cls_logits is not None:
+                logits = spec.cls_logits(x, kwargs).float()
+            elif spec.logits is None:
                 # q0·(W_K x_t + b_K): the b_K term is constant over t and cancels in the softmax
                 qk = torch.einsum("nhd,hde->nhe", q0, wk.view(H, dh, D))
                 logits = torch.einsum("ntd,nhd->nht", x, qk) * spec.scale
@@ -117,11 +120,17 @@ def _attention_hooks(model: TracedModel, pulled: list, store: dict) -> Iterator[
             att = logits.softmax(dim=-1)  # (n, H, T)
             K = beff.shape[1]
             proj = (x @ veff.to(x.device, torch.float32).T).view(n, T, H, K) + beff.to(x.device, torch.float32)
-            store["maps"][layer] = (proj.permute(0, 3, 2, 1) * att[:, None]).cpu()  # (n, K, H, T)
+            maps = proj.permute(0, 3, 2, 1) * att[:, None]  # (n, K, H, T)
             xbar = torch.einsum("nht,ntd->nhd", att, x)
             z = torch.einsum("nhd,hed->nhe", xbar, wv.view(H, dh, D)) + b[2 * H * dh:].view(H, dh)
             hs = spec.head_scale() if spec.head_scale is not None else None
-            store["z_rebuilt"][layer] = (z if hs is None else z * hs.detach().float()[:, None]).cpu()
+            z = z if hs is None else z * hs.detach().float()[:, None]
+            norm = lay.head_norm[layer] if lay.head_norm else None
+            if norm is not None:  # the LayerNorm over the heads is affine given the CLS token's own σ (tracing/base.py)
+                sz = (z.flatten(1).double().var(dim=-1, unbiased=False) + norm_eps(norm)).sqrt().float()
+                z, maps = z / sz[:, None, None], maps / sz[:, None, None, None]
+            store["maps"][layer] = maps.cpu()
+            store["z_rebuilt"][layer] = z.cpu()
 
         return fn
 
@@ -163,8 +172,9 @@ def spatial_maps(model: TracedModel, pixels: torch.Tensor, directions, check: bo
     """
     lay = model.layout
     if model.composition.pooled:
-        raise ResiDualError(f"{model.spec} is attention-pooled ({model.family}): spatial maps split a CLS token's "
-                            "heads, and this tower has no CLS token")
+        from resi_dual.models.spatial_pooled import pooled_spatial_maps
+
+        return pooled_spatial_maps(model, pixels, _as_directions(model, directions), check)
     if len(lay.attention) != lay.n_layers:
         raise ResiDualError(f"{model.family} tracer has no spatial decomposition (no attention layout)")
     dirs = _as_directions(model, directions)

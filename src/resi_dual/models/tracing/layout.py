@@ -49,6 +49,8 @@ class AttnSpec:
         head_scale: returns a (H,) per-head scale applied to the attention output before W_o, or None.
         logits: optional ``(q0 (n, H, d_head), k (n, H, T, d_head)) -> (n, H, T)`` for attentions whose
             logits are not ``scale·q·k`` (open_clip's qk-norm or scaled cosine); q0, k are raw projections.
+        cls_logits: optional ``(x̂ (n, T, D), the call's keyword arguments) -> (n, H, T)`` the CLS
+            query's logits, for attentions that need the call itself (timm/EVA rotary embeddings).
     """
 
     module: nn.Module
@@ -56,6 +58,7 @@ class AttnSpec:
     scale: float
     head_scale: Callable[[], torch.Tensor | None] | None = None
     logits: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    cls_logits: Callable[[torch.Tensor, dict], torch.Tensor] | None = None
 
 
 def packed_qkv(q: nn.Linear, k: nn.Linear, v: nn.Linear) -> Callable[[], tuple[torch.Tensor, torch.Tensor | None]]:

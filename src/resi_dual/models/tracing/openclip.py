@@ -159,6 +159,8 @@ def load_open_clip(spec: str, rest: str, convention: str, device="cpu") -> Trace
     size = visual.image_size if hasattr(visual, "image_size") else 224
     size = size[0] if isinstance(size, (tuple, list)) else size
     patch = getattr(visual, "patch_size", None)
+    if patch is None and hasattr(visual, "trunk"):  # timm towers keep it on the trunk's patch embedding
+        patch = getattr(getattr(visual.trunk, "patch_embed", None), "patch_size", None)
     patch = patch[0] if isinstance(patch, (tuple, list)) else patch
     for fam in registry.families():
         if fam.scheme == "open_clip" and fam.accepts(model):

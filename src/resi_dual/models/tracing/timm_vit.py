@@ -23,12 +23,13 @@ head, two final LayerNorms, and trunks that are not ViTs (ConvNeXt and other CNN
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from resi_dual.errors import ResiDualError
 from resi_dual.models.tracing import openclip
 from resi_dual.models.tracing.base import TracedModel
-from resi_dual.models.tracing.layout import Layout
+from resi_dual.models.tracing.layout import AttnSpec, Layout, packed_qkv
 
 
 def is_timm_tower(model, pooled: bool = False) -> bool:
@@ -94,6 +95,36 @@ def _block_terms(name: str, i: int, block) -> tuple:
     return (attn, *terms)
 
 
+def attn_spec(attn: nn.Module) -> AttnSpec:
+    """The :class:`AttnSpec` of a timm ``Attention`` or ``EvaAttention``: q/k norms, then rotary embeddings
+    on the tokens after the prefix (the CLS query is never rotated), as their ``forward`` computes them."""
+    H, dh = attn.num_heads, attn.head_dim
+    if getattr(attn, "qkv", None) is None:
+        qkv = packed_qkv(attn.q_proj, attn.k_proj, attn.v_proj)
+    elif getattr(attn, "q_bias", None) is not None:  # EVA's fused qkv with q and v biases (k's is zero)
+        qkv = lambda: (attn.qkv.weight, torch.cat((attn.q_bias, attn.k_bias, attn.v_bias)))  # noqa: E731
+    else:
+        qkv = lambda: (attn.qkv.weight, attn.qkv.bias)  # noqa: E731
+
+    def cls_logits(x: torch.Tensor, kwargs: dict) -> torch.Tensor:
+        from timm.layers import apply_rot_embed_cat
+
+        w, b = qkv()
+        w, b = w.float(), (None if b is None else b.float())
+        n, T, _ = x.shape
+        q0 = attn.q_norm(F.linear(x[:, 0], w[: H * dh], None if b is None else b[: H * dh]).view(n, H, dh))
+        k = F.linear(x, w[H * dh: 2 * H * dh], None if b is None else b[H * dh: 2 * H * dh])
+        k = attn.k_norm(k.view(n, T, H, dh).transpose(1, 2))
+        rope = kwargs.get("rope")
+        if rope is not None:
+            npt = attn.num_prefix_tokens
+            rot = apply_rot_embed_cat(k[:, :, npt:], rope, half=getattr(attn, "rotate_half", False))
+            k = torch.cat([k[:, :, :npt], rot.type_as(k)], dim=2)
+        return torch.einsum("nhd,nhtd->nht", q0, k) * attn.scale
+
+    return AttnSpec(attn, qkv, attn.scale, cls_logits=cls_logits)
+
+
 def blocks_layout(name: str, trunk, visual, final_norm: nn.Module) -> Layout:
     """The :class:`Layout` of a timm trunk's blocks, read through ``final_norm`` and the composed heads."""
     blocks = list(trunk.blocks)
@@ -110,6 +141,7 @@ def blocks_layout(name: str, trunk, visual, final_norm: nn.Module) -> Layout:
         n_heads=terms[0][0].num_heads,
         head_norm=[None if isinstance(t[0].norm, nn.Identity) else t[0].norm for t in terms],
         mlp_scale=[t[3] for t in terms],
+        attention=[attn_spec(t[0]) for t in terms],
     )
 
 
