@@ -120,3 +120,63 @@ def test_site_is_written_whole_or_not_at_all(folder_store, tmp_path, monkeypatch
     assert "MB (limit" in capsys.readouterr().err
     assert [p.name for p in site.iterdir()] == ["keep.txt"]  # the old site is untouched
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".site")]  # no temp left behind
+
+
+def _adapter_on_fitted_bases(store_path, analysis: Path, units: list[str], variance: float | None = None) -> tuple:
+    """(adapter file, {unit: λ}) of a ResiDual adapter on bases saved as ``analysis/bases.safetensors``,
+    its λ set to distinct known values (as if trained)."""
+    from resi_dual.adapters.adapter import AdapterConfig, build_adapter
+    from resi_dual.spectral.pca import UnitPCA
+    from resi_dual.store import open_store
+
+    s = open_store(store_path)
+    bases = UnitPCA(units=units, progress=False).fit(s).bases_
+    analysis.mkdir(parents=True, exist_ok=True)
+    bases.save(analysis / "bases.safetensors")
+    C = len(s.class_names)
+    classifier = torch.nn.functional.normalize(torch.randn(C, s.composition.d_out, generator=torch.Generator().manual_seed(0)), dim=-1)
+    ad = build_adapter(AdapterConfig("residual", units=",".join(units), variance=variance), s, classifier, 10.0, bases=bases)
+    with torch.no_grad():
+        ad.module.lam.copy_(torch.linspace(0.25, 2.5, ad.module.lam.numel()))
+    path = ad.save(analysis.parent / "residual.safetensors")
+    return path, {lab: w.tolist() for lab, w in ad.component_weights().items()}
+
+
+def test_adapter_lambdas_are_shown_per_component(folder_store, tmp_path, capsys):
+    """--adapter: each component page and the unit page show the adapter's λ of that component; the
+    overview offers the adapter's mean λ as a measure."""
+    _root, _data, store = folder_store
+    units = ["L1H0", "L4H2"]
+    path, lam = _adapter_on_fitted_bases(store, tmp_path / "analysis", units)
+    site = tmp_path / "site"
+    assert main(["explore", str(store), "--out", str(site), "--units", ",".join(units), "--pcs", "2", "--images", "2",
+                 "--analysis", str(tmp_path / "analysis"), "--adapter", str(path), "--no-progress"]) == 0
+    assert "λ per component left out" not in capsys.readouterr().err
+    for label in units:
+        assert len(lam[label]) >= 2
+        for k in (1, 2):
+            html = (site / "u" / f"{label}-pc{k}.html").read_text()
+            shown = re.findall(r"λ = ([0-9.e+-]+) \(the adapter's scale on this component\)", html)
+            assert [float(x) for x in shown] == pytest.approx([lam[label][k - 1]], rel=2e-3)
+        unit_page = (site / "u" / f"{label}.html").read_text()
+        assert [float(x) for x in re.findall(r" · λ = ([0-9.e+-]+)</span>", unit_page)] == pytest.approx(lam[label][:2], rel=2e-3)
+    index = (site / "index.html").read_text()
+    assert "adapter mean λ" in index
+    # distinct λ per component: the pages are not showing one repeated value
+    assert len({round(x, 4) for v in lam.values() for x in v[:2]}) == 4
+
+
+def test_bad_adapter_file_is_one_line(folder_store, tmp_path, capsys):
+    _root, _data, store = folder_store
+    site = tmp_path / "site"
+    base = ["explore", str(store), "--out", str(site), "--units", "L1H0", "--pcs", "1", "--images", "2", "--no-progress"]
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"\x00not a safetensors file at all")
+    not_adapter = tmp_path / "analysis" / "bases.safetensors"
+    _adapter_on_fitted_bases(store, tmp_path / "analysis", ["L1H0"])
+    for bad, words in ((garbage, "not a readable adapter file"), (not_adapter, "not a resi-dual adapter file"),
+                       (tmp_path / "missing.safetensors", "no such path")):
+        assert main(base + ["--adapter", str(bad)]) == 2, bad
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and words in err and str(bad) in err, err
+        assert not site.exists()
