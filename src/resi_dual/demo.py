@@ -34,9 +34,9 @@ DEMO_GRID = {
     "specialization": {"rankings": ["S", "U|T", "U", "random"], "fractions": [0.05, 0.1, 0.25, 0.5, 0.75, 1.0],
                        "random-seeds": 10, "ablation": "mean", "describe-top": 3, "describe-terms": 5},
     # every method picks its lr on val from a grid of the same size; the backbone-rerunning methods get
-    # 10 epochs on 2 cores (the table notes the cut); lora is left to the grids
+    # 10 epochs on 2 cores (the table notes the cut); lora and coop (which reruns the text tower) are left to the grids
     "adaptation": {"methods": ["zeroshot", "residual", "residual-keep", "residual-full", "coarse", "linear", "spectral",
-                               "linear-probe", "tip-adapter", "tip-adapter-f", "clip-adapter", "finetune", "wise-ft"],
+                               "linear-probe", "lp++", "tip-adapter", "tip-adapter-f", "clip-adapter", "finetune", "wise-ft"],
                    "lr": "sweep", "bases": "task", "max-epochs": 30, "patience": 5, "batch-size": 64, "init": "ones",
                    "finetune-max-epochs": 10, "finetune-seeds": [0]},
 }
@@ -162,7 +162,8 @@ def _adaptation_section(rep, grid_dir: Path, out: Path) -> None:
         "component of each head (components up to 90 % variance, other units dropped); `residual-keep`: the same "
         "with the MLPs and embedding kept; `residual-full`: heads and MLPs, all components; `coarse`: one scalar "
         "per head; `linear`: d×d+bias on the output; `spectral`: diagonal in the output's PCA basis; the peers "
-        "`linear-probe` (logistic regression, C on val), `tip-adapter` (training-free cache), `tip-adapter-f`, "
+        "`linear-probe` (logistic regression, C on val), `lp++` (a linear probe blended with the text rows, "
+        "step sizes from Lipschitz bounds), `tip-adapter` (training-free cache), `tip-adapter-f`, "
         "`clip-adapter`; `finetune`: the whole vision tower, and `wise-ft` its interpolation with the zero-shot "
         "weights. Every method picks its learning rate on val from a grid of the same size (see the lr and note "
         "columns). The text classifier is frozen for all of them; the fits are supervised on the train split, "

@@ -164,3 +164,20 @@ def test_lora_trains_low_rank_updates_of_the_attention_projections_only(stores):
     assert m["trainable_parameters"] == cfg.num_hidden_layers * 2 * (2 * RANK * d)
     assert m["n"] == {"train": 12, "val": 12, "test": 30} and "wise_ft" not in m
     assert len(m["history"]) == 2 and 0 < m["history"][1]["loss"] < m["history"][0]["loss"]
+
+
+def test_lp_plus_plus_and_coop_as_train_methods(stores, capsys):
+    """`train --adapter lp++` writes its metrics with how its step size was set; `coop` refuses a
+    vision-only model in one line."""
+    rc, out = _train(stores, "lp++", "--shots", "4", "--seeds", "1")
+    assert rc == 0
+    row = json.loads((out / "data-lp++-4shot-seed1.json").read_text())
+    from resi_dual import open_store
+
+    assert row["trainable_parameters"] == 3 * open_store(stores["train"]).composition.d_out + 2 * 3  # C·d + 2C
+    assert row["lr_choice"] == "lipschitz" and row["lr"] > 0 and "Lipschitz" in row["note"]
+    assert row["n"] == {"train": 12, "val": 12, "test": 30}
+    capsys.readouterr()
+    rc, _ = _train(stores, "coop", "--shots", "4", "--seeds", "1")
+    err = capsys.readouterr().err.strip()
+    assert rc != 0 and "coop needs a text tower" in err and len(err.splitlines()) == 1

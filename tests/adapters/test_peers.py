@@ -90,7 +90,7 @@ def test_trained_peers_choose_lr_on_val_and_beat_zero_shot():
 
 def test_unknown_peer_is_one_line():
     with pytest.raises(ResiDualError, match="unknown peer"):
-        peers.run_peer("coop++", clustered(2), clustered(2), random_classifier(), 1.0)
+        peers.run_peer("coop+++", clustered(2), clustered(2), random_classifier(), 1.0)
 
 
 def test_few_shot_split_counts_and_caps_validation():
@@ -138,7 +138,7 @@ def test_a_few_shot_run_reads_only_its_shots_and_capped_validation():
     split = fewshot.few_shot_split(train.labels, val.labels, 2, 1)
     assert train.rows_read == set(split.train_rows.tolist()) and len(train.rows_read) == 6
     assert val.rows_read == set(split.val_rows.tolist()) and len(val.rows_read) == 6
-    assert {r["method"] for r in rows} == set(peers.PEERS)
+    assert {r["method"] for r in rows} == set(peers.CACHED_PEERS)  # no model given: no CoOp
     assert all(r["n"] == {"train": 6, "val": 6, "test": 30} for r in rows)
 
 

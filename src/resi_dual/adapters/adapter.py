@@ -65,12 +65,12 @@ DEFAULT_LR = {"residual": 0.8, "residual-keep": 0.8, "residual-full": 0.8, "coar
 #: The learning rates each method chooses from on validation (``lr="sweep"``, the default): the same
 #: budget of four candidates a decade apart for every method trained on cached features, around the
 #: paper's value; three for full fine-tuning, which reruns the backbone (the peers' grid is
-#: :data:`resi_dual.adapters.peers.LR_GRID`).
+#: :data:`resi_dual.adapters.peers.LR_GRID`; CoOp's SGD sweeps its paper's 0.002 and a decade either side).
 LR_SWEEP = {
     "residual": (0.008, 0.08, 0.8, 8.0), "residual-keep": (0.008, 0.08, 0.8, 8.0),
     "residual-full": (0.008, 0.08, 0.8, 8.0), "coarse": (0.008, 0.08, 0.8, 8.0),
     "spectral": (0.008, 0.08, 0.8, 8.0), "linear": (1e-4, 1e-3, 1e-2, 1e-1), "finetune": (1e-5, 1e-4, 1e-3),
-    "lora": (1e-4, 1e-3, 1e-2),
+    "lora": (1e-4, 1e-3, 1e-2), "coop": (2e-4, 2e-3, 2e-2, 2e-1),
 }
 
 # variant -> (read from, adapted units, kept units, variance cut or None for all, mean mode, one λ per unit)

@@ -59,18 +59,20 @@ def few_shot_split(train_labels: np.ndarray, val_labels: np.ndarray, shots: int,
 
 
 def run_peers(train, val, test, classifier, logit_scale: float, shots: int | None, seed: int,
-              peers=None, budget=None) -> list[dict]:
+              peers=None, budget=None, model=None, class_names=None) -> list[dict]:
     """Fit each peer on one few-shot draw (or on the whole splits when ``shots`` is None) and test it.
 
     Args:
         train, val, test: `EncodingSource`s of one model and label set.
         classifier: (C, d_out) frozen class rows; logit_scale: float.
+        peers: names (default: every peer on cached embeddings, plus CoOp when ``model`` is given).
+        model, class_names: the loaded model and the head's class names (CoOp runs the text tower).
     Returns:
         one JSON-ready row per peer: name, shots, seed, trainable parameters, val/test accuracy, the
-        settings chosen on val (and ``lr`` and a ``note`` naming them and any edge choice), how many
-        candidates were tried, seconds.
+        settings chosen on val (and ``lr``, how it was chosen — ``lr_choice`` — and a ``note`` naming
+        them and any edge choice), how many candidates were tried, seconds.
     """
-    from resi_dual.adapters.peers import PEERS, PeerTraining, output_features, run_peer
+    from resi_dual.adapters.peers import CACHED_PEERS, PEERS, PeerTraining, output_features, run_peer
     from resi_dual.adapters.protocol import sweep_note
 
     if shots is None:
@@ -82,15 +84,17 @@ def run_peers(train, val, test, classifier, logit_scale: float, shots: int | Non
     tr, va = output_features(train, train_rows), output_features(val, val_rows)
     te = output_features(test)
     rows = []
-    for name in peers or PEERS:
-        res = run_peer(name, tr, va, classifier, logit_scale, budget)
+    for name in peers or (PEERS if model is not None else CACHED_PEERS):
+        res = run_peer(name, tr, va, classifier, logit_scale, budget, model=model, class_names=class_names)
         lr = res.settings.get("lr")
-        note = "; ".join(filter(None, [", ".join(f"{k} {v:.3g}" for k, v in res.settings.items() if k != "lr"),
-                                       sweep_note(lr, budget.lr_grid) if lr is not None else ""]))
+        shown = {k: v for k, v in res.settings.items() if k != "lr" and isinstance(v, (int, float))}
+        note = "; ".join(filter(None, [", ".join(f"{k} {v:.3g}" for k, v in shown.items()),
+                                       "lr from the Lipschitz bound (no search)" if res.lr_choice == "lipschitz" else "",
+                                       sweep_note(lr, res.lr_grid) if res.lr_choice == "sweep" else ""]))
         rows.append({
             "method": name, "shots": shots, "seed": seed, "trainable_parameters": res.trainable_parameters,
-            "accuracy": {"val": res.val_accuracy, "test": res.accuracy(te)}, "lr": lr, "note": note,
-            "settings": res.settings, "candidates": res.candidates, "seconds": res.seconds,
+            "accuracy": {"val": res.val_accuracy, "test": res.accuracy(te)}, "lr": lr, "lr_choice": res.lr_choice,
+            "note": note, "settings": res.settings, "candidates": res.candidates, "seconds": res.seconds,
             "n": {"train": len(tr), "val": len(va), "test": len(te)},
         })
     return rows

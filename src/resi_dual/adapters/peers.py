@@ -13,6 +13,10 @@ Tip-Adapter       ``s·f Wᵀ + α·exp(−β(1 − f Fᵀ)) L`` (F: train embed
                   L: their one-hot labels); training-free
 Tip-Adapter-F     the same with the cache keys F trained                     n_cache·d
 CLIP-Adapter      ``s·normalise(ρ·MLP(f) + (1 − ρ)·f) Wᵀ``, bottleneck d/4     2·d·d/4
+LP++              ``f·(w_k + α_k W_k) + b_k``, Lipschitz step sizes, no lr     C·d + 2·C
+                  search (:mod:`resi_dual.adapters.lpp`)
+CoOp              ``s·f normalise(text(ctx, class))ᵀ``, M context vectors      M·d_token
+                  through the frozen text tower (:mod:`resi_dual.adapters.coop`)
 ================  ==========================================================  =====================
 
 ``s`` is the classifier's logit scale. With α = 0 Tip-Adapter is zero-shot exactly, and with ρ = 0
@@ -33,8 +37,12 @@ from resi_dual.adapters.training import TrainConfig
 from resi_dual.errors import ResiDualError
 from resi_dual.store.base import EncodingSource
 
-Peer = Literal["linear-probe", "tip-adapter", "tip-adapter-f", "clip-adapter"]
+Peer = Literal["linear-probe", "lp++", "tip-adapter", "tip-adapter-f", "clip-adapter", "coop"]
 PEERS: tuple[str, ...] = get_args(Peer)
+#: Peers that need the model's text tower at training time (the others read cached embeddings only).
+TEXT_PEERS: tuple[str, ...] = ("coop",)
+#: Peers on cached embeddings alone: what runs when no model is given.
+CACHED_PEERS: tuple[str, ...] = tuple(p for p in PEERS if p not in TEXT_PEERS)
 
 #: Learning rates every trained peer chooses from on validation (the same budget for each).
 LR_GRID: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1)
@@ -75,6 +83,9 @@ class PeerResult:
     predict: Callable[[torch.Tensor], torch.Tensor] = field(repr=False)
     seconds: float = 0.0
     candidates: int = 0
+    state: dict = field(default_factory=dict, repr=False)  # the learned tensors, where a test reads them
+    lr_choice: str = "none"  # how ``settings["lr"]`` was chosen: sweep (on val), lipschitz (LP++), none
+    lr_grid: tuple = ()  # the candidates of a sweep
 
     def accuracy(self, feats: Features) -> float:
         """Top-1 accuracy on ``feats``."""
@@ -185,15 +196,26 @@ class PeerTraining:
     lr_grid: tuple[float, ...] = LR_GRID
 
 
-def _train(module: nn.Module, logits_fn, train: Features, val: Features, lr: float, budget: PeerTraining) -> tuple[float, dict]:
-    """Schedule-Free AdamW on cross-entropy, early stopping on val accuracy; returns (best val acc, best state)."""
+def _train(module: nn.Module, logits_fn, train: Features, val: Features, lr: float, budget: PeerTraining,
+           optimizer=None, lr_at=None) -> tuple[float, dict]:
+    """Cross-entropy with early stopping on val accuracy; returns (best val acc, best state).
+
+    ``optimizer(params, lr)``: default Schedule-Free AdamW; ``lr_at(epoch)``: a per-epoch learning rate
+    (CoOp's warm-up and cosine), default constant."""
     import schedulefree
 
     gen = torch.Generator().manual_seed(budget.seed)
-    opt = schedulefree.AdamWScheduleFree([p for p in module.parameters() if p.requires_grad], lr=lr)
+    params = [p for p in module.parameters() if p.requires_grad]
+    opt = optimizer(params, lr) if optimizer is not None else schedulefree.AdamWScheduleFree(params, lr=lr)
+    modes = hasattr(opt, "train")  # schedule-free optimizers evaluate at their averaged point
     best_acc, best_state, stale = -1.0, None, 0
-    for _epoch in range(budget.max_epochs):
-        module.train(), opt.train()
+    for epoch in range(budget.max_epochs):
+        if lr_at is not None:
+            for group in opt.param_groups:
+                group["lr"] = lr_at(epoch)
+        module.train()
+        if modes:
+            opt.train()
         order = torch.randperm(len(train), generator=gen)
         for start in range(0, len(order), budget.batch_size):
             b = order[start : start + budget.batch_size]
@@ -201,7 +223,9 @@ def _train(module: nn.Module, logits_fn, train: Features, val: Features, lr: flo
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-        module.eval(), opt.eval()
+        module.eval()
+        if modes:
+            opt.eval()
         with torch.no_grad():
             acc = accuracy(logits_fn(val.embeddings), val.labels)
         if acc > best_acc:
@@ -214,13 +238,15 @@ def _train(module: nn.Module, logits_fn, train: Features, val: Features, lr: flo
     return best_acc, best_state
 
 
-def _best_over_lrs(make, train, val, budget: PeerTraining):
-    """Train a fresh module per learning rate of the grid; keep the best on val."""
+def _best_over_lrs(make, train, val, budget: PeerTraining, optimizer=None, schedule=None):
+    """Train a fresh module per learning rate of ``budget.lr_grid``; keep the best on val (ties: the first).
+
+    ``optimizer(params, lr)`` and ``schedule(lr) -> lr_at(epoch)``: see :func:`_train`."""
     best = None
     for lr in budget.lr_grid:
         torch.manual_seed(budget.seed)
         module, logits_fn = make()
-        acc, state = _train(module, logits_fn, train, val, lr, budget)
+        acc, state = _train(module, logits_fn, train, val, lr, budget, optimizer, None if schedule is None else schedule(lr))
         if best is None or acc > best[0]:
             best = (acc, lr, state)
     acc, lr, state = best
@@ -265,7 +291,7 @@ def clip_adapter(train: Features, val: Features, classifier: torch.Tensor, logit
 
     n_params = sum(p.numel() for p in module.parameters())
     return PeerResult("clip-adapter", n_params, acc, {"lr": lr, "ratio": ratio}, predict,
-                      time.perf_counter() - t0, len(budget.lr_grid))
+                      time.perf_counter() - t0, len(budget.lr_grid), lr_choice="sweep", lr_grid=budget.lr_grid)
 
 
 def tip_adapter_f(train: Features, val: Features, classifier: torch.Tensor, logit_scale: float,
@@ -293,15 +319,27 @@ def tip_adapter_f(train: Features, val: Features, classifier: torch.Tensor, logi
         return tip_logits(f, trained, values, classifier, logit_scale, alpha, beta)
 
     return PeerResult("tip-adapter-f", trained.numel(), acc, {"lr": lr, "alpha": alpha, "beta": beta}, predict,
-                      time.perf_counter() - t0, len(budget.lr_grid) + 2 * len(TIP_ALPHAS) * len(TIP_BETAS))
+                      time.perf_counter() - t0, len(budget.lr_grid) + 2 * len(TIP_ALPHAS) * len(TIP_BETAS),
+                      lr_choice="sweep", lr_grid=budget.lr_grid)
 
 
 def run_peer(name: str, train: Features, val: Features, classifier: torch.Tensor, logit_scale: float,
-             budget: PeerTraining | None = None) -> PeerResult:
-    """Fit one peer by name (one of :data:`PEERS`)."""
+             budget: PeerTraining | None = None, model=None, class_names=None) -> PeerResult:
+    """Fit one peer by name (one of :data:`PEERS`). ``model`` and ``class_names``: the loaded model and
+    the head's class names, for the peers that run the text tower (:data:`TEXT_PEERS`)."""
     classifier = torch.nn.functional.normalize(torch.as_tensor(classifier, dtype=torch.float32), dim=-1)
     if name == "linear-probe":
         return linear_probe(train, val, classifier.shape[0])
+    if name == "lp++":
+        from resi_dual.adapters.lpp import lp_plus_plus
+
+        return lp_plus_plus(train, val, classifier, seed=(budget or PeerTraining()).seed)
+    if name == "coop":
+        from resi_dual.adapters.coop import coop
+
+        if model is None or class_names is None:
+            raise ResiDualError("coop runs the model's text tower: pass the model and the class names")
+        return coop(train, val, model, class_names, logit_scale, budget or PeerTraining())
     if name == "tip-adapter":
         return tip_adapter(train, val, classifier, logit_scale)
     if name == "tip-adapter-f":

@@ -26,8 +26,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val", required=True, help="store of the validation split (model selection only uses it)")
     p.add_argument("--test", required=True, help="store of the test split (evaluated once, best checkpoint)")
     p.add_argument("--adapter", required=True, choices=VARIANTS + PEERS,
-                   help="adapter variant, or a peer on the cached embeddings (linear-probe, tip-adapter, tip-adapter-f, "
-                        "clip-adapter: metrics only, no adapter file)")
+                   help="adapter variant, or a peer on the cached embeddings (linear-probe, lp++, tip-adapter, "
+                        "tip-adapter-f, clip-adapter, coop — coop learns a prompt context through the model's text "
+                        "tower: metrics only, no adapter file)")
     p.add_argument("--basis", default=None,
                    help="reference for the unit PCA bases: a store (PCA fitted on it) or a bases .safetensors file "
                         "(default: the full train store; PCA uses no labels)")
@@ -142,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
         return head, scale
 
     if args.adapter in PEERS:
-        return _run_peer(args, train, val, test, seeds, head_for, dataset, out_dir, console)
+        return _run_peer(args, train, val, test, seeds, head_for, dataset, out_dir, console, model)
     return _run_adapter(args, train, val, test, seeds, lr, head_for, dataset, out_dir, console)
 
 
@@ -216,8 +217,8 @@ def _run_on_images(args, train, val, test, seeds, lr, device, dataset, out_dir, 
     return 0
 
 
-def _run_peer(args, train, val, test, seeds, head_for, dataset, out_dir, console) -> int:
-    """A peer (linear probe, Tip-Adapter, Tip-Adapter-F, CLIP-Adapter) on the cached embeddings, per seed."""
+def _run_peer(args, train, val, test, seeds, head_for, dataset, out_dir, console, model) -> int:
+    """A peer (linear probe, LP++, Tip-Adapter, Tip-Adapter-F, CLIP-Adapter, CoOp) on the cached embeddings, per seed."""
     import json
 
     from resi_dual.adapters.fewshot import run_peers
@@ -229,12 +230,14 @@ def _run_peer(args, train, val, test, seeds, head_for, dataset, out_dir, console
     for seed in seeds:
         head, scale = head_for(seed)
         budget = PeerTraining(max_epochs=args.epochs, patience=args.patience, batch_size=args.batch, seed=seed)
-        (row,) = run_peers(train, val, test, head.weights, scale, args.shots, seed, peers=[args.adapter], budget=budget)
+        (row,) = run_peers(train, val, test, head.weights, scale, args.shots, seed, peers=[args.adapter], budget=budget,
+                           model=model, class_names=head.class_names)
         row.update(classifier_kind=head.kind, logit_scale=scale, variant=args.adapter)
         atomic_write((out_dir / _stem(dataset, args.adapter, args.shots, seed)).with_suffix(".json"), json.dumps(row, indent=1))
         runs.append(RunMetrics.from_dict(row))
         console.print(f"{args.adapter} seed {seed}: {row['trainable_parameters']} parameters, "
-                      f"val {row['accuracy']['val']:.4f}  test {row['accuracy']['test']:.4f}, settings {row['settings']}")
+                      f"val {row['accuracy']['val']:.4f}  test {row['accuracy']['test']:.4f}, settings {row['settings']}"
+                      + (f"  [{row['note']}]" if row["note"] else ""))
     _write_summary(out_dir, dataset, args.adapter, args.shots, runs, console)
     return 0
 

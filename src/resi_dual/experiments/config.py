@@ -41,8 +41,8 @@ Share = Annotated[float, Rule(lambda v: 0.0 <= v < 1.0, "must be in [0, 1)")]
 
 #: rows of the adaptation table, in table order: every variant, peer and WiSE-FT
 ADAPTATION_METHODS: tuple[str, ...] = ("zeroshot", "residual", "residual-keep", "residual-full", "coarse", "linear",
-                                       "spectral", "linear-probe", "tip-adapter", "tip-adapter-f", "clip-adapter",
-                                       "lora", "finetune", "wise-ft")
+                                       "spectral", "linear-probe", "lp++", "tip-adapter", "tip-adapter-f", "clip-adapter",
+                                       "coop", "lora", "finetune", "wise-ft")
 RANKINGS: tuple[str, ...] = get_args(RankingMethod)
 SPLITS: tuple[str, ...] = get_args(Split)
 
@@ -106,7 +106,7 @@ class AdaptationSettings:
     patience: PosInt = TrainConfig.patience  # early stopping on val accuracy
     batch_size: PosInt = TrainConfig.batch_size  # the paper: 64
     init: Init = "ones"  # λ init: ``ones`` or ``paper`` (1 + N(0, 1))
-    finetune_max_epochs: PosInt = TrainConfig.max_epochs  # epochs of the methods that rerun the backbone (finetune, lora)
+    finetune_max_epochs: PosInt = TrainConfig.max_epochs  # epochs of the methods that run a tower per step (finetune, lora, coop)
     finetune_seeds: tuple[int, ...] | None = None  # their seeds (None: the grid's seeds)
     products: Products = TrainConfig.products  # number format of the λ-step's two big products: auto, float32, bfloat16 (TrainConfig)
 

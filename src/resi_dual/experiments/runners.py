@@ -173,6 +173,9 @@ def plan_specialization(grid: Grid) -> tuple[list, Callable[[], Outputs]]:
 
 # -- adaptation (paper §5) --------------------------------------------------------------------------
 _HEADS: dict = {}
+#: Methods that run a tower on every step (the vision tower, or CoOp's text tower): their own epoch
+#: budget and seeds (``finetune-max-epochs``, ``finetune-seeds``).
+TOWER_METHODS = ("finetune", "lora", "coop")
 
 
 def _zero_shot_head(grid: Grid, m, train_store, train_rows=None):
@@ -228,10 +231,18 @@ def adaptation_rows(grid: Grid, m, d, method: str, seed: int, stores: dict, base
     head = _zero_shot_head(grid, m, stores["train"], None if split is None else split.train_rows)
     if method in PEERS:
         from resi_dual.adapters.fewshot import run_peers
-        from resi_dual.adapters.peers import PeerTraining
+        from resi_dual.adapters.peers import TEXT_PEERS, PeerTraining
+        from resi_dual.models.text import has_text_tower
 
-        budget = PeerTraining(max_epochs=s.max_epochs, patience=s.patience, batch_size=s.batch_size, seed=seed)
-        (res,) = run_peers(train, val, test, head.weights, head.logit_scale, shots, seed, peers=[method], budget=budget)
+        model = grid.model(m) if method in TEXT_PEERS else None
+        if model is not None and not has_text_tower(model):
+            return []  # CoOp learns a prompt: a vision-only model has no row
+        epochs = s.finetune_max_epochs if method in TOWER_METHODS else s.max_epochs
+        budget = PeerTraining(max_epochs=epochs, patience=s.patience, batch_size=s.batch_size, seed=seed)
+        (res,) = run_peers(train, val, test, head.weights, head.logit_scale, shots, seed, peers=[method], budget=budget,
+                           model=model, class_names=head.class_names)
+        if epochs < s.max_epochs:
+            res["note"] = "; ".join(filter(None, [res["note"], f"budget cut: ≤ {epochs} epochs"]))
         return [_result_row(base, method, RunMetrics.from_dict({"variant": method, **res}))]
     from resi_dual.adapters.protocol import train_and_evaluate
 
@@ -269,14 +280,14 @@ def plan_adaptation(grid: Grid) -> tuple[list, Callable[[], Outputs]]:
                 for method in trained:
                     needs_bases = needs_unit_bases(method)
                     seeds = cfg.seeds[:1] if method in ("zeroshot", "tip-adapter") and shots is None else cfg.seeds
-                    if method in ("finetune", "lora") and s.finetune_seeds is not None:
+                    if method in TOWER_METHODS and s.finetune_seeds is not None:
                         seeds = s.finetune_seeds
                     for seed in seeds:
                         settings = {"method": method, "seed": seed, "init": s.init, "max_epochs": s.max_epochs,
                                     "patience": s.patience, "batch_size": s.batch_size, "lr": s.lr}
                         if shots is not None:
                             settings["shots"] = shots
-                        if method in ("finetune", "lora"):
+                        if method in TOWER_METHODS:
                             settings["finetune_max_epochs"] = s.finetune_max_epochs
                         if method in ("residual", "residual-keep", "residual-full", "coarse", "spectral"):
                             settings["products"] = products  # the λ-step methods

@@ -71,9 +71,9 @@ class DemoTextTower:
             h.update(p.detach().float().contiguous().numpy().tobytes()[:4096])  # a cheap fingerprint
         self.key = f"minilm-mean-{h.hexdigest()[:24]}"
 
-    @torch.no_grad()
     def encode(self, texts: Sequence[str]) -> torch.Tensor:
-        """(n, 384) float32 mean-pooled embeddings, unnormalised."""
+        """(n, 384) float32 mean-pooled embeddings, unnormalised. The weights are frozen, so no graph is
+        built unless an input embedding requires grad (CoOp's learned context, through a hook)."""
         texts = [str(t) for t in texts]
         out = []
         for start in range(0, len(texts), self.batch_size):

@@ -189,6 +189,28 @@ def get_text_tower(model, tokenizer=None, cache_dir: str | Path | None = None, b
                      name=f"{fam.name} text tower of {spec}", logit_bias=float(bias[0]) if bias and bias[0] is not None else 0.0)
 
 
+def token_embedding(model) -> torch.nn.Embedding:
+    """The text tower's token-embedding table (what turns token ids into the tower's input vectors):
+    the demo's MiniLM, HF CLIP / SigLIP ``text_model``, open_clip ``CLIP`` / ``CustomTextCLIP``, BLIP's text encoder.
+
+    Raises ``ResiDualError`` for a tower whose input embeddings cannot be reached (or no tower)."""
+    demo = getattr(model, "text_tower", None)
+    inner = getattr(demo, "model", None)
+    if inner is not None and hasattr(inner, "get_input_embeddings"):
+        return inner.get_input_embeddings()
+    lib = getattr(model, "library_model", model)
+    candidates = [getattr(getattr(getattr(lib, "text_model", None), "embeddings", None), "token_embedding", None),
+                  getattr(lib, "token_embedding", None), getattr(getattr(lib, "text", None), "token_embedding", None)]
+    for hf_text in (getattr(getattr(lib, "text", None), "transformer", None), getattr(lib, "text_encoder", None)):
+        if hasattr(hf_text, "get_input_embeddings"):  # open_clip's HF text towers, BLIP's BERT
+            candidates.append(hf_text.get_input_embeddings())
+    for emb in candidates:
+        if isinstance(emb, torch.nn.Embedding):
+            return emb
+    spec = getattr(model, "spec", None) or type(lib).__name__
+    raise ResiDualError(f"model {spec}: no text tower that takes input embeddings (CoOp needs HF CLIP, SigLIP, BLIP, open_clip or the demo)")
+
+
 def has_text_tower(model) -> bool:
     """True when :func:`get_text_tower` would succeed for ``model``."""
     return getattr(model, "text_tower", None) is not None or _library_kind(getattr(model, "library_model", model)) is not None
