@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from spatial_images import half_canvas_digits
+from spatial_images import half_canvas_digits, world_objects
 from resi_dual.cli import main
 from resi_dual.models.loading import load_model
 from resi_dual.models.spatial import text_maps
@@ -24,32 +24,44 @@ def demo():
     return load_model("demo")
 
 
-def object_half_fraction(grid: np.ndarray, half: int, side: int = 28) -> float:
-    """Share of the map's positive mass (upsampled to the canvas) on the object's half."""
-    up = np.clip(upsample(grid, side), 0, None)
-    total = float(up.sum())
-    left = float(up[:, : side // 2].sum())
-    return (left if half == 0 else total - left) / max(total, 1e-12)
+def positive_maps(model, world, texts: list[str]) -> np.ndarray:
+    """(n, side, side) positive part of Σ_heads maps along ``texts[i]``, upsampled to the canvas."""
+    side = world.images.shape[1]
+    groups: dict[str, list[int]] = {}
+    for i, t in enumerate(texts):
+        groups.setdefault(t, []).append(i)
+    out = np.zeros((len(world), side, side), np.float32)
+    for text, idx in groups.items():
+        maps, _ = text_maps(model, model.preprocess([Image.fromarray(world.images[i]) for i in idx]), [text])
+        for j, i in enumerate(idx):
+            out[i] = np.clip(upsample(maps[j, 0].numpy(), side), 0, None)
+    return out
 
 
-def locate_hit_rate(model, n: int, seed: int = 0) -> tuple[float, float]:
-    """(hit rate, mean object-half share) of Σ_heads maps along each image's own digit caption."""
-    items = half_canvas_digits(n, seed)
-    fractions = []
-    for digit in range(10):
-        idx = [i for i, (_, _, y) in enumerate(items) if y == digit]
-        if not idx:
-            continue
-        maps, _ = text_maps(model, model.preprocess([items[i][0] for i in idx]), [TEMPLATE.format(digit)])
-        fractions += [object_half_fraction(maps[j, 0].numpy(), items[i][1]) for j, i in enumerate(idx)]
-    f = np.array(fractions)
-    return float((f > 0.5).mean()), float(f.mean())
+def box_shares(ups: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """(n,) share of each map's mass inside its box (top, left, bottom, right)."""
+    return np.array([float(u[t:b, l:r].sum()) / max(float(u.sum()), 1e-12) for u, (t, l, b, r) in zip(ups, boxes)])
 
 
-def test_locate_puts_most_positive_mass_on_the_digit(demo):
-    """Measured 0.89 (mean share 0.69) on 200 images; chance is 0.5."""
-    rate, share = locate_hit_rate(demo, 120, seed=3)
-    assert rate >= 0.75 and share >= 0.6, (rate, share)
+def test_locate_puts_most_positive_mass_on_the_object(demo):
+    """On 200 held-out world images (objects at a known place), Σ_heads maps along the caption naming the
+    object's colour ("something red.") put most of their positive mass inside the object's bounding box.
+
+    Measured with the world checkpoint of 2026-12-02 22:53 (seed 0, test split): hit rate 0.97, mean share in
+    the box 0.81. Chance: a map spread evenly puts 0.16 of its mass in the box (mean box area); the same
+    maps scored against another image's box (shuffled) hit 0.23 with mean share 0.23 (objects share 5 places).
+    """
+    from resi_dual.data.world import caption
+
+    world, _masks, boxes = world_objects(200, seed=0)
+    texts = [caption({"colour": world.values(i)["colour"]}) for i in range(len(world))]
+    ups = positive_maps(demo, world, texts)
+    share = box_shares(ups, boxes)
+    shuffled = box_shares(ups, boxes[np.random.default_rng(1).permutation(len(world))])
+    rate, chance = float((share > 0.5).mean()), float((shuffled > 0.5).mean())
+    area = float(np.mean([(b - t) * (r - l) for t, l, b, r in boxes])) / world.images.shape[1] ** 2
+    assert rate >= 0.85 and share.mean() >= 0.65, (rate, share.mean())
+    assert chance <= 0.4 and rate >= chance + 0.4 and share.mean() >= 3 * area, (chance, area)
 
 
 def test_locate_cli_writes_overlays_and_table(demo, tmp_path):
