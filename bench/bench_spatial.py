@@ -2,7 +2,8 @@
 
 * ``spatial_maps`` of a batch — every head along 5 shared directions (``locate``) or along its own
   first 5 PCs (the explorer) — against the library's plain forward of the same batch (target ≤ 1.3).
-  Repeats are interleaved and medians compared (shared, noisy machine).
+  Repeats are interleaved and medians compared (shared, noisy machine). The same ratio (shared
+  directions) for an attention-pooled SigLIP-B/16 and an EVA02-B-16 (rotary, LayerNorm over the heads).
 * The explorer's cost beyond the traces, per unit of work, measured here: one overlay thumbnail per
   (image, head, PC) slot, one page per (unit, PC), ranking per (sample, unit) streamed from a store.
   Projected for a 10,000-sample store, 144 heads × 5 PCs × (8 top + 8 bottom): 11,520 slots, at most
@@ -12,15 +13,17 @@
 
 from __future__ import annotations
 
+import json
 import statistics
 import tempfile
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
 
-TITLE = "Spatial maps and explorer (ViT-B/16 shape, batch 8)"
+TITLE = "Spatial maps and explorer (ViT-B/16 shape, batch 8; SigLIP-B/16 and EVA02-B-16 maps too)"
 REPEATS = 3
 BATCH = 8
 THREADS = 1
@@ -107,34 +110,86 @@ def _ranking_cost(comp, n: int = 2000) -> float:
     return (time.perf_counter() - t0) / (n * len(heads))
 
 
-def run() -> list[dict]:
+def _siglip(root: str):
+    """A random SigLIP-B/16 image tower (12 × 12 heads, width 768, 224 px, 196 tokens, attention-pooled)."""
+    import transformers as tf
+
+    from resi_dual.models.loading import load_model
+
+    torch.manual_seed(0)
+    cfg = tf.SiglipVisionConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                                image_size=224, patch_size=16)
+    tf.SiglipVisionModel(cfg).save_pretrained(root)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = load_model(f"hf:{root}")
+    lib = traced.library_model
+    return traced, (lambda px: lib(pixel_values=px).pooler_output)
+
+
+def _eva02(root: str):
+    """A random EVA02-B-16 (open_clip + timm: rotary, SwiGLU, a LayerNorm over the heads, 224 px, 197 tokens)."""
+    import open_clip
+    from safetensors.torch import save_file
+
+    from resi_dual.models.loading import load_model
+
+    torch.manual_seed(0)
+    cfg = open_clip.get_model_config("EVA02-B-16")
+    model = open_clip.create_model("EVA02-B-16", pretrained=None)
+    (Path(root) / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg, "preprocess_cfg": {}}))
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(Path(root) / "open_clip_model.safetensors"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = load_model(f"open_clip:{root}")
+    return traced, traced.library_model.encode_image
+
+
+def _ratio_rows(name: str, model, plain, per_head_too: bool) -> tuple[list[dict], float]:
+    """Rows of spatial_maps against the plain forward of one batch; also seconds per image (per-head PCs)."""
     from resi_dual.models.spatial import spatial_maps
 
+    c = model.composition
+    px = torch.randn(BATCH, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    shared = torch.randn(K, c.d_out, dtype=torch.float64)
+    per_head = torch.randn(c.n_layers, c.n_heads, K, c.d_out, dtype=torch.float64)
+    plain(px), spatial_maps(model, px, shared)  # warm-up
+    t = {"plain": [], "shared": [], "per_head": []}
+    for _ in range(REPEATS):  # interleaved
+        t["plain"].append(_time(lambda: plain(px)))
+        t["shared"].append(_time(lambda: spatial_maps(model, px, shared)))
+        if per_head_too:
+            t["per_head"].append(_time(lambda: spatial_maps(model, px, per_head)))
+    base = statistics.median(t["plain"])
+    rows = []
+    for key, what in (("shared", f"spatial_maps{name}: all 144 heads × {K} shared directions (locate)"),
+                      ("per_head", f"spatial_maps{name}: every head × its own {K} PCs (explorer)")):
+        if not t[key]:
+            continue
+        ours = statistics.median(t[key])
+        rows.append({"what": what, "ours": ours, "baseline": base, "baseline_name": "plain library forward",
+                     "unit": "s", "ratio": ours / base, "target": "≤ 1.3", "met": ours / base <= 1.3,
+                     "note": f"batch {BATCH}, {THREADS} thread, with the exactness check; median of {REPEATS} interleaved"})
+    return rows, statistics.median(t["per_head"] or t["shared"]) / BATCH
+
+
+def run() -> list[dict]:
     threads = torch.get_num_threads()
     torch.set_num_threads(THREADS)  # one thread: multi-threaded timings swing with other jobs' load
     rows = []
     try:
-        with tempfile.TemporaryDirectory() as root, torch.no_grad():
-            model, plain = _model(root)
-            c = model.composition
-            px = torch.randn(BATCH, 3, 224, 224, generator=torch.Generator().manual_seed(0))
-            shared = torch.randn(K, c.d_out, dtype=torch.float64)
-            per_head = torch.randn(c.n_layers, c.n_heads, K, c.d_out, dtype=torch.float64)
-            plain(px), spatial_maps(model, px, shared)  # warm-up
-            t = {"plain": [], "shared": [], "per_head": []}
-            for _ in range(REPEATS):  # interleaved
-                t["plain"].append(_time(lambda: plain(px)))
-                t["shared"].append(_time(lambda: spatial_maps(model, px, shared)))
-                t["per_head"].append(_time(lambda: spatial_maps(model, px, per_head)))
-            base = statistics.median(t["plain"])
-            for key, what in (("shared", f"spatial_maps: all 144 heads × {K} shared directions (locate)"),
-                              ("per_head", f"spatial_maps: every head × its own {K} PCs (explorer)")):
-                ours = statistics.median(t[key])
-                rows.append({"what": what, "ours": ours, "baseline": base, "baseline_name": "plain library forward",
-                             "unit": "s", "ratio": ours / base, "target": "≤ 1.3", "met": ours / base <= 1.3,
-                             "note": f"batch {BATCH}, {THREADS} thread, with the exactness check; median of {REPEATS} interleaved"})
-            per_image = statistics.median(t["per_head"]) / BATCH
-            rows += _explorer_rows(c, per_image)
+        with torch.no_grad():
+            with tempfile.TemporaryDirectory() as root:
+                model, plain = _model(root)
+                clip_rows, per_image = _ratio_rows("", model, plain, True)
+                rows += clip_rows
+                comp = model.composition
+            for name, build in ((" (SigLIP-B/16, pooled)", _siglip), (" (EVA02-B-16, rotary)", _eva02)):
+                with tempfile.TemporaryDirectory() as root:
+                    model, plain = build(root)
+                    rows += _ratio_rows(name, model, plain, False)[0]
+                    del model, plain
+            rows += _explorer_rows(comp, per_image)
     finally:
         torch.set_num_threads(threads)
     return rows
