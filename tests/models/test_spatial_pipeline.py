@@ -93,4 +93,6 @@ def test_explore_builds_the_site_with_head_overlays(tower):
     html = (site / "u" / "L1H2-pc1.html").read_text()
     overlays = re.findall(r'src="\.\./(img/L1H2-pc1-r[0-9]+\.jpg)"', html)
     assert len(set(overlays)) >= 3 and all((site / p).is_file() for p in overlays)
+    # the page says what the map is over: the head's own attention (CLS) or the probe's tokens (pooled)
+    assert ("attention probe reads this head" in html) == (family == "hf-siglip")
     assert (site / "index.html").is_file() and (site / "u" / "L1.mlp-pc2.html").is_file()

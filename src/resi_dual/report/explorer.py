@@ -251,7 +251,7 @@ def _write(tmp: Path, store, comp, bases, labels, lists, images, maps, measures,
             ratio = float(bases.explained_variance_ratio(label)[p.pc])
             (tmp / "u" / f"{label}-pc{k}.html").write_text(pages.component_page(
                 label, k, n_k, ratio, lam, pole, [(entries[r], c) for r, c in p.top],
-                [(entries[r], c) for r, c in p.bottom], is_head[label], side))
+                [(entries[r], c) for r, c in p.bottom], is_head[label], side, pooled=comp.pooled))
             pcs.append({"k": k, "ratio": ratio, "lambda": lam, "poles": pole, "href": f"{label}-pc{k}.html",
                         "preview": [(entries[r], c) for r, c in p.top[:4]]})
         ratios = [float(x) for x in bases.explained_variance_ratio(label)[:30]]

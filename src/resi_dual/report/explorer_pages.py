@@ -124,8 +124,10 @@ def unit_page(label: str, measures: dict[str, float], ratios: list[float], descr
 
 
 def component_page(label: str, k: int, n_pcs: int, ratio: float, lam: float | None, poles: dict[str, list[str]],
-                   top: list[tuple[str, float]], bottom: list[tuple[str, float]], overlays: bool, side: int) -> str:
-    """u/<label>-pc<k>.html: the highest and lowest images of one PC with their coefficients."""
+                   top: list[tuple[str, float]], bottom: list[tuple[str, float]], overlays: bool, side: int,
+                   pooled: bool = False) -> str:
+    """u/<label>-pc<k>.html: the highest and lowest images of one PC with their coefficients (``pooled``:
+    an attention-pooled tower, whose maps are over the tokens its probe reads)."""
     nav = [f"<a href=\"../index.html\">overview</a> › <a href=\"{escape(label)}.html\">{escape(label)}</a> › PC{k}"]
     if k > 1:
         nav.append(f"<a href=\"{escape(label)}-pc{k - 1}.html\">← PC{k - 1}</a>")
@@ -134,6 +136,9 @@ def component_page(label: str, k: int, n_pcs: int, ratio: float, lam: float | No
     lam_txt = f" · λ = {lam:.3g} (the adapter's scale on this component)" if lam is not None else ""
     what = ("red/blue: where the head reads this component from (its exact spatial map along the PC, "
             "positive/negative)" if overlays else "images only: spatial maps exist for heads")
+    if overlays and pooled:
+        what = ("red/blue: at which tokens the attention probe reads this head's output along the PC (its exact "
+                "spatial map over the pooled tokens, positive/negative)")
     pole_txt = "".join(f"<div><b>{escape(s)}</b> {escape(', '.join(t))}</div>" for s, t in poles.items())
     body = (f"<nav>{' · '.join(nav)}</nav><h1>{escape(label)} · PC{k}</h1>"
             f"<p>{ratio:.2%} of the unit's variance{lam_txt}. Coefficient: ⟨c − mean, v⟩. {escape(what)}.</p>{pole_txt}"
