@@ -63,25 +63,14 @@ def _pooled_head_maps(model, st: dict, dirs: torch.Tensor) -> torch.Tensor:
 def pooled_spatial_maps(model, pixels: torch.Tensor, dirs: torch.Tensor, check: bool = True):
     """:func:`resi_dual.models.spatial.spatial_maps` for a :class:`PooledTracedModel` (module docstring);
     ``dirs`` (K, d_out) or (L, H, K, d_out) float64."""
-    from resi_dual.core.encodings import UnitEncodings
     from resi_dual.models.spatial import SpatialMaps
 
     pixels = model.check_pixels(pixels)
-    with model.capture_tokens() as st:
-        output = model._forward(pixels).float().cpu()
-    missing = [k for k in ("emb", "resid", "probe", "pool") if st[k] is None] + [
-        f"L{i} attention output" for i, v in enumerate(st["z"]) if v is None]
-    if missing:
-        raise ResiDualError(f"{model.family} tracer: hooks never fired for {', '.join(missing[:4])} "
-                            "(unsupported library version or model variant)")
-    dense, heads = model._pooled_units(st)
-    n = output.shape[0]
-    enc = UnitEncodings(model.composition, model.readout, dense.float(), heads.float(), torch.zeros(n),
-                        torch.ones(n), output)
+    st, dense, heads, enc = model.capture_pooled(pixels)
     maps = _pooled_head_maps(model, st, dirs)
     if dirs.dim() == 2:
         cls = torch.einsum("nlho,ko->nklh", heads, dirs)
-        remainder, score = dense.sum(1) @ dirs.T, output.double() @ dirs.T
+        remainder, score = dense.sum(1) @ dirs.T, enc.output.double() @ dirs.T
     else:
         cls, remainder, score = torch.einsum("nlho,lhko->nklh", heads, dirs), None, None
     T = maps.shape[-1] - 1

@@ -184,6 +184,19 @@ class PooledTracedModel(TracedModel):
     def trace(self, pixels: torch.Tensor, check: bool = True) -> UnitEncodings:
         """Pooled unit encodings of a preprocessed batch: dense (n, 2+L, d_out) = emb, MLPs, pool;
         heads (n, L, H, d_out); μ = 0, σ = 1 (the identity readout). ``check`` verifies Σ_u y_u = p."""
+        enc = self.capture_pooled(pixels)[3]
+        if check:
+            err = float(relative_error(self.summed_contributions(enc), enc.output).max())
+            if not err <= self.tolerance:
+                raise ResiDualError(f"decomposition of {self.spec} is off: relative error {err:.2e} in output "
+                                    f"space (tolerance {self.tolerance:.0e})")
+        return enc
+
+    @torch.no_grad()
+    def capture_pooled(self, pixels: torch.Tensor) -> tuple[dict, torch.Tensor, torch.Tensor, UnitEncodings]:
+        """One hooked forward of a preprocessed batch: (the filled :meth:`capture_tokens` store, the pooled
+        units' dense (n, 2+L, d_out) and heads (n, L, H, d_out) as computed, and their float32
+        :class:`UnitEncodings`, unchecked). Raises if a hook never fired."""
         pixels = self.check_pixels(pixels)
         with self.capture_tokens() as st:
             output = self._forward(pixels).float().cpu()
@@ -197,12 +210,7 @@ class PooledTracedModel(TracedModel):
         n = output.shape[0]
         enc = UnitEncodings(self.composition, self.readout, dense.float(), heads.float(), torch.zeros(n),
                             torch.ones(n), output)
-        if check:
-            err = float(relative_error(self.summed_contributions(enc), enc.output).max())
-            if not err <= self.tolerance:
-                raise ResiDualError(f"decomposition of {self.spec} is off: relative error {err:.2e} in output "
-                                    f"space (tolerance {self.tolerance:.0e})")
-        return enc
+        return st, dense, heads, enc
 
     def _pooled_units(self, st: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """(dense (n, 2+L, d_out), heads (n, L, H, d_out)) float64 from the captured tokens."""
