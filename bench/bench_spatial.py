@@ -31,20 +31,24 @@ K = 5
 GPU_FLOPS, B16_FLOP = 10e12, 34.9e9
 
 
+def _hf_tower(root: str, model) -> tuple:
+    """(traced, plain forward) of a random transformers tower saved to ``root`` and reloaded by the loader."""
+    from resi_dual.models.loading import load_model
+
+    model.save_pretrained(root)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = load_model(f"hf:{root}")
+    return traced, traced._forward  # the library's own plain call (no hooks outside capture)
+
+
 def _model(root: str):
     import transformers as tf
-
-    from resi_dual.models.loading import load_model
 
     torch.manual_seed(0)
     cfg = tf.CLIPVisionConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
                               image_size=224, patch_size=16, projection_dim=512)
-    tf.CLIPVisionModelWithProjection(cfg).save_pretrained(root)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        traced = load_model(f"hf:{root}")
-    lib = traced.library_model
-    return traced, (lambda px: lib(pixel_values=px).image_embeds)
+    return _hf_tower(root, tf.CLIPVisionModelWithProjection(cfg))
 
 
 def _time(fn) -> float:
@@ -114,17 +118,10 @@ def _siglip(root: str):
     """A random SigLIP-B/16 image tower (12 × 12 heads, width 768, 224 px, 196 tokens, attention-pooled)."""
     import transformers as tf
 
-    from resi_dual.models.loading import load_model
-
     torch.manual_seed(0)
     cfg = tf.SiglipVisionConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
                                 image_size=224, patch_size=16)
-    tf.SiglipVisionModel(cfg).save_pretrained(root)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        traced = load_model(f"hf:{root}")
-    lib = traced.library_model
-    return traced, (lambda px: lib(pixel_values=px).pooler_output)
+    return _hf_tower(root, tf.SiglipVisionModel(cfg))
 
 
 def _eva02(root: str):

@@ -198,16 +198,23 @@ def spatial_maps(model: TracedModel, pixels: torch.Tensor, directions, check: bo
         dense = [i for i, u in enumerate(enc.units) if u.kind != "head"]
         remainder = (enc.contributions(dense).double().sum(1) @ dirs.T)
         score = enc.output.double() @ dirs.T
-    n_tok = maps.shape[-1]
-    p = model.patch_size or 1
-    grid = (pixels.shape[2] // p, pixels.shape[3] // p)
-    prefix = n_tok - grid[0] * grid[1]
-    if prefix < 1:
-        raise ResiDualError(f"{model.spec}: {n_tok} tokens do not hold a {grid[0]}×{grid[1]} patch grid and a CLS token")
+    grid, prefix = patch_grid(model, pixels, maps.shape[-1])
     if check:
         _check(model, torch.stack(sp["z_rebuilt"], dim=1), enc, maps, cls, remainder, score)
     return SpatialMaps(maps.float(), cls.float(), None if remainder is None else remainder.float(),
                        None if score is None else score.float(), grid, prefix, enc)
+
+
+def patch_grid(model: TracedModel, pixels: torch.Tensor, n_pos: int) -> tuple[tuple[int, int], int]:
+    """((rows, cols) patch grid of ``pixels``, positions before it) for maps with ``n_pos`` positions:
+    the CLS slot (or a pooled tower's shares slot) and any register tokens come first."""
+    p = model.patch_size or 1
+    grid = (pixels.shape[2] // p, pixels.shape[3] // p)
+    prefix = n_pos - grid[0] * grid[1]
+    if prefix < 1:
+        raise ResiDualError(f"{model.spec}: {n_pos} map positions do not hold a {grid[0]}×{grid[1]} patch grid "
+                            "after the CLS (or shares) slot")
+    return grid, prefix
 
 
 def _head_shares(model: TracedModel, dirs: torch.Tensor, pulled: list) -> tuple[torch.Tensor, torch.Tensor]:

@@ -63,7 +63,7 @@ def _pooled_head_maps(model, st: dict, dirs: torch.Tensor) -> torch.Tensor:
 def pooled_spatial_maps(model, pixels: torch.Tensor, dirs: torch.Tensor, check: bool = True):
     """:func:`resi_dual.models.spatial.spatial_maps` for a :class:`PooledTracedModel` (module docstring);
     ``dirs`` (K, d_out) or (L, H, K, d_out) float64."""
-    from resi_dual.models.spatial import SpatialMaps
+    from resi_dual.models.spatial import SpatialMaps, patch_grid
 
     pixels = model.check_pixels(pixels)
     st, dense, heads, enc = model.capture_pooled(pixels)
@@ -73,12 +73,7 @@ def pooled_spatial_maps(model, pixels: torch.Tensor, dirs: torch.Tensor, check: 
         remainder, score = dense.sum(1) @ dirs.T, enc.output.double() @ dirs.T
     else:
         cls, remainder, score = torch.einsum("nlho,lhko->nklh", heads, dirs), None, None
-    T = maps.shape[-1] - 1
-    p = model.patch_size or 1
-    grid = (pixels.shape[2] // p, pixels.shape[3] // p)
-    extra = T - grid[0] * grid[1]
-    if extra < 0:
-        raise ResiDualError(f"{model.spec}: {T} tokens do not hold a {grid[0]}×{grid[1]} patch grid")
+    grid, prefix = patch_grid(model, pixels, maps.shape[-1])
     if check:
         serr = float(relative_error(maps.sum(-1).flatten(2), cls.flatten(2)).max())
         terr = 0.0 if score is None else float(
@@ -89,4 +84,4 @@ def pooled_spatial_maps(model, pixels: torch.Tensor, dirs: torch.Tensor, check: 
                                 f"heads + remainder vs score {terr:.2e}, units vs embedding {err:.2e} "
                                 f"(tolerance {model.tolerance:.0e})")
     return SpatialMaps(maps.float(), cls.float(), None if remainder is None else remainder.float(),
-                       None if score is None else score.float(), grid, 1 + extra, enc)
+                       None if score is None else score.float(), grid, prefix, enc)
