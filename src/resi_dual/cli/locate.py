@@ -18,7 +18,8 @@ HELP = "draw where a model sees a text: per image, the heads' spatial maps along
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("images", nargs="+", help="image files")
-    p.add_argument("--model", required=True, help="model spec with a text tower (hf CLIP, open_clip, BLIP, demo)")
+    p.add_argument("--model", required=True,
+                   help="model spec with a text tower (hf CLIP or SigLIP, open_clip incl. EVA-02 and SigLIP, BLIP, demo)")
     p.add_argument("--text", required=True, help="the text to locate, e.g. 'a dog'")
     p.add_argument("--out", required=True, help="output folder (replaced as a whole when the run succeeds)")
     p.add_argument("--units", default=None, help="comma-separated heads to sum (e.g. L10H3,L11H0); default: all heads")
@@ -75,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.model, device=resolve_device(args.device))
     if not has_text_tower(model):
         raise ResiDualError(f"model {args.model} has no text tower, so there is no text embedding to locate; "
-                            "use a CLIP-like model (hf CLIP, open_clip, BLIP or demo)")
+                            "use a model with a text tower (hf CLIP or SigLIP, open_clip incl. EVA-02 and SigLIP, "
+                            "BLIP, demo)")
     units = ranked_heads(args.ranking, args.top, args.method) if args.ranking else (
         [u.strip() for u in args.units.split(",") if u.strip()] if args.units else None)
     mask = head_mask(model, units)

@@ -269,7 +269,8 @@ def text_maps(model: TracedModel, pixels: torch.Tensor, texts: Sequence[str], he
 
     if not has_text_tower(model):
         raise ResiDualError(f"model {model.spec} has no text tower, so there is no text embedding to locate; "
-                            "use a CLIP-like model (hf CLIP, open_clip, BLIP or demo)")
+                            "use a model with a text tower (hf CLIP or SigLIP, open_clip incl. EVA-02 and SigLIP, "
+                            "BLIP, demo)")
     emb = get_text_tower(model).encode(list(texts)).double()
     sm = spatial_maps(model, pixels, emb / emb.norm(dim=-1, keepdim=True).clamp_min(1e-12))
     return sm.image_map(heads), sm
