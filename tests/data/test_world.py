@@ -69,6 +69,17 @@ def test_ground_truth_matches_the_pixels(test_world):
         assert SIZES[np.argmin(np.abs(SIZES - extent))] == W.SIZES[v["size"]], (v, extent)
 
 
+def test_object_boxes_hold_exactly_the_objects_pixels(test_world):
+    masks, boxes = W.object_boxes(test_world)
+    for i in range(0, len(test_world), 7):
+        fg = _foreground(test_world, i)[0]
+        t, l, b, r = boxes[i]
+        assert np.array_equal(masks[i], fg) and fg[t:b, l:r].sum() == fg.sum()
+        # tight: every side of the box touches the object
+        assert fg[t].any() and fg[b - 1].any() and fg[:, l].any() and fg[:, r - 1].any()
+        assert max(b - t, r - l) <= W.SIZES[test_world.values(i)["size"]] + 1
+
+
 def test_heldout_objects_and_combinations():
     seen = W.generate(600, seed=0, split="train", objects="seen", combos="seen")
     unseen = [W.CLASSES.index(a) for a in W.UNSEEN_ANIMALS]

@@ -24,19 +24,3 @@ def half_canvas_digits(n: int, seed: int = 0, side: int = 28, digit: int = 12):
         out.append((canvas.convert("RGB"), half, int(d.target[k])))
     return out
 
-
-def world_objects(n: int, seed: int = 0, split: str = "test"):
-    """(world, (n, 32, 32) bool object masks, (n, 4) boxes (top, left, bottom, right), exclusive ends) of
-    ``n`` attribute-world images: a pixel is the object's where the image differs from its background
-    (no background shade equals an object colour, data/world.py), so the place is known exactly."""
-    from resi_dual.data import world as w
-
-    wd = w.generate(n, seed=seed, split=split)
-    masks = np.zeros((n, w.CANVAS, w.CANVAS), bool)
-    boxes = np.zeros((n, 4), np.int64)
-    for i in range(n):
-        bg = w.background(int(wd.attrs["texture"][i]), int(wd.attrs["background"][i]), tuple(wd.phase[i]))
-        masks[i] = (wd.images[i] != bg).any(-1)
-        rows, cols = np.flatnonzero(masks[i].any(1)), np.flatnonzero(masks[i].any(0))
-        boxes[i] = rows[0], cols[0], rows[-1] + 1, cols[-1] + 1
-    return wd, masks, boxes

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from spatial_images import half_canvas_digits, world_objects
+from spatial_images import half_canvas_digits
 from resi_dual.cli import main
 from resi_dual.models.loading import load_model
 from resi_dual.models.spatial import text_maps
@@ -51,9 +51,10 @@ def test_locate_puts_most_positive_mass_on_the_object(demo):
     the box 0.81. Chance: a map spread evenly puts 0.16 of its mass in the box (mean box area); the same
     maps scored against another image's box (shuffled) hit 0.23 with mean share 0.23 (objects share 5 places).
     """
-    from resi_dual.data.world import caption
+    from resi_dual.data.world import caption, generate, object_boxes
 
-    world, _masks, boxes = world_objects(200, seed=0)
+    world = generate(200, seed=0, split="test")
+    _masks, boxes = object_boxes(world)
     texts = [caption({"colour": world.values(i)["colour"]}) for i in range(len(world))]
     ups = positive_maps(demo, world, texts)
     share = box_shares(ups, boxes)

@@ -261,6 +261,19 @@ def generate(n: int, seed: int = 0, split: str = "train", objects: str = "seen",
     return World(images, {k: np.asarray(v, np.int64) for k, v in attrs.items()}, source, jitter, phase, seed, split)
 
 
+def object_boxes(world: World) -> tuple[np.ndarray, np.ndarray]:
+    """((n, CANVAS, CANVAS) bool object masks, (n, 4) boxes (top, left, bottom, right), ends exclusive): the
+    object is where the image differs from its background (no background shade is an object colour)."""
+    masks = np.zeros(world.images.shape[:3], bool)
+    boxes = np.zeros((len(world), 4), np.int64)
+    for i in range(len(world)):
+        bg = background(int(world.attrs["texture"][i]), int(world.attrs["background"][i]), tuple(world.phase[i]))
+        masks[i] = (world.images[i] != bg).any(-1)
+        rows, cols = np.flatnonzero(masks[i].any(1)), np.flatnonzero(masks[i].any(0))
+        boxes[i] = rows[0], cols[0], rows[-1] + 1, cols[-1] + 1
+    return masks, boxes
+
+
 # -- captions ---------------------------------------------------------------------------------
 
 CAPTION_ORDER = ("size", "colour", "class", "position", "texture", "background")
