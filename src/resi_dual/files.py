@@ -104,8 +104,20 @@ def atomic_write(path: str | Path, data: bytes | str, fsync: bool = True) -> Pat
     return path
 
 
+def remove_dead_temporaries(folder: str | Path) -> None:
+    """Delete the temporaries in ``folder`` (not below it) whose writer is no longer running: what a
+    killed run left. A live writer's are kept."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return
+    for p in folder.iterdir():
+        if is_tmp(p) and p.is_file() and not pid_alive(tmp_owner(p) or 0):
+            p.unlink(missing_ok=True)
+
+
 def ensure_out_dir(path: str | Path, what: str = "--out") -> Path:
-    """Create the output directory ``path`` (and parents); one-line errors for a file in the way."""
+    """Create the output directory ``path`` (and parents), clearing dead writers' temporaries in it;
+    one-line errors for a file in the way."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise ResiDualError(f"{what} {path} is a file, not a directory")
@@ -115,6 +127,7 @@ def ensure_out_dir(path: str | Path, what: str = "--out") -> Path:
         if parent.exists():
             break
     path.mkdir(parents=True, exist_ok=True)
+    remove_dead_temporaries(path)
     return path
 
 

@@ -56,10 +56,15 @@ def run_cli(argv, capsys) -> tuple[int, str, str]:
     return rc, cap.out, cap.err
 
 
+def sub_env(**extra) -> dict:
+    """The environment of a subprocess run: this source tree, warnings off, one thread, offline."""
+    return dict(os.environ, PYTHONPATH=SRC, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1",
+                TRANSFORMERS_OFFLINE="1", TQDM_DISABLE="1", **extra)
+
+
 def run_sub(argv, *, ulimit_f: int | None = None, timeout: float = 120, cwd=None) -> subprocess.CompletedProcess:
     """``resi-dual argv`` as a subprocess (warnings off, one thread); ``ulimit_f`` caps file size in KiB blocks."""
-    env = dict(os.environ, PYTHONPATH=SRC, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1",
-               TRANSFORMERS_OFFLINE="1", TQDM_DISABLE="1")
+    env = sub_env()
     cmd = [sys.executable, "-m", "resi_dual", *map(str, argv)]
     if ulimit_f is not None:
         import shlex
@@ -85,3 +90,45 @@ def snapshot(path: Path) -> dict:
     if path.is_file():
         return {path.name: path.read_bytes()}
     return {p.relative_to(path).as_posix(): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+#: run as ``python -c``: the CLI with ``os.replace`` watched — every rename's destination is logged, and
+#: the process SIGKILLs itself at the chosen one under ``KILL_UNDER``: ``torn`` (temporary cut to half, not renamed), ``before``
+#: (temporary whole, not renamed) or ``after`` (renamed), so a kill lands exactly where writes can tear
+_KILL_BOOT = r"""
+import os, signal, sys
+log, at, mode = os.environ["KILL_LOG"], int(os.environ["KILL_AT"]), os.environ["KILL_MODE"]
+under = os.path.realpath(os.environ["KILL_UNDER"]) + os.sep
+real, n = os.replace, [0]
+def replace(src, dst, *a, **kw):
+    if not os.path.realpath(dst).startswith(under):  # a library's cache, not an output
+        return real(src, dst, *a, **kw)
+    n[0] += 1
+    with open(log, "a") as f:
+        f.write(os.fspath(dst) + "\n")
+    if n[0] == at and mode == "torn" and os.path.isfile(src):
+        os.truncate(src, os.path.getsize(src) // 2)
+    if n[0] == at and mode in ("torn", "before"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    real(src, dst, *a, **kw)
+    if n[0] == at and mode == "after":
+        os.kill(os.getpid(), signal.SIGKILL)
+os.replace = replace
+from resi_dual.cli import main
+raise SystemExit(main(sys.argv[1:]))
+"""
+
+
+def run_killed(argv, under: Path, log: Path, at: int = 0, mode: str = "after", cwd=None,
+               timeout: float = 300) -> subprocess.CompletedProcess:
+    """``resi-dual argv`` as a subprocess that SIGKILLs itself at its ``at``-th ``os.replace`` onto a path
+    under ``under`` (1-based; 0: never), appending each such rename's destination to ``log``."""
+    env = sub_env(KILL_LOG=str(log), KILL_AT=str(at), KILL_MODE=mode, KILL_UNDER=str(under))
+    return subprocess.run([sys.executable, "-c", _KILL_BOOT, *map(str, argv)], env=env, capture_output=True, text=True, cwd=cwd,
+                          timeout=timeout)
+
+
+def popen_cli(argv, cwd=None) -> subprocess.Popen:
+    """``resi-dual argv`` started as a subprocess (to be killed from outside)."""
+    return subprocess.Popen([sys.executable, "-m", "resi_dual", *map(str, argv)], env=sub_env(), cwd=cwd,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

@@ -40,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
 
     from resi_dual import load_model, open_store
     from resi_dual.errors import ResiDualError
+    from resi_dual.files import ensure_out_dir
     from resi_dual.interpret import decompose_units, embed_dictionary, load_dictionary, pc_descriptions
     from resi_dual.report.interpret import write_decompositions, write_pc_descriptions
     from resi_dual.models.text import get_text_tower
@@ -63,12 +64,12 @@ def run(args: argparse.Namespace) -> int:
         raise ResiDualError(f"{spec} is vision-only (no text tower), and `resi-dual interpret` describes units with "
                             "text: use `resi-dual analyze STORE` for its units' spectra, and "
                             "`resi-dual zeroshot STORE --train TRAIN_STORE` for class-mean prototypes") from None
+    out = ensure_out_dir(Path(args.out) if args.out else Path(args.store) / "interpret")
     dictionary = embed_dictionary(tower, texts)
     con = Console()
     res = decompose_units(store, dictionary, texts, args.method, k, units=args.units, rank=args.rank,
                           max_samples=args.max_samples or None, seed=args.seed, progress=not args.no_progress,
                           textspan_mode=args.textspan_mode)
-    out = Path(args.out) if args.out else Path(args.store) / "interpret"
     tsv, md = write_decompositions(res, out)
     written = [tsv, md]
     if args.pcs > 0:

@@ -16,7 +16,7 @@ import numpy as np
 from resi_dual.data.base import ImageDataset
 from resi_dual.data.splits import stratified_limit
 from resi_dual.errors import ResiDualError
-from resi_dual.files import ensure_out_dir, pid_alive, tmp_owner
+from resi_dual.files import ensure_out_dir, remove_dead_temporaries
 from resi_dual.store.disk import (
     CHUNKS, COMPOSITION, FORMAT, MANIFEST, PLAN, READOUT, STORE_DTYPES, atomic_write, is_tmp, json_bytes,
     safetensors_bytes,
@@ -100,10 +100,7 @@ def prepare_dir(out: Path, plan: Plan, model) -> str:
         return state  # checked by integrity.recheck_complete
     # remove what killed runs left half-written: temporaries of writers that are no longer running
     for folder in (out, out / CHUNKS):
-        if folder.is_dir():
-            for p in folder.iterdir():
-                if is_tmp(p) and not pid_alive(tmp_owner(p) or 0):
-                    p.unlink(missing_ok=True)
+        remove_dead_temporaries(folder)
     comp_bytes = model.composition.to_json().encode()
     readout_bytes = safetensors_bytes({k: v.detach().cpu().float().numpy() for k, v in model.readout.state_dict().items()})
     if state == "new" or not (out / PLAN).exists():
