@@ -58,6 +58,43 @@ def test_flipped_bytes_are_found_by_verify_and_repaired_by_encode(world, referen
     assert run_cli(["verify", s], capsys)[0] == 0
 
 
+@pytest.mark.parametrize("command", ["analyze", "train", "zeroshot"])
+def test_flipped_bytes_are_found_on_the_first_read(world, reference, tmp_path, capsys, monkeypatch, command):
+    """A chunk whose data changed is named with the repair when a command reads it, before any result;
+    RESI_DUAL_CHECK_READS=0 skips the check (and then the flipped byte goes unnoticed)."""
+    s = _copy(reference, tmp_path)
+    _flip(s / "chunks" / "000001.safetensors", at=-200)
+    out = tmp_path / "out"
+    argv = {"analyze": ["analyze", s, "--out", out, "--twonn-samples", "0", "--no-progress"],
+            "train": ["train", "--train", world["train"], "--val", world["val"], "--test", s, "--adapter", "linear",
+                      "--out", out, "--quiet", "--epochs", "1"],
+            "zeroshot": ["zeroshot", s, "--train", world["train"], "--out", out]}[command]
+    rc, _, err = run_cli(argv, capsys)
+    assert_one_line_error(rc, err, "chunks/000001.safetensors", "sha256", f"resi-dual verify {s}", "repair:")
+    assert not out.exists() or snapshot(out) == {}
+    monkeypatch.setenv("RESI_DUAL_CHECK_READS", "0")
+    rc, _, err = run_cli(argv, capsys)
+    assert rc == 0, err
+
+
+def test_each_chunk_is_hashed_once_per_process(reference, monkeypatch):
+    import resi_dual.store.disk as disk
+
+    hashed = []
+    real = disk.file_sha256
+    monkeypatch.setattr(disk, "_CHECKED", set())
+    monkeypatch.setattr(disk, "file_sha256", lambda p: hashed.append(p.name) or real(p))
+    store = disk.open_store(reference)
+    assert hashed == []  # opening reads headers only
+    store.features("L0H0", rows=slice(0, 2))
+    assert hashed == ["000000.safetensors"]  # the first read of a chunk hashes that chunk alone
+    first = store.features("L1H1")
+    store.features("L1H1")
+    disk.open_store(reference).features("L1H1")  # reopened in the same process: not hashed again
+    assert sorted(hashed) == sorted(p.name for p in (reference / "chunks").iterdir())
+    assert first.shape[0] == len(store)
+
+
 def test_truncated_chunk_is_one_line_on_open(reference, tmp_path, capsys):
     s = _copy(reference, tmp_path)
     chunk = s / "chunks" / "000000.safetensors"

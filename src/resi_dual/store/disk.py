@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import struct
 from pathlib import Path
 from typing import Iterator, Literal
@@ -128,6 +129,10 @@ class ShardReader:
         return {k: torch.from_numpy(np.array(self.array(k))) for k in self.header}
 
 
+#: chunk files this process has read and found equal to their manifest's sha256: (path, inode, size, mtime)
+_CHECKED: set[tuple] = set()
+
+
 def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -169,6 +174,7 @@ class DiskStore(EncodingSource):
         except (ResiDualError, KeyError, ValueError):
             raise integrity.fail(self.path, meta, READOUT, "is missing or unreadable") from None
         self.class_names = list(meta["class_names"])
+        self._manifest, self._unchecked = meta, set(range(len(meta["chunks"])))
         self._shards: list[ShardReader] = []
         labels, ids, counts = [], [], []
         code = _CODES[np.dtype(STORE_DTYPES.get(meta["dtype"], np.float32))]
@@ -229,6 +235,8 @@ class DiskStore(EncodingSource):
         n = self._n_rows(rows)
         out = None
         for k, local, at in self._pieces(rows):
+            if k in self._unchecked:
+                self._check_chunk(k)
             mm = self._shards[k].array(name)
             part = mm[local] if select is None else mm[(local, *select)]
             if out is None:
@@ -241,6 +249,26 @@ class DiskStore(EncodingSource):
                 shape = np.zeros(shape)[(*select,)].shape
             out = np.zeros((0, *shape), dtype=_DTYPES[h["dtype"]])
         return torch.from_numpy(out)
+
+    def _check_chunk(self, k: int) -> None:
+        """The first read of chunk ``k`` in this process: its sha256 against the manifest's, so flipped
+        data bytes are an error naming the chunk, not silently wrong results (``RESI_DUAL_CHECK_READS=0``
+        skips it)."""
+        self._unchecked.discard(k)
+        entry = self._manifest["chunks"][k]
+        path = self.path / entry["file"]
+        st = path.stat()
+        key = (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
+        if not entry.get("sha256") or key in _CHECKED or os.environ.get("RESI_DUAL_CHECK_READS", "1") == "0":
+            return
+        if file_sha256(path) != entry["sha256"]:
+            from resi_dual.store import integrity
+
+            self._unchecked.add(k)
+            raise integrity.fail(self.path, self._manifest, entry["file"],
+                                 "does not match its sha256 checksum in the manifest (corrupted; found on reading "
+                                 f"it, `resi-dual verify {self.path}` checks every chunk)")
+        _CHECKED.add(key)
 
     def _read_raw(self, rows):
         return tuple(self._gather(name, rows) for name in ("dense", "heads", "mu", "sigma", "output"))
