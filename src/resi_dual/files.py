@@ -115,9 +115,9 @@ def remove_dead_temporaries(folder: str | Path) -> None:
             p.unlink(missing_ok=True)
 
 
-def ensure_out_dir(path: str | Path, what: str = "--out") -> Path:
-    """Create the output directory ``path`` (and parents), clearing dead writers' temporaries in it;
-    one-line errors for a file in the way."""
+def check_out_dir(path: str | Path, what: str = "--out") -> Path:
+    """A one-line error if a file stands where output directory ``path`` or one of its parents goes
+    (checked before a long run; nothing is created)."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise ResiDualError(f"{what} {path} is a file, not a directory")
@@ -126,6 +126,13 @@ def ensure_out_dir(path: str | Path, what: str = "--out") -> Path:
             raise ResiDualError(f"{what} {path}: {parent} is a file, not a directory")
         if parent.exists():
             break
+    return path
+
+
+def ensure_out_dir(path: str | Path, what: str = "--out") -> Path:
+    """Create the output directory ``path`` (and parents), clearing dead writers' temporaries in it;
+    one-line errors for a file in the way."""
+    path = check_out_dir(path, what)
     path.mkdir(parents=True, exist_ok=True)
     remove_dead_temporaries(path)
     return path

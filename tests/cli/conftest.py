@@ -43,3 +43,18 @@ def world(tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="session")
+def text_store(world, tmp_path_factory):
+    """The world's test images encoded with the bundled demo model (it has a text tower, for interpret)."""
+    from resi_dual import load_model
+    from resi_dual.data import load_dataset
+    from resi_dual.store.writer import EncodeConfig, encode_store
+
+    out = tmp_path_factory.mktemp("text") / "s"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        encode_store(load_model("demo"), load_dataset(f"folder:{world['data']}", "test"), out,
+                     EncodeConfig(progress=False, dtype="float32"))
+    dictionary = out.parent / "dictionary.txt"
+    dictionary.write_text("a red thing\na green thing\na blue thing\nnoise\na photo\n")
+    return out

@@ -8,7 +8,6 @@ import json
 import random
 import signal
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -20,23 +19,6 @@ pytestmark = pytest.mark.integration  # the CLI / real stores end to end
 
 #: the file written last by each command (its presence marks a complete run), if it has one
 MARKER = {"train": "data-residual-summary.json", "zeroshot": "zeroshot.json", "analyze": "complete.json", "interpret": None}
-
-
-@pytest.fixture(scope="module")
-def text_store(world, tmp_path_factory):
-    """The world's test images encoded with the bundled demo model (it has a text tower, for interpret)."""
-    from resi_dual import load_model
-    from resi_dual.data import load_dataset
-    from resi_dual.store.writer import EncodeConfig, encode_store
-
-    out = tmp_path_factory.mktemp("text") / "s"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        encode_store(load_model("demo"), load_dataset(f"folder:{world['data']}", "test"), out,
-                     EncodeConfig(progress=False, dtype="float32"))
-    dictionary = out.parent / "dictionary.txt"
-    dictionary.write_text("a red thing\na green thing\na blue thing\nnoise\na photo\n")
-    return out
 
 
 def _argv(command, world, text_store, out="o"):

@@ -113,12 +113,12 @@ def test_site_is_written_whole_or_not_at_all(folder_store, tmp_path, monkeypatch
 
     site = tmp_path / "site"
     site.mkdir()
-    (site / "keep.txt").write_text("previous site")
+    (site / "index.html").write_text("previous site")
     monkeypatch.setattr(explorer, "MAX_SITE_BYTES", 10_000)
     assert main(["explore", str(folder_store[2]), "--out", str(site), "--units", "L0H1", "--pcs", "1",
                  "--images", "2", "--no-progress"]) == 2
     assert "MB (limit" in capsys.readouterr().err
-    assert [p.name for p in site.iterdir()] == ["keep.txt"]  # the old site is untouched
+    assert [p.name for p in site.iterdir()] == ["index.html"]  # the old site is untouched
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".site")]  # no temp left behind
 
 

@@ -49,6 +49,8 @@ def run(args: argparse.Namespace) -> int:
     k = args.k if args.k is not None else (20 if args.method == "textspan" else 64)
     if k < 1:
         raise ResiDualError("-k must be at least 1")
+    if args.pcs < 0 or args.pc_texts < 1 or args.max_samples < 0 or args.rank < 1:
+        raise ResiDualError("--pcs and --max-samples must be at least 0, --pc-texts and --rank at least 1")
     texts = load_dictionary(args.dictionary)
     if args.method == "textspan" and k > len(texts):
         raise ResiDualError(f"-k {k} is larger than the dictionary ({len(texts)} descriptions): TextSpan picks each "

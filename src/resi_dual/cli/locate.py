@@ -33,18 +33,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def ranked_heads(path, top: int, method: str) -> list[str]:
     """The ``top`` best head labels of ``method`` in a specialize ``rankings.tsv`` (first dataset)."""
-    import csv
     from pathlib import Path
 
     from resi_dual.errors import ResiDualError
+    from resi_dual.report.tables import read_table
 
     p = Path(path)
-    if not p.is_file():
-        raise ResiDualError(f"--ranking: no such file {p}")
-    with open(p, newline="") as f:
-        rows = list(csv.DictReader(f, delimiter="\t"))
-    if not rows or not {"method", "rank", "head"} <= set(rows[0]):
-        raise ResiDualError(f"--ranking: {p} is not a rankings.tsv of `resi-dual specialize` (method, rank, head columns)")
+    rows = read_table(p, "--ranking", ("method", "rank", "head"))
     first = rows[0].get("dataset")
     rows = [r for r in rows if r["method"] == method and r.get("dataset") == first]
     if not rows:
@@ -63,26 +58,30 @@ def run(args: argparse.Namespace) -> int:
     from resi_dual.models.loading import load_model, resolve_device
     from resi_dual.models.spatial import head_mask, text_maps
     from resi_dual.models.text import has_text_tower
-    from resi_dual.report.outdir import staged_dir
+    from resi_dual.report.outdir import check_replaceable, staged_dir
     from resi_dual.report.overlay import overlay, save_png
 
-    if args.batch < 1 or args.side < 8:
-        raise ResiDualError("--batch must be at least 1 and --side at least 8")
+    if args.batch < 1 or args.side < 8 or args.top < 1:
+        raise ResiDualError("--batch and --top must be at least 1 and --side at least 8")
+    if not args.text.strip():
+        raise ResiDualError("--text is empty: give the words to locate, e.g. --text 'a dog'")
     if args.units and args.ranking:
         raise ResiDualError("give --units or --ranking, not both")
     missing = [p for p in args.images if not Path(p).is_file()]
     if missing:
         raise ResiDualError(f"no such image file {missing[0]}")
+    ranked = ranked_heads(args.ranking, args.top, args.method) if args.ranking else None
+    check_replaceable(Path(args.out).resolve(), "locate.tsv")
     model = load_model(args.model, device=resolve_device(args.device))
     if not has_text_tower(model):
         raise ResiDualError(f"model {args.model} has no text tower, so there is no text embedding to locate; "
                             "use a model with a text tower (hf CLIP or SigLIP, open_clip incl. EVA-02 and SigLIP, "
                             "BLIP, demo)")
-    units = ranked_heads(args.ranking, args.top, args.method) if args.ranking else (
+    units = ranked if args.ranking else (
         [u.strip() for u in args.units.split(",") if u.strip()] if args.units else None)
     mask = head_mask(model, units)
     rows = []
-    with staged_dir(args.out) as tmp:
+    with staged_dir(args.out, "locate.tsv") as tmp:
         for start in range(0, len(args.images), args.batch):
             paths = args.images[start:start + args.batch]
             images = [open_image(p) for p in paths]

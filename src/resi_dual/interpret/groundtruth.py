@@ -27,6 +27,8 @@ HEAD_PCS = 8
 PC_LEVEL = 3
 #: below this adjusted balanced accuracy a unit carries nothing worth naming
 FLOOR = 0.1
+#: fewest world images the check accepts (half fit the probes, half score them)
+MIN_IMAGES = 20
 
 
 def world_dictionary(classes: str = "all") -> tuple[list[str], list[str]]:
@@ -96,8 +98,8 @@ def carried(source, attrs: np.ndarray, bases, head_pcs: int = HEAD_PCS, pc_level
     """Per head (its first ``head_pcs`` PC coefficients) and per PC (the first ``pc_level`` of each head, alone):
     how well each attribute is read, on a seeded half/half split of the rows."""
     n = len(source)
-    if n < 20:
-        raise ResiDualError(f"the ground-truth check needs at least 20 images, got {n}")
+    if n < MIN_IMAGES:
+        raise ResiDualError(f"the ground-truth check needs at least {MIN_IMAGES} images, got {n}")
     order = np.random.default_rng(seed).permutation(n)
     train, test = np.sort(order[: n // 2]), np.sort(order[n // 2:])
     comp = source.composition

@@ -10,7 +10,6 @@ refused when larger than :data:`MAX_SITE_BYTES`.
 
 from __future__ import annotations
 
-import csv
 import json
 import time
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ import numpy as np
 
 from resi_dual.errors import ResiDualError
 from resi_dual.report import explorer_pages as pages
+from resi_dual.report.tables import read_table as _read_tsv
 
 MAX_SITE_BYTES = 100 * 1024 * 1024
 #: per-unit columns of ``analyze``'s id.tsv (or the grid's intrinsic-dim units.tsv) shown as measures
@@ -57,11 +57,6 @@ class BuildStats:
         return now
 
 
-def _read_tsv(path: Path) -> list[dict]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f, delimiter="\t"))
-
-
 def _measures(comp, bases, id_table: Path | None, specialization: Path | None, similarity: Path | None,
               lambdas: dict, notes: list[str]) -> dict[str, dict[str, float]]:
     """measure -> unit label -> value, for the overview and the unit pages."""
@@ -70,7 +65,7 @@ def _measures(comp, bases, id_table: Path | None, specialization: Path | None, s
         "PC1 share": {lab: float(bases.explained_variance_ratio(lab)[0]) for lab in bases.labels},
     }
     if id_table is not None and id_table.is_file():
-        rows = _read_tsv(id_table)
+        rows = _read_tsv(id_table, "--analysis id table", ("unit",))
         for col, name in ID_MEASURES.items():
             vals = {r["unit"]: float(r[col]) for r in rows if r.get(col) not in (None, "", "nan")}
             if vals:
@@ -78,14 +73,15 @@ def _measures(comp, bases, id_table: Path | None, specialization: Path | None, s
     else:
         notes.append("intrinsic dimensions (linear ID, TwoNN) left out: no --analysis folder with id.tsv")
     if specialization is not None:
-        rows = _read_tsv(specialization)
+        rows = _read_tsv(specialization, "--specialization", ("method", "head", "score"))
         first = rows[0].get("dataset") if rows else None
         out["specialization (S)"] = {r["head"]: float(r["score"]) for r in rows
                                      if r.get("method") == "S" and r.get("dataset") == first}
     else:
         notes.append("specialization scores left out: no --specialization rankings.tsv")
     if similarity is not None:
-        out["similarity"] = {r["unit"]: float(r["similarity"]) for r in _read_tsv(similarity)}
+        rows = _read_tsv(similarity, "--similarity", ("unit", "similarity"))
+        out["similarity"] = {r["unit"]: float(r["similarity"]) for r in rows}
     else:
         notes.append("similarity to a reference left out: no --similarity similarity.tsv")
     if lambdas:
@@ -103,12 +99,12 @@ def _descriptions(interpret: Path | None, notes: list[str]) -> tuple[dict, dict]
     for method in ("textspan", "somp"):
         p = interpret / f"{method}.tsv"
         if p.is_file():
-            for r in _read_tsv(p):
+            for r in _read_tsv(p, f"--interpret {method}.tsv", ("unit", "text", "step", "weight")):
                 units.setdefault(r["unit"], []).append(
                     {"text": r["text"], "detail": f"{method} step {r['step']}, weight {float(r['weight']):.3g}"})
     p = interpret / "pc_descriptions.tsv"
     if p.is_file():
-        for r in _read_tsv(p):
+        for r in _read_tsv(p, "--interpret pc_descriptions.tsv", ("unit", "pc", "pole", "text")):
             poles.setdefault((r["unit"], int(r["pc"])), {}).setdefault(r["pole"], []).append(r["text"])
     if not units and not poles:
         notes.append(f"text descriptions left out: {interpret} has no textspan.tsv, somp.tsv or pc_descriptions.tsv")
@@ -135,12 +131,17 @@ def _bases(store, analysis: Path | None, labels: list[str], notes: list[str]):
     from resi_dual.spectral.bases import UnitBases
     from resi_dual.spectral.pca import UnitPCA
 
-    if analysis is not None and (analysis / "bases.safetensors").is_file():
+    if analysis is not None and not (analysis / "bases.safetensors").is_file():
+        raise ResiDualError(f"--analysis {analysis} holds no bases.safetensors: give a `resi-dual analyze` folder")
+    if analysis is not None:
         b = UnitBases.load(analysis / "bases.safetensors")
+        if not b.composition.same_model(store.composition):
+            raise ResiDualError(f"--analysis {analysis}: its bases were fitted on {b.composition.model_id!r}, "
+                                f"not on the store's model {store.composition.model_id!r}")
         if all(lab in b.labels for lab in labels):
             return b
         notes.append("PCA fitted here: the --analysis bases do not cover the shown units")
-    elif analysis is None:
+    else:
         notes.append("PCA fitted here on the store (no --analysis bases.safetensors)")
     return UnitPCA(units=labels, progress=False).fit(store).bases_
 
@@ -153,12 +154,13 @@ def build_site(store_path, out, analysis=None, interpret=None, adapter=None, spe
     from resi_dual.data.reopen import reopen_images
     from resi_dual.models.loading import load_model, resolve_device
     from resi_dual.report.components import distinct_rows, rank_pc_images, trace_pc_maps
-    from resi_dual.report.outdir import staged_dir
+    from resi_dual.report.outdir import check_replaceable, staged_dir
     from resi_dual.store import open_store
 
     opt = options or ExploreOptions()
-    if opt.pcs < 1 or opt.images < 1 or opt.thumb < 16:
-        raise ResiDualError("--pcs and --images must be at least 1 and --thumb at least 16")
+    if opt.pcs < 1 or opt.images < 1 or opt.thumb < 16 or opt.batch_size < 1:
+        raise ResiDualError("--pcs, --images and --batch must be at least 1 and --thumb at least 16")
+    check_replaceable(Path(out).resolve(), "index.html")  # before the work, not after it
     t0 = time.perf_counter()
     stats = BuildStats()
     notes = stats.notes
@@ -192,7 +194,7 @@ def build_site(store_path, out, analysis=None, interpret=None, adapter=None, spe
     stats.trace_seconds = time.perf_counter() - t1
     t = stats.lap("trace", t1)
     stats.traced_images = len({r for r, _label, _pc in maps})
-    with staged_dir(out) as tmp:
+    with staged_dir(out, "index.html") as tmp:
         _write(tmp, store, comp, bases, labels, lists, images, maps, measures, descriptions, poles, lambdas, notes, opt)
         stats.bytes = sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file())
         stats.lap("thumbnails and pages", t)

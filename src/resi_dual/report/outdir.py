@@ -10,11 +10,27 @@ from pathlib import Path
 from typing import Iterator
 
 
+def check_replaceable(out: Path, marker: str | None) -> None:
+    """Refuse (before any work) an ``out`` that is a file, or a non-empty folder without ``marker`` (a
+    file every complete output of this kind holds): replacing it would delete what is not ours."""
+    from resi_dual.errors import ResiDualError
+    from resi_dual.files import check_out_dir
+
+    if out.is_dir():
+        if any(out.iterdir()) and not (marker and (out / marker).is_file()):
+            raise ResiDualError(f"--out {out} is a folder holding other files{f' (no {marker})' if marker else ''}, "
+                                "and the output replaces its folder as a whole: give a new or empty folder")
+    else:
+        check_out_dir(out)
+
+
 @contextmanager
-def staged_dir(out: str | Path) -> Iterator[Path]:
+def staged_dir(out: str | Path, marker: str | None = None) -> Iterator[Path]:
     """Yield an empty temporary folder next to ``out``; on success it replaces ``out`` (an existing
-    ``out`` is moved aside first and removed after the swap), on any error it is deleted."""
+    ``out`` is moved aside first and removed after the swap), on any error it is deleted. An ``out``
+    that is a file, or a non-empty folder without ``marker``, is refused first (:func:`check_replaceable`)."""
     out = Path(out).resolve()
+    check_replaceable(out, marker)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:

@@ -74,7 +74,19 @@ def _parquet_bytes(rows: Sequence[dict], cols: list[str]) -> bytes:
     return buf.getvalue()
 
 
-def read_table(path: str | Path) -> list[dict]:
-    """Rows of a TSV written by :func:`write_table`, every value a string (empty list for an empty file)."""
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh, delimiter="\t"))
+def read_table(path: str | Path, what: str | None = None, columns: Sequence[str] = ()) -> list[dict]:
+    """Rows of a TSV written by :func:`write_table`, every value a string (empty list for an empty file).
+    With ``what`` (the option or file role), a missing or binary file, or one without ``columns``, is a
+    one-line :class:`ResiDualError` naming ``what`` and the file."""
+    if what is None:
+        with open(path, newline="") as fh:
+            return list(csv.DictReader(fh, delimiter="\t"))
+    from resi_dual.errors import ResiDualError
+    from resi_dual.files import read_text_file
+
+    rows = list(csv.DictReader(io.StringIO(read_text_file(path, what), newline=""), delimiter="\t"))
+    missing = [c for c in columns if not rows or c not in rows[0]]
+    if missing:
+        raise ResiDualError(f"{what}: {path} is not the expected table (no {', '.join(missing)} column"
+                            f"{'s' if len(missing) > 1 else ''}{'' if rows else '; it has no rows'})")
+    return rows

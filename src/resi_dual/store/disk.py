@@ -306,7 +306,7 @@ class DiskStore(EncodingSource):
 def read_manifest(path: Path) -> dict:
     path = Path(path)
     if not path.is_dir():
-        raise ResiDualError(f"store {path} does not exist")
+        raise ResiDualError(f"store {path} {'is a file, not a store directory' if path.exists() else 'does not exist'}")
     mf = path / MANIFEST
     if not mf.exists():
         if (path / PLAN).exists():
