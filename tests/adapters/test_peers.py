@@ -182,3 +182,47 @@ def test_run_metrics_round_trip_the_train_json():
     assert peer.to_dict()["accuracy"] == {"val": 1.0, "test": 0.5} and peer.epochs == 0 and peer.zeroshot_test is None
     with pytest.raises(ResiDualError, match="accuracy.val"):
         RunMetrics.from_dict({"variant": "x", "trainable_parameters": 0, "accuracy": {"val": 1.0}})
+
+
+def test_tip_search_equals_the_plain_double_loop():
+    """The batched α/β search picks exactly what scoring every (β, α) in turn picks."""
+    for seed, scale in ((0, 100.0), (1, 37.0), (2, 100.0)):
+        tr, va = clustered(6, seed=seed), clustered(5, seed=seed + 10, spread=0.8)
+        w, values = almost_alike_classifier(), torch.nn.functional.one_hot(tr.labels, 4).float()
+        ref = (-1.0, 0.0, 0.0)
+        zs = peers.zero_shot_logits(va.embeddings, w, scale)
+        for beta in peers.TIP_BETAS:
+            cache = torch.exp(-beta * (1.0 - va.embeddings @ tr.embeddings.T)) @ values
+            for alpha in np.asarray(peers.TIP_ALPHAS) * scale / 100.0:
+                acc = peers.accuracy(zs + alpha * cache, va.labels)
+                if acc > ref[0]:
+                    ref = (acc, float(alpha), float(beta))
+        assert peers._search_alpha_beta(va, tr.embeddings, values, w, scale) == ref
+
+
+def test_memo_reuses_the_test_split_without_changing_results(monkeypatch):
+    """Across K × seeds the test coefficients are encoded once per projection; the metrics are the same."""
+    from resi_dual.adapters import AdapterConfig, TrainConfig
+    from resi_dual.adapters import adapter as adapter_mod
+    from resi_dual.adapters.protocol import train_and_evaluate
+    from resi_dual.spectral.pca import fit_bases
+
+    comp, readout = make_model()
+    reference = make_source(comp, readout, 50, seed=4)
+    train = make_source(comp, readout, 60, seed=1, labels=np.repeat(np.arange(3), 20))
+    val = make_source(comp, readout, 45, seed=2, labels=np.repeat(np.arange(3), 15))
+    test = make_source(comp, readout, 30, seed=3, labels=np.repeat(np.arange(3), 10))
+    encodes = []
+    real = adapter_mod.encode_split
+    monkeypatch.setattr(adapter_mod, "encode_split", lambda src, *a, **k: encodes.append(src is test) or real(src, *a, **k))
+    w = torch.nn.functional.normalize(torch.randn(3, comp.d_out, generator=torch.Generator().manual_seed(0)), dim=1)
+    bases, memo = fit_bases(reference, progress=False), {}
+    for variant in ("residual", "linear"):
+        for seed in (1, 2):
+            tc = TrainConfig(lr=0.08 if variant == "residual" else 1e-2, seed=seed, max_epochs=3, patience=2, progress=False)
+            a, b = (train_and_evaluate(AdapterConfig(variant, seed=seed), train, val, test, w, 100.0, bases=bases,
+                                       shots=4, train_config=tc, memo=m)[1].to_dict() for m in (None, memo))
+            a.pop("seconds"), b.pop("seconds")
+            assert a == b, variant
+    assert sum(encodes) == 4 + 2  # without the memo: every run; with it: once per projection
+    assert sum(1 for k in memo if k[0] == "test") == 2 and sum(1 for k in memo if k[0] == "zero-shot") == 1

@@ -159,15 +159,24 @@ TIP_ALPHAS: tuple[float, ...] = tuple(np.linspace(0.1, 3.0, 20))
 
 
 def _search_alpha_beta(val: Features, keys, values, classifier, logit_scale) -> tuple[float, float, float]:
-    best = (-1.0, 0.0, 0.0)
+    """(val accuracy, α, β) best on val over :data:`TIP_BETAS` × :data:`TIP_ALPHAS` (ties: the first in
+    β-major order). The affinities are computed once and every α of a β is scored in one batch."""
     zs = zero_shot_logits(val.embeddings, classifier, logit_scale)
-    for beta in TIP_BETAS:
-        cache = torch.exp(-beta * (1.0 - val.embeddings @ keys.T)) @ values
-        for alpha in np.asarray(TIP_ALPHAS) * logit_scale / 100.0:
-            acc = accuracy(zs + alpha * cache, val.labels)
-            if acc > best[0]:
-                best = (acc, float(alpha), float(beta))
-    return best
+    alphas = np.asarray(TIP_ALPHAS) * logit_scale / 100.0
+    a = torch.tensor(alphas, dtype=zs.dtype)[:, None, None]
+    affinity = val.embeddings @ keys.T
+    n = len(val)
+    rows = max(1, (1 << 22) // max(1, len(alphas) * zs.shape[1]))  # (α, rows, C) blocks of ≤ 4M logits
+    counts = torch.zeros(len(TIP_BETAS), len(alphas), dtype=torch.int64)
+    for i, beta in enumerate(TIP_BETAS):
+        cache = torch.exp(-beta * (1.0 - affinity)) @ values
+        for s in range(0, n, rows):
+            pred = (zs[s : s + rows] + a * cache[s : s + rows]).argmax(2)
+            counts[i] += (pred == val.labels[s : s + rows]).sum(1)
+    hits = counts.float() / n if n else torch.full(counts.shape, float("nan"))
+    best = int(torch.argmax(hits.flatten()))  # the first maximum, as a strict > over the loop
+    i, j = divmod(best, len(alphas))
+    return float(hits[i, j]), float(alphas[j]), float(TIP_BETAS[i])
 
 
 def tip_adapter(train: Features, val: Features, classifier: torch.Tensor, logit_scale: float) -> PeerResult:
