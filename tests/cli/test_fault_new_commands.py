@@ -84,19 +84,8 @@ def test_locate_bad_input(world, files, tmp_path, capsys, case):
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
-def test_locate_out_is_a_file_or_someone_elses_folder(world, files, tmp_path, capsys):
-    """The output replaces its folder as a whole: a file, or a folder of other files, is refused and kept."""
-    target = tmp_path / "notes.txt"
-    target.write_text("mine")
-    theirs = tmp_path / "mine"
-    shutil.copytree(files / "mine", theirs)
-    before = snapshot(tmp_path)
-    for out, needle in [(target, "is a file"), (target / "sub", "is a file"), (theirs, "holding other files")]:
-        rc, _, err = run_cli(_locate(world, out), capsys)
-        assert_one_line_error(rc, err, str(out), needle)
-    _assert_nothing_written(before, tmp_path)
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
-    rc, _, err = run_cli(_locate(world, tmp_path / "loc"), capsys)  # a locate folder is replaced by a rerun
+def test_a_locate_folder_is_replaced_by_a_rerun(world, tmp_path, capsys):
+    rc, _, err = run_cli(_locate(world, tmp_path / "loc"), capsys)
     assert rc == 0, err
     rc, _, err = run_cli(_locate(world, tmp_path / "loc", "--units", "L0H0"), capsys)
     assert rc == 0 and sorted(p.name for p in (tmp_path / "loc").iterdir()) == ["0000_0.png", "locate.tsv"]
@@ -150,16 +139,19 @@ def foreign_analysis(world, tmp_path_factory, make_toy_source):
     return out
 
 
-def test_explore_out_is_a_file_or_someone_elses_folder(world, files, tmp_path, capsys):
+@pytest.mark.parametrize("command", ["locate", "explore"])
+def test_out_is_a_file_or_someone_elses_folder(world, files, tmp_path, capsys, command):
+    """The output replaces its folder as a whole: a file, or a folder of other files, is refused and kept."""
     target = tmp_path / "notes.txt"
     target.write_text("mine")
     theirs = tmp_path / "mine"
     shutil.copytree(files / "mine", theirs)
     before = snapshot(tmp_path)
-    for out, needle in [(target, "is a file"), (theirs, "holding other files")]:
-        rc, _, err = run_cli(_explore(world, out), capsys)
+    for out, needle in [(target, "is a file"), (target / "sub", "is a file"), (theirs, "holding other files")]:
+        rc, _, err = run_cli((_locate if command == "locate" else _explore)(world, out), capsys)
         assert_one_line_error(rc, err, str(out), needle)
     _assert_nothing_written(before, tmp_path)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
 # -- groundtruth ----------------------------------------------------------------------------------
