@@ -18,7 +18,7 @@ from fault_helpers import popen_cli, run_cli, run_killed
 pytestmark = pytest.mark.integration  # the CLI / real stores end to end
 
 #: the file written last by each command (its presence marks a complete run), if it has one
-MARKER = {"train": "data-residual-summary.json", "zeroshot": "zeroshot.json", "analyze": "complete.json", "interpret": None}
+MARKER = {"train": "data-residual-summary.json", "zeroshot": "zeroshot.json", "analyze": "complete.json", "interpret": "complete.json"}
 
 
 def _argv(command, world, text_store, out="o"):
@@ -132,3 +132,21 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(world, text_store, tmp_p
     assert rc == 0, err
     assert _outputs(cwd / "o") == want
     assert _temporaries(cwd / "o") == []  # the dead writers' temporaries are cleared by the rerun
+
+
+#: a change of each command's arguments that changes its outputs
+_EDIT = {"train": ["--epochs", "1"], "zeroshot": None, "analyze": ["--threshold", "0.9"], "interpret": ["-k", "1"]}
+
+
+@pytest.mark.parametrize("command", ["train", "zeroshot", "analyze", "interpret"])
+def test_a_killed_rerun_with_other_arguments_unmarks_the_folder(world, text_store, tmp_path, capsys, monkeypatch, command):
+    """Over a complete folder, a rerun with other arguments is killed after its first file: the folder
+    is no longer marked complete (it mixes files of two runs)."""
+    monkeypatch.chdir(tmp_path)
+    argv = _argv(command, world, text_store)
+    rc, _, err = run_cli(argv, capsys)
+    assert rc == 0 and (tmp_path / "o" / MARKER[command]).exists(), err
+    edited = argv[:1] + [world["val"]] + argv[2:] if command == "zeroshot" else argv + _EDIT[command]
+    r = run_killed(edited, tmp_path / "o", tmp_path / "kill.log", 1, "after", cwd=tmp_path)
+    assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
+    assert not (tmp_path / "o" / MARKER[command]).exists()

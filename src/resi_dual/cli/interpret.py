@@ -3,7 +3,8 @@
 Writes into ``--out`` (default STORE/interpret): ``<method>.tsv`` (per unit: the chosen descriptions,
 their weights and the cumulative explained variance after each step), ``<method>.md`` (the units with
 the largest variance), and ``pc_descriptions.tsv`` (for each unit's first principal components, the
-descriptions closest to either pole). The dictionary is the package's own unless ``--dictionary``.
+descriptions closest to either pole), then ``complete.json`` (removed when a run starts: a folder
+without it holds an interrupted run). The dictionary is the package's own unless ``--dictionary``.
 """
 
 from __future__ import annotations
@@ -34,13 +35,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import json
     from pathlib import Path
 
     from rich.console import Console
 
     from resi_dual import load_model, open_store
     from resi_dual.errors import ResiDualError
-    from resi_dual.files import ensure_out_dir
+    from resi_dual.cli.analyze import COMPLETE
+    from resi_dual.files import atomic_write, ensure_out_dir
     from resi_dual.interpret import decompose_units, embed_dictionary, load_dictionary, pc_descriptions
     from resi_dual.report.interpret import write_decompositions, write_pc_descriptions
     from resi_dual.models.text import get_text_tower
@@ -67,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
                             "text: use `resi-dual analyze STORE` for its units' spectra, and "
                             "`resi-dual zeroshot STORE --train TRAIN_STORE` for class-mean prototypes") from None
     out = ensure_out_dir(Path(args.out) if args.out else Path(args.store) / "interpret")
+    (out / COMPLETE).unlink(missing_ok=True)
     dictionary = embed_dictionary(tower, texts)
     con = Console()
     res = decompose_units(store, dictionary, texts, args.method, k, units=args.units, rank=args.rank,
@@ -90,6 +94,8 @@ def run(args: argparse.Namespace) -> int:
             bases = fit_bases(store, units=list(res), progress=not args.no_progress)
             labels = list(res)
         written.append(write_pc_descriptions(pc_descriptions(bases, dictionary, texts, labels, args.pcs, args.pc_texts), out))
+    atomic_write(out / COMPLETE, json.dumps({"store": str(Path(args.store).resolve()), "method": args.method, "k": k,
+                                             "files": sorted(p.name for p in written)}, indent=1) + "\n")
     top = sorted(res.items(), key=lambda kv: -kv[1].total_variance)[:3]
     for lab, d in top:
         con.print(f"[bold]{lab}[/bold]: " + "; ".join(d.texts[:5]) + (" …" if len(d.texts) > 5 else ""))

@@ -121,6 +121,7 @@ def run(args: argparse.Namespace) -> int:
     check_splits(train, val, test)
     dataset = train.meta.dataset_name or "data"
     out_dir = ensure_out_dir(args.out)
+    _summary_path(out_dir, dataset, args.adapter, args.shots).unlink(missing_ok=True)
 
     if args.adapter in ("finetune", "lora"):
         return _run_on_images(args, train, val, test, seeds, lr, device, dataset, out_dir, console)
@@ -255,6 +256,11 @@ def _stem(dataset: str, variant: str, shots: int | None, seed: int) -> str:
     return f"{dataset}-{variant}" + (f"-{shots}shot" if shots else "") + f"-seed{seed}"
 
 
+def _summary_path(out_dir, dataset: str, variant: str, shots: int | None):
+    """The seeds' summary, written last: removed when a run starts, so it never describes an unfinished one."""
+    return out_dir / (f"{dataset}-{variant}" + (f"-{shots}shot" if shots else "") + "-summary.json")
+
+
 def _write_summary(out_dir, dataset, variant, shots, runs, console) -> None:
     import json
 
@@ -264,6 +270,6 @@ def _write_summary(out_dir, dataset, variant, shots, runs, console) -> None:
     if len(runs) < 2:
         return
     s = summarise_seeds(runs)
-    path = out_dir / (f"{dataset}-{variant}" + (f"-{shots}shot" if shots else "") + "-summary.json")
+    path = _summary_path(out_dir, dataset, variant, shots)
     atomic_write(path, json.dumps({"variant": variant, "shots": shots, "seeds": [r.seed for r in runs], "accuracy": s}, indent=1))
     console.print(f"{variant} over {len(runs)} seeds: test {s['test']['mean']:.4f} ± {s['test']['std']:.4f} -> {path}")

@@ -61,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
     rep.update(classifier=head.kind, model_spec=store.meta.model_spec, dataset=store.meta.dataset_name,
                split=store.meta.split, templates=head.templates, store=str(args.store))
     out = ensure_out_dir(Path(args.out) if args.out else Path(args.store) / "zeroshot")
+    (out / "zeroshot.json").unlink(missing_ok=True)  # until this run's is written, the folder is not complete
     write_table([{"class": name, "n": r["n"], "top1": float(r["top1"])} for name, r in rep["per_class"].items()],
                 out / "per_class", ["class", "n", "top1"], formats=("tsv",), precision=".6f")
     atomic_write(out / "zeroshot.json", json.dumps(rep, indent=1))  # last: its presence marks a complete run
