@@ -150,3 +150,21 @@ def test_a_killed_rerun_with_other_arguments_unmarks_the_folder(world, text_stor
     r = run_killed(edited, tmp_path / "o", tmp_path / "kill.log", 1, "after", cwd=tmp_path)
     assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
     assert not (tmp_path / "o" / MARKER[command]).exists()
+
+
+def test_a_killed_locate_leaves_the_previous_folder_and_is_cleared_by_the_rerun(world, tmp_path, capsys, monkeypatch):
+    """locate builds a hidden sibling and swaps it in: killed before the swap, the previous folder stands
+    whole; the rerun removes the dead run's hidden folder."""
+    monkeypatch.chdir(tmp_path)
+    argv = ["locate", "--model", "demo", "--text", "a red square", world["data"] / "test" / "red" / "0.png", "--out", "loc"]
+    rc, _, err = run_cli(argv + ["--units", "L0H0"], capsys)
+    assert rc == 0, err
+    before = {p.name: p.read_bytes() for p in (tmp_path / "loc").iterdir()}
+    r = run_killed(argv, tmp_path, tmp_path / "kill.log", 1, "before", cwd=tmp_path)  # the first rename: a file in the stage
+    assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
+    assert {p.name: p.read_bytes() for p in (tmp_path / "loc").iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".loc.tmp-")]
+    rc, _, err = run_cli(argv, capsys)
+    assert rc == 0, err
+    assert {p.name: p.read_bytes() for p in (tmp_path / "loc").iterdir()} != before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kill.log", "loc"]

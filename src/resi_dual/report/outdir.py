@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import tempfile
@@ -24,6 +25,20 @@ def check_replaceable(out: Path, marker: str | None) -> None:
         check_out_dir(out)
 
 
+def _remove_dead_stages(out: Path) -> None:
+    """Delete the hidden siblings of ``out`` that a killed run left (``.<name>.tmp-<pid>-…``, and
+    ``.<name>.old-<pid>-…`` unless ``out`` itself is missing, when it holds the previous output)."""
+    from resi_dual.files import pid_alive
+
+    for p in out.parent.glob(f".{glob.escape(out.name)}.*-*-*"):
+        kind, _, rest = p.name[len(out.name) + 2:].partition("-")
+        pid = rest.split("-", 1)[0]
+        if kind in ("tmp", "old") and pid.isdigit() and p.is_dir() and not pid_alive(int(pid)):
+            if kind == "old" and not out.exists():
+                continue
+            shutil.rmtree(p, ignore_errors=True)
+
+
 @contextmanager
 def staged_dir(out: str | Path, marker: str | None = None) -> Iterator[Path]:
     """Yield an empty temporary folder next to ``out``; on success it replaces ``out`` (an existing
@@ -32,7 +47,8 @@ def staged_dir(out: str | Path, marker: str | None = None) -> Iterator[Path]:
     out = Path(out).resolve()
     check_replaceable(out, marker)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    _remove_dead_stages(out)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
     try:
         yield tmp
     except BaseException:
@@ -40,7 +56,7 @@ def staged_dir(out: str | Path, marker: str | None = None) -> Iterator[Path]:
         raise
     old = None
     if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-{os.getpid()}-", dir=out.parent))
         os.replace(out, old / "previous")
     os.replace(tmp, out)
     if old is not None:
