@@ -128,19 +128,21 @@ def test_few_shot_adaptation_grid_has_every_method_per_shot_count(config, tmp_pa
     from resi_dual.adapters.adapter import LR_SWEEP
     from resi_dual.adapters.peers import LR_GRID
 
-    methods = ("zeroshot", "residual", "residual-keep", "linear", "linear-probe", "tip-adapter", "clip-adapter")
+    methods = ("zeroshot", "residual", "residual-keep", "linear", "linear-probe", "lp++", "tip-adapter", "clip-adapter")
     cfg = dataclasses.replace(config, datasets=config.datasets[:1], adaptation=dataclasses.replace(
-        config.adaptation, methods=methods, shots=(1, 2), max_epochs=3, patience=2))
+        config.adaptation, methods=methods + ("coop",), shots=(1, 2), max_epochs=3, patience=2))
     with pytest.warns(UserWarning):
         run = compute_experiment("adaptation", cfg, tmp_path, progress=False)
     runs = run.outputs.find("runs").rows
-    assert {(r["method"], r["shots"]) for r in runs} == {(m, k) for m in methods for k in (1, 2)}
+    assert {(r["method"], r["shots"]) for r in runs} == {(m, k) for m in methods for k in (1, 2)}  # vision-only: no coop
     # 10 classes: K rows per class for training; the capped validation is min(K, 4) per class
     for r in runs:
         if r["method"] in ("residual", "residual-keep", "linear"):
             assert r["lr"] in LR_SWEEP[r["method"]]
         if r["method"] == "clip-adapter":
             assert r["lr"] in LR_GRID
+        if r["method"] == "lp++":  # step sizes from the Lipschitz bounds, said in the row
+            assert r["lr"] > 0 and "Lipschitz" in r["note"]
     summary = run.outputs.find("summary").rows
     assert {(r["method"], r["shots"]) for r in summary} == {(m, k) for m in methods for k in (1, 2)}
     keep = next(r for r in summary if r["method"] == "residual-keep" and r["shots"] == 2)

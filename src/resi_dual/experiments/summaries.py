@@ -152,6 +152,8 @@ def adaptation_outputs(cfg: GridConfig, rows: list[dict], methods: list[str]) ->
                 for method in methods:
                     sel = [r for r in rows if r["model"] == m.name and r["dataset"] == d.name
                            and r["method"] == method and int(r.get("shots", 0)) == k]
+                    if not sel:  # no run (CoOp on a vision-only model): no row
+                        continue
                     mu, sd = mean_std([r["test_accuracy"] for r in sel])
                     lrs = sorted({r["lr"] for r in sel if r.get("lr") is not None})
                     summary.append({"model": m.name, "dataset": d.name, "shots": k or "all", "method": method,
