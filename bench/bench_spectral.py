@@ -15,7 +15,8 @@
   the full distance matrix of the materialised 512-d contributions.
 
 Peak memory is the resident-set high-water mark above the level before the call
-(``/proc/self/clear_refs`` resets it), so it counts torch's allocations too.
+(``/proc/self/clear_refs`` resets it), so it counts torch's allocations too. Freed heap pages are
+returned (``malloc_trim``) before that level is read, so it holds only live memory.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ TWONN_D = 768
 #: TwoNN timings: interleaved repeats per side, torch/BLAS threads per side (the machine is shared)
 REPEATS, THREADS = 3, 1
 #: fresh-process pairs (N=5k, N=20k) of the PCA memory comparison
-MEM_REPEATS = 2
+MEM_REPEATS = 3
 
 NOTES = [
     "TwoNN thread count (N = 20k, d = 768, 2 cores, measured before the symmetric first pass): idle, "
@@ -51,6 +52,14 @@ NOTES = [
     "PCA moments chunk (`UnitMoments.CHUNK_ELEMENTS` = 2M float64): on 144 heads, N = 20k, one thread, the "
     "moments pass peaked ~230 MB above the store with 8M-element chunks, ~95 MB with 2M, and took 4.8 s "
     "instead of 7.4 s.",
+    "PCA finishing chunk (`UnitMoments.FINISH_ELEMENTS` = 256K float64, freed pages returned after each chunk): "
+    "on 144 heads the peak above the store was 176–193 MB (N = 5k and 20k, fresh processes) while the "
+    "factorisations ran on 2M-element chunks with the whole readout in float64, 63–66 MB after; of it ~39 MB are "
+    "the components themselves and ~10 MB shared-library pages (file-backed, the same at every N).",
+    "PCA memory base: building the N = 5k store left 16.9 MB of freed heap resident (its last 904-row float16 "
+    "block, under glibc's raised mmap threshold: 0.2 MB with MALLOC_MMAP_THRESHOLD_=131072; 0.7 MB at N = 20k), "
+    "which the PCA's own malloc_trim then dropped, so N = 5k read ~17 MB low (47–49 MB vs 64–66 MB at N = 20k) "
+    "until the base was read after a trim.",
 ]
 
 
@@ -64,7 +73,12 @@ def _status_kb(key: str) -> int:
 
 def measure(fn):
     """(result, seconds, peak MB above the resident set before the call)."""
+    from resi_dual.runtime import release_free_memory
+
     gc.collect()
+    # heap pages freed before the call (building the store) would count in the base, and the PCA's own
+    # malloc_trim drops them mid-call, so its peak came out lower by an amount that depended on N
+    release_free_memory()
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # reset VmHWM to the current RSS

@@ -116,8 +116,10 @@ def test_unit_chunking_gives_the_same_bases(monkeypatch):
     src = make_source(n=300)
     whole = fit_bases(src, block_rows=50, progress=False)
     monkeypatch.setattr(UnitMoments, "CHUNK_ELEMENTS", 10)  # one unit per chunk
+    monkeypatch.setattr(UnitMoments, "FINISH_ELEMENTS", 10)  # and one per factorisation
     chunked = fit_bases(src, block_rows=50, progress=False)
     for lab in whole.labels:
+        torch.testing.assert_close(chunked.components[lab], whole.components[lab], rtol=0, atol=1e-10)
         torch.testing.assert_close(chunked.explained_variance[lab], whole.explained_variance[lab], rtol=1e-12, atol=1e-14)
         torch.testing.assert_close(chunked.means[lab], whole.means[lab], rtol=1e-12, atol=1e-14)
 

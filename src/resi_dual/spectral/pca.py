@@ -178,35 +178,56 @@ class UnitMoments:
         """PCA of every unit from its moments and its affine readout (see module docstring).
 
         Units of one width are finished together (batched QR and eigendecomposition), in chunks of
-        about ``CHUNK_ELEMENTS`` readout entries so the float64 temporaries stay small."""
+        about ``FINISH_ELEMENTS`` readout entries so the float64 temporaries stay small."""
         n = self.n
         if n < 2:
             raise ResiDualError(f"PCA needs at least 2 samples, the store has {n}")
         comp = self.composition
-        ro = readout.to(torch.float64)
         means, comps, evs, tvs = {}, {}, {}, {}
         for group, idx in ((self.heads, self._heads), (self.dense, self._dense)):
             if not idx:
                 continue
-            p = group.mean.shape[1]
-            step = max(1, self.CHUNK_ELEMENTS // (comp.d_out * p))
-            for j0 in range(0, len(idx), step):
-                chunk = idx[j0 : j0 + step]
-                affines = [ro.affine(comp, i) for i in chunk]
-                a = torch.stack([t[0] for t in affines])  # (k, d_out, p)
-                k_u = torch.stack([t[1] for t in affines])  # (k, d_out)
-                sl = slice(j0, j0 + len(chunk))
-                mean, components, ev, total = pca_from_moments(a, k_u, group.mean[sl], group.m2[sl] / (n - 1), n)
-                del affines, a, k_u
-                for j, i in enumerate(chunk):
-                    lab = comp.units[i].label
-                    if total[j] <= 0.0:
-                        warnings.warn(f"unit {lab} has zero variance (constant contributions); its ratios are reported as 0")
-                    means[lab], comps[lab], evs[lab], tvs[lab] = mean[j], components[j], ev[j], float(total[j])
-                    if progress is not None:
-                        progress()
+            mean, components, ev, total = self._finish_group(group, idx, readout, progress)
+            for j, i in enumerate(idx):
+                lab = comp.units[i].label
+                if total[j] <= 0.0:
+                    warnings.warn(f"unit {lab} has zero variance (constant contributions); its ratios are reported as 0")
+                means[lab], comps[lab], evs[lab], tvs[lab] = mean[j], components[j], ev[j], float(total[j])
         labels = [comp.units[i].label for i in sorted(self.unit_indices)]
         return UnitBases(comp, labels, means, comps, evs, tvs, n, dict(meta or {}))
+
+    #: readout entries (k' · d_out · p) of one chunk of units in :meth:`to_bases`: each float64
+    #: temporary of the factorisations (QR, components, sign fix) is then ~2 MB, small next to the
+    #: results; with the moments' chunk and the whole readout in float64 this phase set the PCA's peak
+    FINISH_ELEMENTS = 262_144
+
+    def _finish_group(self, group: _GroupMoments, idx: list[int], readout, progress):
+        """(means (k, d_out), components (k, r, d_out), explained variance (k, r), total (k,)) of
+        the units ``idx`` of one width. The results are allocated once, before any temporary, and
+        each chunk's readout is converted to float64 alone (not the whole readout)."""
+        comp, n, f64 = self.composition, group.n, torch.float64
+        k_all, p, d_out = len(idx), group.mean.shape[1], comp.d_out
+        r = min(n - 1, p, d_out)  # as pca_from_moments keeps
+        mean, components = torch.empty(k_all, d_out, dtype=f64), torch.empty(k_all, r, d_out, dtype=f64)
+        ev, total = torch.empty(k_all, r, dtype=f64), torch.empty(k_all, dtype=f64)
+        step = min(k_all, max(1, self.FINISH_ELEMENTS // (d_out * p)))
+        a, k_u = torch.empty(step, d_out, p, dtype=f64), torch.empty(step, d_out, dtype=f64)
+        for j0 in range(0, k_all, step):
+            chunk = idx[j0 : j0 + step]
+            for j, i in enumerate(chunk):
+                a_i, k_i = readout.affine(comp, i)  # (d_out, p), (d_out,) in the readout's dtype
+                a[j].copy_(a_i)
+                k_u[j].copy_(k_i)
+            sl, k = slice(j0, j0 + len(chunk)), len(chunk)
+            out = pca_from_moments(a[:k], k_u[:k], group.mean[sl], group.m2[sl] / (n - 1), n)
+            for dst, src in zip((mean, components, ev, total), out):
+                dst[sl] = src
+            del out
+            release_free_memory()  # the chunk's freed temporaries: else where the heap puts the next sets the peak
+            if progress is not None:
+                for _ in chunk:
+                    progress()
+        return mean, components, ev, total
 
 
 def pca_from_moments(
