@@ -231,15 +231,23 @@ def _head_shares(model: TracedModel, dirs: torch.Tensor, pulled: list) -> tuple[
     return shares, torch.stack([w for w, _, _ in pulled])
 
 
-def _check(model, z_rebuilt, enc, maps, cls, remainder, score) -> None:
-    tol = model.tolerance
-    z = enc.heads.double()
-    zerr = float(relative_error(z_rebuilt.flatten(2), z.flatten(2)).max())
+def map_sum_errors(maps, cls, remainder, score) -> tuple[float, float]:
+    """(Σ_t maps vs the heads' pooled/CLS contributions, heads + remainder vs the model's score): the
+    largest relative errors of the two sums every spatial decomposition must satisfy (0.0 for the second
+    when there is no score, i.e. per-head directions)."""
     serr = float(relative_error(maps.sum(-1).flatten(2), cls.flatten(2)).max())
     terr = 0.0
     if score is not None:
         total = maps.sum(dim=(2, 3, 4)) + remainder
         terr = float(((total - score).abs() / (cls.abs().sum(dim=(2, 3)) + remainder.abs()).clamp_min(1e-30)).max())
+    return serr, terr
+
+
+def _check(model, z_rebuilt, enc, maps, cls, remainder, score) -> None:
+    tol = model.tolerance
+    z = enc.heads.double()
+    zerr = float(relative_error(z_rebuilt.flatten(2), z.flatten(2)).max())
+    serr, terr = map_sum_errors(maps, cls, remainder, score)
     if not (zerr <= tol and serr <= tol and terr <= tol):
         raise ResiDualError(
             f"spatial decomposition of {model.spec} is off: rebuilt heads {zerr:.2e}, Σ_t maps vs CLS {serr:.2e}, "

@@ -63,7 +63,7 @@ def _pooled_head_maps(model, st: dict, dirs: torch.Tensor) -> torch.Tensor:
 def pooled_spatial_maps(model, pixels: torch.Tensor, dirs: torch.Tensor, check: bool = True):
     """:func:`resi_dual.models.spatial.spatial_maps` for a :class:`PooledTracedModel` (module docstring);
     ``dirs`` (K, d_out) or (L, H, K, d_out) float64."""
-    from resi_dual.models.spatial import SpatialMaps, patch_grid
+    from resi_dual.models.spatial import SpatialMaps, map_sum_errors, patch_grid
 
     pixels = model.check_pixels(pixels)
     st, dense, heads, enc = model.capture_pooled(pixels)
@@ -75,9 +75,7 @@ def pooled_spatial_maps(model, pixels: torch.Tensor, dirs: torch.Tensor, check: 
         cls, remainder, score = torch.einsum("nlho,lhko->nklh", heads, dirs), None, None
     grid, prefix = patch_grid(model, pixels, maps.shape[-1])
     if check:
-        serr = float(relative_error(maps.sum(-1).flatten(2), cls.flatten(2)).max())
-        terr = 0.0 if score is None else float(
-            ((maps.sum(dim=(2, 3, 4)) + remainder - score).abs() / (cls.abs().sum(dim=(2, 3)) + remainder.abs())).max())
+        serr, terr = map_sum_errors(maps, cls, remainder, score)
         err = float(relative_error(model.summed_contributions(enc), enc.output).max())
         if not (serr <= model.tolerance and terr <= model.tolerance and err <= model.tolerance):
             raise ResiDualError(f"spatial decomposition of {model.spec} is off: Σ_t maps vs pooled heads {serr:.2e}, "
