@@ -64,7 +64,7 @@ INITS: tuple[str, ...] = get_args(Init)
 DEFAULT_LR = {"residual": 0.8, "residual-keep": 0.8, "residual-full": 0.8, "coarse": 0.8, "spectral": 1e-3, "linear": 1e-3, "finetune": 1e-5, "lora": 1e-4}
 #: The learning rates each method chooses from on validation (``lr="sweep"``, the default): the same
 #: budget of four candidates a decade apart for every method trained on cached features, around the
-#: paper's value; three for full fine-tuning, which reruns the backbone (the peers' grid is
+#: paper's value; three for full fine-tuning and LoRA, which rerun the backbone (the peers' grid is
 #: :data:`resi_dual.adapters.peers.LR_GRID`; CoOp's SGD sweeps its paper's 0.002 and a decade either side).
 LR_SWEEP = {
     "residual": (0.008, 0.08, 0.8, 8.0), "residual-keep": (0.008, 0.08, 0.8, 8.0),

@@ -16,7 +16,7 @@ constant 1e-5, then cosine annealing; initialisation N(0, 0.02²), or the embedd
 (``ctx_init``, e.g. "a photo of a", whose logits are then the zero-shot logits of that template,
 tested). The project's fair protocol sets the rest: the peers' epoch budget, patience and batch, and
 the learning rate chosen on validation from ``LR_SWEEP["coop"]`` (CoOp's 0.002 and a decade either
-side, four candidates like every method). Trainable parameters: ``M · d_token``.
+side, four candidates like every method on cached features). Trainable parameters: ``M · d_token``.
 """
 
 from __future__ import annotations

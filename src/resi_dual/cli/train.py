@@ -33,8 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="reference for the unit PCA bases: a store (PCA fitted on it) or a bases .safetensors file "
                         "(default: the full train store; PCA uses no labels)")
     p.add_argument("--lr", default="sweep",
-                   help="learning rate; 'sweep' (default) picks it on validation from the method's grid (the same "
-                        "number of candidates for every method), 'auto' runs a range test on train")
+                   help="learning rate; 'sweep' (default) picks it on validation from the method's grid (4 candidates; "
+                        "3 for finetune and lora; lp++ keeps its Lipschitz step sizes), 'auto' runs a range test on train")
     p.add_argument("--shots", type=int, default=None,
                    help="few-shot protocol: K training examples per class and min(K, 4) validation examples per "
                         "class (seeded); nothing else labelled is read (prototypes, early stopping and the lr choice "

@@ -99,7 +99,7 @@ class SpecializationSettings:
 @dataclass(frozen=True)
 class AdaptationSettings:
     methods: tuple[Method, ...] = ADAPTATION_METHODS  # rows of the adaptation table: variants, peers, wise-ft
-    lr: Literal["sweep", "paper"] = "sweep"  # ``sweep``: every method picks its lr on val from grids of one size; ``paper``: the paper's lrs
+    lr: Literal["sweep", "paper"] = "sweep"  # ``sweep``: every method picks its lr on val (4 candidates, 3 for finetune/lora; lp++: Lipschitz steps); ``paper``: the paper's lrs
     shots: tuple[PosInt, ...] | None = None  # few-shot protocol: K per class for each K (val capped at min(K, 4)); None: all
     bases: Literal["reference", "task"] = "reference"  # PCA bases for ResiDual: ``reference`` (the paper) or ``task`` (train split)
     max_epochs: PosInt = TrainConfig.max_epochs  # the paper: ≤ 30 epochs
