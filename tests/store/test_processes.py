@@ -64,16 +64,24 @@ def test_sigkill_at_a_random_point_then_resume_is_byte_identical(tmp_path, tiny_
     assert stable_manifest(out) == stable_manifest(tmp_path / "ref")
 
 
+def _rank_logs(logs: Path) -> str:
+    """The end of every rank's stderr under torchrun's --log-dir (<run>/attempt_<n>/<rank>/stderr.log)."""
+    parts = [f"--- rank {p.parent.name} ({p.parent.parent.name}) ---\n{p.read_text(errors='replace')[-1500:]}"
+             for p in sorted(logs.glob("*/attempt_*/*/stderr.log"))]
+    return "\n".join(parts) or f"(no rank logs under {logs})"
+
+
 def test_two_process_torchrun_equals_single_process(tmp_path, tiny_model, tiny_spec, store_bytes, stable_manifest):
     limit = 60
     ds = load_dataset("animal-mnist", "test")
     encode_store(tiny_model, ds, tmp_path / "ref", EncodeConfig(limit=limit, batch_size=4, chunk_rows=8, progress=False))
     out = tmp_path / "dist"
+    logs = tmp_path / "logs"  # each rank's own stdout/stderr: torchrun's stderr ends in its own traceback
     run = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         "-m", "resi_dual", *_cmd(tiny_spec, out, limit, 8)],
-        cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-2000:]
+         "--log-dir", str(logs), "--redirects", "3", "-m", "resi_dual", *_cmd(tiny_spec, out, limit, 8)],
+        cwd=tmp_path, env={**_env(), "PYTHONFAULTHANDLER": "1"}, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, _rank_logs(logs) + "\n--- torchrun ---\n" + run.stderr[-1500:]
     m = stable_manifest(out)
     full = __import__("json").loads((out / MANIFEST).read_text())
     assert full["run"]["world_size"] == 2

@@ -38,10 +38,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _init_distributed():
-    """Join the torchrun process group (gloo) when launched with WORLD_SIZE > 1; returns it or None."""
+    """Join the torchrun process group (gloo) when launched with WORLD_SIZE > 1; returns it or None.
+
+    Call it only after the model is loaded: transformers imports ``torch.distributed.nn`` while loading,
+    whose functions take ``group.WORLD`` as a default argument evaluated at import. Imported while the
+    group exists, they keep it alive after ``destroy_process_group``, so gloo's worker threads outlive it;
+    one still releasing a finished collective at interpreter exit takes the GIL during finalisation and
+    the process aborts ("terminate called without an active exception", SIGABRT) after a complete run."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return None
     import torch.distributed as dist
+    import torch.distributed.nn  # noqa: F401 - imported before the group exists, whichever library loads it later
 
     if not dist.is_initialized():
         dist.init_process_group("gloo")
@@ -64,11 +71,11 @@ def run(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(max(1, args.threads))
-    dist = _init_distributed()
+    dataset = load_dataset(args.dataset, args.split, root=args.data_root, class_names=args.class_names)
+    model = load_model(args.model, convention=args.convention, device=device)
+    dist = _init_distributed()  # after loading: see _init_distributed
     try:
         group = Group()
-        dataset = load_dataset(args.dataset, args.split, root=args.data_root, class_names=args.class_names)
-        model = load_model(args.model, convention=args.convention, device=device)
         cfg = EncodeConfig(limit=args.limit, batch_size=args.batch_size, dtype=args.dtype, chunk_rows=args.chunk_rows,
                            workers=args.workers, skip_bad=args.skip_bad, data_root=args.data_root,
                            progress=not args.no_progress and sys.stderr.isatty())
