@@ -41,7 +41,7 @@ from typing import Callable
 from resi_dual.data.base import ImageDataset
 from resi_dual.core.progress import ProgressArg
 from resi_dual.errors import ResiDualError
-from resi_dual.files import ensure_out_dir
+from resi_dual.files import ensure_out_dir, os_error_line
 from resi_dual.store.chunks import device_of, run_chunks
 from resi_dual.store.integrity import check_written_chunks, chunk_hashes, recheck_complete, release_lock, take_lock
 from resi_dual.store.disk import (
@@ -171,6 +171,17 @@ def encode_store(model, dataset: ImageDataset, out: str | Path, cfg: EncodeConfi
             release_lock(lock)
 
 
+def _shared_error(e: Exception, group: Group) -> str:
+    """Rank 0's failure as the status every rank raises. Not broadcast, it left the other ranks waiting
+    in the broadcast until rank 0 exited, then dying with gloo's "Connection reset by peer" instead of
+    the reason; a single process re-raises it as is."""
+    if isinstance(e, ResiDualError):
+        return f"error: {e}"
+    if group.world_size == 1:
+        raise e
+    return f"error: {os_error_line(e) if isinstance(e, OSError) else f'{type(e).__name__}: {e}'}"
+
+
 def _encode(model, dataset, out: Path, cfg: EncodeConfig, group: Group, log, held: list) -> StoreMeta:
     """encode_store's work; rank 0 appends the write lock it takes to ``held``."""
     t0 = time.perf_counter()
@@ -187,8 +198,8 @@ def _encode(model, dataset, out: Path, cfg: EncodeConfig, group: Group, log, hel
             if status == "resume":
                 for msg in check_written_chunks(out, plan.to_dict(), model.composition):
                     log(msg)
-        except ResiDualError as e:
-            status = f"error: {e}"
+        except Exception as e:  # noqa: BLE001 - the other ranks wait in the broadcast below
+            status = _shared_error(e, group)
     status = group.broadcast(status)
     if status.startswith("error: "):
         raise ResiDualError(status[len("error: "):])
@@ -226,8 +237,8 @@ def _encode(model, dataset, out: Path, cfg: EncodeConfig, group: Group, log, hel
                         "resumed": status == "resume", "argv": sys.argv[1:]},
             })
             status = "ok"
-        except ResiDualError as e:
-            status = f"error: {e}"
+        except Exception as e:  # noqa: BLE001 - the other ranks wait in the broadcast below
+            status = _shared_error(e, group)
     status = group.broadcast(status)
     if status.startswith("error: "):
         raise ResiDualError(status[len("error: "):])
