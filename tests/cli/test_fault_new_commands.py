@@ -192,7 +192,7 @@ def test_train_shots_must_be_positive(world, tmp_path, capsys, adapter, shots):
 
 
 @pytest.mark.parametrize("case", ["missing store", "analysis folder as store", "out is a file", "epochs 0", "moved data",
-                                  "coop on a vision-only model"])
+                                  "coop on a vision-only model", "lr on a peer"])
 def test_train_peers_bad_input(world, files, tmp_path, capsys, case):
     target = tmp_path / "notes.txt"
     target.write_text("mine")
@@ -204,6 +204,7 @@ def test_train_peers_bad_input(world, files, tmp_path, capsys, case):
         "epochs 0": (_train(world, out, "clip-adapter", "--epochs", "0"), "--epochs"),
         "moved data": (_train(world, out, "lora", "--data-root", tmp_path / "moved"), "--data-root"),
         "coop on a vision-only model": (_train(world, out, "coop"), "text tower"),
+        "lr on a peer": (_train(world, out, "lp++", "--lr", "0.01"), "--lr is not used by lp++"),
     }[case]
     rc, _, err = run_cli(argv, capsys)
     assert_one_line_error(rc, err, needle)

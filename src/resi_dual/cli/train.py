@@ -115,6 +115,11 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     seeds = _parse_seeds(args.seeds if args.seeds is not None else ("1,2,3" if args.shots else "1"))
     lr = args.lr if args.lr in ("sweep", "auto") else _float(args.lr)
+    from resi_dual.adapters.peers import PEERS
+
+    if args.adapter in PEERS and args.lr != "sweep":
+        raise ResiDualError(f"--lr is not used by {args.adapter}: each peer sets its own (a sweep on val, the "
+                            "Lipschitz bound of LP++, or none); leave --lr out")
     if args.epochs < 1 or args.patience < 1 or args.batch < 1:
         raise ResiDualError("--epochs, --patience and --batch must be at least 1")
     train, val, test = open_store(args.train), open_store(args.val), open_store(args.test)
