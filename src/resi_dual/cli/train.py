@@ -132,7 +132,6 @@ def run(args: argparse.Namespace) -> int:
         return _run_on_images(args, train, val, test, seeds, lr, device, dataset, out_dir, console)
 
     from resi_dual import load_model
-    from resi_dual.adapters.peers import PEERS
     from resi_dual.adapters.protocol import labelled_rows
     from resi_dual.zeroshot import classifier_for_source
 
