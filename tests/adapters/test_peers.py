@@ -66,8 +66,27 @@ def test_linear_probe_matches_sklearn_and_counts_parameters():
     res = peers.linear_probe(tr, va, 4)
     ref = LogisticRegression(C=res.settings["C"], max_iter=1000, tol=1e-6).fit(tr.embeddings.double().numpy(), tr.labels.numpy())
     assert np.array_equal(res.predict(te.embeddings).argmax(1).numpy(), ref.predict(te.embeddings.double().numpy()))
-    assert res.trainable_parameters == 4 * 16 + 4
+    assert res.trainable_parameters == 4 * 16 + 4 and res.settings["converged"] is True
     assert res.accuracy(te) > 0.8  # the clusters overlap: nearest-centroid gets about 0.85 here
+
+
+def test_linear_probe_warm_path_reaches_the_cold_fits_optimum_and_records_max_iter():
+    """Walking the C grid warm-started lands on each C's own optimum; a fit cut by max_iter is recorded,
+    not warned about."""
+    import warnings
+
+    from sklearn.linear_model import LogisticRegression
+
+    tr, va = clustered(10), clustered(10, seed=1)
+    res = peers.linear_probe(tr, va, 4, c_grid=(1e-2, 1.0, 100.0))
+    x, y = tr.embeddings.double().numpy(), tr.labels.numpy()
+    cold = LogisticRegression(C=res.settings["C"], max_iter=1000, tol=1e-6).fit(x, y)
+    w = res.predict(torch.eye(16)) - res.predict(torch.zeros(1, 16))  # (16, C): the learned rows
+    assert torch.allclose(w.double().T, torch.as_tensor(cold.coef_), rtol=1e-3, atol=1e-3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # sklearn's ConvergenceWarning would fail here
+        cut = peers.linear_probe(tr, va, 4, c_grid=(1e4,), max_iter=2)
+    assert cut.settings["converged"] is False
 
 
 def almost_alike_classifier():

@@ -38,10 +38,11 @@ def test_quick_demo_writes_a_complete_report(tmp_path):
         with Image.open(out / src) as im:
             im.load()
             assert im.size[0] > 100 and im.size[1] > 100
-    # every method has a row, with a number, for every dataset
+    # every method has a row, with a number, for every dataset; full fine-tuning on the held-out animals only
     for ds in ("world-unseen", "world", "fashion-mnist"):
         for m in ("zeroshot", "residual", "linear-probe", "finetune"):  # methods of the quick grid
-            assert re.search(rf"\| {ds} \| {m} \| \d+ \| \d+\.\d ± \d+\.\d \|", md), (ds, m)
+            row = re.search(rf"\| {ds} \| {m} \| \d+ \| \d+\.\d ± \d+\.\d \|", md)
+            assert bool(row) == (m != "finetune" or ds == "world-unseen"), (ds, m)
     # the zero-shot figures themselves are checked against the pretraining log in tests/models/test_demo.py
     # the ground-truth check closes the report: both towers, with their agreement rates
     assert "Ground truth" in md and (out / "groundtruth" / "summary.tsv").is_file()

@@ -27,7 +27,8 @@ def test_defaults_and_types():
     assert cfg.seeds == (0, 1, 2) and cfg.reference_split == "train"
     assert cfg.intrinsic_dim.variance == 0.99 and cfg.similarity.variance == 0.9
     assert "finetune" in cfg.adaptation.methods
-    assert cfg.adaptation.products == "auto"
+    assert cfg.adaptation.products == "auto" and cfg.adaptation.tower_datasets is None
+    assert parse_config(base(adaptation={"tower-datasets": ["digits"]})).adaptation.tower_datasets == ("digits",)
     assert parse_config(base(adaptation={"products": "float32"})).adaptation.products == "float32"
     assert cfg.device == "cpu"
     # the string is validated; whether the machine has the device is checked when the grid runs
@@ -58,6 +59,7 @@ def test_defaults_and_types():
     (base(specialization={"ablation": "noise"}), "specialization.ablation: 'noise' is not one of zero, mean"),
     (base(adaptation={"init": "zeros"}), "adaptation.init: 'zeros' is not one of ones, paper"),
     (base(adaptation={"finetune-seeds": [0, "1"]}), "adaptation.finetune-seeds: expected an integer, got '1'"),
+    (base(adaptation={"tower-datasets": ["digit"]}), "adaptation.tower-datasets: 'digit' is not the name of a [[datasets]] entry"),
     (base(reference={"spec": "fashion-mnist", "split": "dev"}), "reference.split: 'dev' is not one of train, val, test"),
     (base(datasets=[{"spec": 3}]), "datasets[0].spec: expected a non-empty string, got 3"),
     (base(similarity={"noise": 1}), "similarity.noise: expected true or false, got 1"),

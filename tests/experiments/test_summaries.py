@@ -106,6 +106,20 @@ def test_adaptation_summary_is_mean_and_sample_std_over_seeds(config):
     assert scatters[0].series == {"zeroshot": ([1], [pytest.approx(0.4)]), "coarse": ([5], [pytest.approx(0.6)])}
 
 
+def test_adaptation_figure_keeps_a_method_missing_on_a_dataset_in_place(config):
+    """finetune outside ``tower-datasets`` has no row on digits: its bar stays in the textiles group."""
+    rows = [{"model": "a", "dataset": d, "method": m, "seed": 0, "trainable_parameters": 4, "val_accuracy": 0.5,
+             "test_accuracy": acc, "epochs": 3, "best_epoch": 2}
+            for d, m, acc in [("digits", "coarse", 0.5), ("textiles", "coarse", 0.9), ("textiles", "finetune", 0.7)]]
+    out = adaptation_outputs(config, rows, ["coarse", "finetune", "coop"])
+    assert [(r["dataset"], r["method"]) for r in out.find("summary").rows] == [
+        ("digits", "coarse"), ("textiles", "coarse"), ("textiles", "finetune")]
+    bars = out.figures[0]
+    assert list(bars.series) == ["coarse", "finetune"]  # coop has no row anywhere: no bars
+    (missing, _), (present, _) = bars.series["finetune"]
+    assert math.isnan(missing) and present == pytest.approx(0.7)
+
+
 def test_similarity_model_correlation_is_pearson(config):
     import dataclasses
 
@@ -150,3 +164,17 @@ def test_few_shot_adaptation_grid_has_every_method_per_shot_count(config, tmp_pa
     assert keep["trainable_parameters"] == plain["trainable_parameters"] > 0
     stems = [f.stem for f in run.outputs.figures]
     assert "figures/a.1shot" in stems and "figures/params_a.2shot.digits" in stems
+
+
+def test_tower_methods_are_planned_only_on_tower_datasets(config, tmp_path):
+    import dataclasses
+
+    from resi_dual.experiments.adaptation import plan_adaptation
+    from resi_dual.experiments.grid import Grid
+
+    cfg = dataclasses.replace(config, adaptation=dataclasses.replace(
+        config.adaptation, methods=("zeroshot", "coarse", "finetune", "wise-ft"), tower_datasets=("textiles",)))
+    cells, _ = plan_adaptation(Grid(cfg, tmp_path, progress=False))
+    planned = sorted(c.name.rsplit("-", 1)[0] for c in cells if c.kind == "adaptation")
+    assert planned == ["a.digits.coarse.s0", "a.digits.zeroshot.s0",
+                       "a.textiles.coarse.s0", "a.textiles.finetune.s0", "a.textiles.zeroshot.s0"]

@@ -87,9 +87,11 @@ def run_peers(train, val, test, classifier, logit_scale: float, shots: int | Non
     for name in peers or (PEERS if model is not None else CACHED_PEERS):
         res = run_peer(name, tr, va, classifier, logit_scale, budget, model=model, class_names=class_names)
         lr = res.settings.get("lr")
-        shown = {k: v for k, v in res.settings.items() if k != "lr" and isinstance(v, (int, float))}
+        shown = {k: v for k, v in res.settings.items()
+                 if k != "lr" and isinstance(v, (int, float)) and not isinstance(v, bool)}
         note = "; ".join(filter(None, [", ".join(f"{k} {v:.3g}" for k, v in shown.items()),
                                        "lr from the Lipschitz bound (no search)" if res.lr_choice == "lipschitz" else "",
+                                       "the chosen fit stopped at max_iter" if res.settings.get("converged") is False else "",
                                        sweep_note(lr, res.lr_grid) if res.lr_choice == "sweep" else ""]))
         rows.append({
             "method": name, "shots": shots, "seed": seed, "trainable_parameters": res.trainable_parameters,

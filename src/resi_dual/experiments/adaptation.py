@@ -18,7 +18,7 @@ from resi_dual.experiments.summaries import adaptation_outputs
 
 _HEADS: dict = {}  # frozen heads per (model, train store, rows)
 #: Methods that run a tower on every step (the vision tower, or CoOp's text tower): their own epoch
-#: budget and seeds (``finetune-max-epochs``, ``finetune-seeds``).
+#: budget, seeds and datasets (``finetune-max-epochs``, ``finetune-seeds``, ``tower-datasets``).
 TOWER_METHODS = ("finetune", "lora", "coop")
 
 
@@ -122,6 +122,8 @@ def plan_adaptation(grid: Grid) -> tuple[list, Callable[[], Outputs]]:
             bases = ref_bases if s.bases == "reference" else grid.bases(stores["train"])
             for shots in (s.shots or (None,)):
                 for method in trained:
+                    if method in TOWER_METHODS and s.tower_datasets is not None and d.name not in s.tower_datasets:
+                        continue
                     needs_bases = needs_unit_bases(method)
                     seeds = cfg.seeds[:1] if method in ("zeroshot", "tip-adapter") and shots is None else cfg.seeds
                     if method in TOWER_METHODS and s.finetune_seeds is not None:

@@ -108,6 +108,7 @@ class AdaptationSettings:
     init: Init = "ones"  # λ init: ``ones`` or ``paper`` (1 + N(0, 1))
     finetune_max_epochs: PosInt = TrainConfig.max_epochs  # epochs of the methods that run a tower per step (finetune, lora, coop)
     finetune_seeds: tuple[int, ...] | None = None  # their seeds (None: the grid's seeds)
+    tower_datasets: tuple[str, ...] | None = None  # the datasets those methods run on (None: every dataset)
     products: Products = TrainConfig.products  # number format of the λ-step's two big products: auto, float32, bfloat16 (TrainConfig)
 
 
@@ -259,15 +260,20 @@ def parse_config(data: dict, source: str = "") -> GridConfig:
     # so --status and --encode-commands work on a machine without it
     if "device" in grid:
         grid["device"] = check_device_string(grid["device"], "grid.device")
+    datasets = _entries("datasets", data["datasets"], DatasetEntry)
+    adaptation = _fill(AdaptationSettings, "adaptation", data.get("adaptation", {}))
+    unknown = sorted(set(adaptation.tower_datasets or ()) - {d.name for d in datasets})
+    if unknown:
+        raise ResiDualError(f"adaptation.tower-datasets: {unknown[0]!r} is not the name of a [[datasets]] entry")
     return GridConfig(
         models=_entries("models", data["models"], ModelEntry),
-        datasets=_entries("datasets", data["datasets"], DatasetEntry),
+        datasets=datasets,
         reference=_entry("reference", ref, DatasetEntry, extra=("split",)),
         limits=_fill(Limits, "limits", data.get("limits", {})),
         intrinsic_dim=_fill(IntrinsicDimSettings, "intrinsic-dim", data.get("intrinsic-dim", {})),
         similarity=_fill(SimilaritySettings, "similarity", data.get("similarity", {})),
         specialization=_fill(SpecializationSettings, "specialization", data.get("specialization", {})),
-        adaptation=_fill(AdaptationSettings, "adaptation", data.get("adaptation", {})),
+        adaptation=adaptation,
         source=source, **grid,
     )
 

@@ -165,10 +165,12 @@ def adaptation_outputs(cfg: GridConfig, rows: list[dict], methods: list[str]) ->
     for m in cfg.models:
         for k in shot_counts:
             tag = f"{m.name}" + (f".{k}shot" if k else "")
-            series = {method: [(r["test_accuracy_mean"], r["test_accuracy_std"]) for d in cfg.datasets
-                               for r in summary if r["model"] == m.name and r["dataset"] == d.name
-                               and r["method"] == method and r["shots"] == (k or "all")]
-                      for method in methods}
+            # a method without a row on a dataset (CoOp on a vision-only model, a tower method outside
+            # tower-datasets) keeps its place in every group as an empty bar
+            cells = {(r["dataset"], r["method"]): (r["test_accuracy_mean"], r["test_accuracy_std"]) for r in summary
+                     if r["model"] == m.name and r["shots"] == (k or "all")}
+            series = {method: [cells.get((d.name, method), (float("nan"), 0.0)) for d in cfg.datasets]
+                      for method in methods if any((d.name, method) in cells for d in cfg.datasets)}
             out.figure(Bars(f"figures/{tag}", [d.name for d in cfg.datasets], series, "test accuracy",
                             f"{m.name}: adaptation" + (f", {k} shots" if k else "")))
             for d in cfg.datasets:
