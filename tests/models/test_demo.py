@@ -83,11 +83,7 @@ def world_embeddings(demo_model):
     return w, emb
 
 
-@pytest.mark.parametrize("attr", [
-    pytest.param("class", marks=pytest.mark.xfail(
-        reason="object class was not learned within the pretraining budget: the committed log's final zero-shot "
-               "is 0.054 on 500 images against chance 0.04, inside 4 standard errors", strict=False)),
-    "colour", "texture", "background", "position", "size"])
+@pytest.mark.parametrize("attr", ["class", "colour", "texture", "background", "position", "size"])
 def test_shipped_model_reads_each_attribute_zero_shot(demo_model, world_embeddings, attr):
     from resi_dual.data import world
     from resi_dual.models.text import get_text_tower

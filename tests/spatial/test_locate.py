@@ -47,11 +47,11 @@ def test_locate_puts_most_positive_mass_on_the_object(demo):
     """On 200 held-out world images (objects at a known place), Σ_heads maps along the caption naming the
     object's colour ("something red.") put most of their positive mass inside the object's bounding box.
 
-    Measured on the bundled world checkpoint of 2026-12-03 06:07 (model.safetensors sha256 a7d7fb6d…; seed 0,
-    test split, 200 images): hit rate 0.94, mean share in the box 0.77; the same maps scored against shuffled
-    boxes hit 0.21, mean share 0.22 (objects share 5 places). The previous checkpoint (place not learned) gave
-    0.975 / 0.81. Chance: a map spread evenly puts 0.17 of its mass in the box (mean box area). Thresholds
-    leave room for a retrained checkpoint: rate ≥ 0.85, share ≥ 0.65.
+    Measured on the bundled world checkpoint of 2026-12-03 09:00 (model.safetensors sha256 531b04ae…; seed 0,
+    test split, 200 images): hit rate 0.97, mean share in the box 0.78; the same maps scored against shuffled
+    boxes hit 0.21, mean share 0.23 (objects share 5 places). The earlier checkpoints gave 0.94 / 0.77 (713
+    steps) and 0.975 / 0.81 (place not learned). Chance: a map spread evenly puts 0.17 of its mass in the box
+    (mean box area). Thresholds leave room for a retrained checkpoint: rate ≥ 0.85, share ≥ 0.65.
     """
     from resi_dual.data.world import caption, generate, object_boxes
 
