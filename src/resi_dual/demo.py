@@ -33,14 +33,14 @@ DEMO_GRID = {
     "similarity": {"variance": 0.9, "split": "train", "noise": True},
     "specialization": {"rankings": ["S", "U|T", "U", "random"], "fractions": [0.05, 0.1, 0.25, 0.5, 0.75, 1.0],
                        "random-seeds": 10, "ablation": "mean", "describe-top": 3, "describe-terms": 5},
-    # every method picks its lr on val from a grid of the same size; the backbone-rerunning methods get
-    # 10 epochs on 2 cores (the table notes the cut) and run on the held-out animals only, where the
-    # question "does full fine-tuning beat a few thousand scalars?" is asked; lora and coop (which reruns
-    # the text tower) are left to the grids
+    # every method picks its lr on val from a grid of the same size; full fine-tuning reruns the backbone
+    # on every step, so in the demo it gets 3 epochs (the table notes the cut) and runs on the held-out
+    # animals only, where the question "does full fine-tuning beat a few thousand scalars?" is asked; lora
+    # and coop (which reruns the text tower) are left to the grids
     "adaptation": {"methods": ["zeroshot", "residual", "residual-keep", "residual-full", "coarse", "linear", "spectral",
                                "linear-probe", "lp++", "tip-adapter", "tip-adapter-f", "clip-adapter", "finetune", "wise-ft"],
                    "lr": "sweep", "bases": "task", "max-epochs": 30, "patience": 5, "batch-size": 64, "init": "ones",
-                   "finetune-max-epochs": 10, "finetune-seeds": [0], "tower-datasets": ["world-unseen"]},
+                   "finetune-max-epochs": 3, "finetune-seeds": [0], "tower-datasets": ["world-unseen"]},
 }
 
 QUICK_LIMITS = {"reference": 300, "train": 200, "val": 100, "test": 200, "noise": 60}

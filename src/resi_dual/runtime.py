@@ -47,6 +47,17 @@ def single_thread():
     return torch_threads(1)
 
 
+@contextmanager
+def single_thread_native():
+    """Run scikit-learn's small fits on one thread: its OpenMP loops and the BLAS under them (limited
+    through threadpoolctl, which sklearn ships with) and torch's own pool. A logistic regression on a few
+    thousand rows takes many short iterations, each a fork/join of both pools when they are threaded."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1), torch_threads(1):
+        yield
+
+
 def release_free_memory() -> None:
     """Return the heap pages freed so far to the operating system (glibc's ``malloc_trim``; a no-op
     elsewhere). A long streaming pass of many mid-sized temporaries otherwise leaves freed pages

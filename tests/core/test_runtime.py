@@ -20,6 +20,21 @@ def test_torch_threads_restores_the_count_even_on_error():
         assert torch.get_num_threads() == before
 
 
+def test_single_thread_native_limits_sklearns_pools_and_torchs_then_restores_them():
+    import sklearn.linear_model  # noqa: F401  (loads sklearn's OpenMP runtime, so threadpoolctl can see it)
+    from threadpoolctl import threadpool_info
+
+    before = torch.get_num_threads()
+    with runtime.torch_threads(2):
+        pools = {p["filepath"]: p["num_threads"] for p in threadpool_info()}
+        with runtime.single_thread_native():
+            assert torch.get_num_threads() == 1
+            assert pools and all(p["num_threads"] == 1 for p in threadpool_info())
+        assert {p["filepath"]: p["num_threads"] for p in threadpool_info()} == pools
+        assert torch.get_num_threads() == 2
+    assert torch.get_num_threads() == before
+
+
 def test_faster_products_measures_once_and_caches_per_machine_and_shape(monkeypatch, tmp_path):
     monkeypatch.setenv("RESI_DUAL_CACHE", str(tmp_path))
     timed = []

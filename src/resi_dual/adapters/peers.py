@@ -110,6 +110,8 @@ def linear_probe(train: Features, val: Features, n_classes: int, c_grid=PROBE_C_
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
 
+    from resi_dual.runtime import single_thread_native
+
     t0 = time.perf_counter()
     x, y = train.embeddings.double().numpy(), train.labels.numpy()
     if len(np.unique(y)) < 2:
@@ -122,8 +124,8 @@ def linear_probe(train: Features, val: Features, n_classes: int, c_grid=PROBE_C_
     unconverged: set[float] = set()
 
     def fit(c: float) -> tuple[float, tuple]:
-        with warnings.catch_warnings():  # recorded below instead: weak L2 on separable rows stops at max_iter
-            warnings.simplefilter("ignore", ConvergenceWarning)
+        with warnings.catch_warnings(), single_thread_native():
+            warnings.simplefilter("ignore", ConvergenceWarning)  # recorded below: weak L2 on separable rows stops at max_iter
             estimator.set_params(C=c).fit(x, y)
         if int(np.max(estimator.n_iter_)) >= max_iter:
             unconverged.add(c)

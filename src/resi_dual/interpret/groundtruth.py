@@ -74,11 +74,13 @@ def probe_score(x: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarra
     from sklearn.metrics import balanced_accuracy_score
     from sklearn.preprocessing import StandardScaler
 
+    from resi_dual.runtime import single_thread_native
+
     if len(np.unique(y[train])) < 2:
         return 0.0
     scaler = StandardScaler().fit(x[train])
     clf = LogisticRegression(max_iter=300, C=1.0)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), single_thread_native():
         warnings.simplefilter("ignore")  # a probe that has not fully converged still measures
         clf.fit(scaler.transform(x[train]), y[train])
         pred = clf.predict(scaler.transform(x[test]))
