@@ -1,7 +1,7 @@
 """The explorer in a real browser: Debian's headless chromium driven by selenium through chromedriver.
 
 No console errors, every image resolves, and overview → head → component navigation works. Also
-refreshes the screenshot of a head page in docs/ (docs/explorer_head.png)."""
+takes a screenshot of a head page (docs/explorer_head.png is one of the full demo's, docs/results/demo.md)."""
 
 from __future__ import annotations
 
@@ -79,7 +79,7 @@ def test_overview_head_component_navigation(folder_store, tmp_path, browser):
     n, broken = _images_ok(d)
     assert n == 3 * 4 and not broken  # four previews per PC
     assert d.find_elements(By.CSS_SELECTOR, "svg[aria-label=spectrum] rect")
-    shot = tmp_path / "explorer_head.png"  # docs/explorer_head.png is this page of the demo's site
+    shot = tmp_path / "explorer_head.png"  # docs/explorer_head.png: a head page of the full demo's site
     assert d.save_screenshot(str(shot)) and shot.stat().st_size > 5_000
     # head -> component -> next component -> back to the head
     d.find_element(By.LINK_TEXT, "PC2").click()
