@@ -104,9 +104,9 @@ def _bytes_per_sample(spec: str, name: str, n: int, dtype: str, tmp: Path, model
 
     out = tmp / f"bytes_{dtype}"
     m = encode_store(model, load_dataset(name, "train"), out, EncodeConfig(limit=n, batch_size=n, dtype=dtype, progress=False))
-    chunk_bytes = sum((out / c["file"]).stat().st_size for c in m["chunks"])
+    chunk_bytes = sum((out / c.file).stat().st_size for c in m.chunks)
     shutil.rmtree(out, ignore_errors=True)
-    return chunk_bytes / m["n_samples"], m["n_samples"]
+    return chunk_bytes / m.n_samples, m.n_samples
 
 
 def _paper_bytes(L: int, H: int, D: int) -> int:
