@@ -164,7 +164,8 @@ def _adaptation_section(rep, grid_dir: Path, out: Path) -> None:
         "`linear-probe` (logistic regression, C on val), `lp++` (a linear probe blended with the text rows, "
         "step sizes from Lipschitz bounds), `tip-adapter` (training-free cache), `tip-adapter-f`, "
         "`clip-adapter`. Full fine-tuning, WiSE-FT, LoRA and CoOp rerun a tower on every step and are left to the "
-        "offline grid (`configs/offline.toml`, tables in docs/results/adaptation of the repository). Every method picks its learning rate on val from a grid of the same size (see the lr and note "
+        "offline grid (`configs/offline.toml`, tables in docs/results/adaptation of the repository). Every method "
+        "picks its learning rate on val from a grid of the same size (see the lr and note "
         "columns). The text classifier is frozen for all of them; the fits are supervised on the train split, "
         "selected on val. Bases from each task's own train split.",
     )

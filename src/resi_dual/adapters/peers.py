@@ -125,7 +125,8 @@ def linear_probe(train: Features, val: Features, n_classes: int, c_grid=PROBE_C_
 
     def fit(c: float) -> tuple[float, tuple]:
         with warnings.catch_warnings(), single_thread_native():
-            warnings.simplefilter("ignore", ConvergenceWarning)  # recorded below: weak L2 on separable rows stops at max_iter
+            # recorded below instead: weak L2 on separable rows stops at max_iter
+            warnings.simplefilter("ignore", ConvergenceWarning)
             estimator.set_params(C=c).fit(x, y)
         if int(np.max(estimator.n_iter_)) >= max_iter:
             unconverged.add(c)
