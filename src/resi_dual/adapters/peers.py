@@ -121,16 +121,14 @@ def linear_probe(train: Features, val: Features, n_classes: int, c_grid=PROBE_C_
     # one estimator walks each grid from strong to weak regularisation, every fit warm-started from the
     # previous solution: the same optimum (the loss is strictly convex) in far fewer L-BFGS iterations
     estimator = LogisticRegression(max_iter=max_iter, tol=1e-6, warm_start=True)
-    unconverged: set[float] = set()
 
     def fit(c: float) -> tuple[float, tuple]:
         with warnings.catch_warnings(), single_thread_native():
-            # recorded below instead: weak L2 on separable rows stops at max_iter
+            # recorded in the result instead: weak L2 on separable rows stops at max_iter
             warnings.simplefilter("ignore", ConvergenceWarning)
             estimator.set_params(C=c).fit(x, y)
-        if int(np.max(estimator.n_iter_)) >= max_iter:
-            unconverged.add(c)
-        fitted = (estimator.coef_.copy(), estimator.intercept_.copy(), estimator.classes_.copy())
+        converged = int(np.max(estimator.n_iter_)) < max_iter
+        fitted = (estimator.coef_.copy(), estimator.intercept_.copy(), estimator.classes_.copy(), converged)
         return float((estimator.predict(xv) == yv).mean()), fitted
 
     tried: dict[float, tuple[float, tuple]] = {}
@@ -141,7 +139,7 @@ def linear_probe(train: Features, val: Features, n_classes: int, c_grid=PROBE_C_
         if c not in tried:
             tried[c] = fit(c)
     best = max(tried, key=lambda c: (tried[c][0], -abs(np.log10(c / best))))
-    coef, inter, classes = tried[best][1]
+    coef, inter, classes, converged = tried[best][1]
     w = torch.zeros(n_classes, x.shape[1], dtype=torch.float64)
     b = torch.full((n_classes,), -torch.inf, dtype=torch.float64)
     cls = torch.as_tensor(classes, dtype=torch.int64)
@@ -153,7 +151,7 @@ def linear_probe(train: Features, val: Features, n_classes: int, c_grid=PROBE_C_
     def predict(f: torch.Tensor) -> torch.Tensor:
         return (f.double() @ w.T + b).float()
 
-    settings = {"C": best, "converged": best not in unconverged}
+    settings = {"C": best, "converged": converged}
     return PeerResult("linear-probe", n_classes * x.shape[1] + n_classes, tried[best][0], settings,
                       predict, time.perf_counter() - t0, len(tried))
 
