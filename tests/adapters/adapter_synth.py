@@ -45,6 +45,29 @@ def make_source(comp, readout, n, seed=1, n_classes=3, labels=None, heads=None, 
     return MemorySource(enc, labels, names)
 
 
+def make_informative_source(n, seed, informative, comp, readout, n_classes=3) -> MemorySource:
+    """Heads in ``informative`` (labels such as "L0H1") carry a class-dependent shift; the others only
+    (3× larger) noise, so training λ helps on held-out rows."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, n_classes, (n,), generator=g)
+    heads = 3.0 * torch.randn(n, comp.n_layers, comp.n_heads, comp.d_head, generator=g)
+    pattern = torch.randn(n_classes, comp.n_layers, comp.n_heads, comp.d_head, generator=torch.Generator().manual_seed(99))
+    for lab in informative:
+        l, h = int(lab[1]), int(lab[3])
+        heads[:, l, h] = torch.randn(n, comp.d_head, generator=g) + pattern[labels, l, h]
+    return make_source(comp, readout, n, seed, n_classes, labels.numpy(), heads)
+
+
+def class_mean_classifier(source: MemorySource, informative) -> torch.Tensor:
+    """(n_classes, d_out) classifier reading the ``informative`` heads' class means: at λ = 1 the other
+    heads' noise swamps it."""
+    comp = source.composition
+    c = source.contributions([comp.index(lab) for lab in informative], dtype=torch.float64).sum(1)
+    y = torch.from_numpy(source.labels)
+    means = torch.stack([c[y == k].mean(0) - c.mean(0) for k in range(int(y.max()) + 1)])
+    return torch.nn.functional.normalize(means.float(), dim=1)
+
+
 def direct_bases(source: MemorySource) -> UnitBases:
     """Per-unit PCA by SVD of the float64 contributions; min(n−1, d_in+2, d_out) components, max-|·| entry positive."""
     comp = source.composition

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from adapter_synth import make_world
+from adapter_synth import class_mean_classifier, direct_bases, make_informative_source, make_model, make_world
 from resi_dual.adapters import AdapterConfig, TrainConfig, build_adapter, fit
 from resi_dual.adapters.cache import CachedSplit
 from resi_dual.adapters.training import ScalingEvaluator, ScalingObjective, ThreadPicker, resolve_products
@@ -23,6 +23,18 @@ VARIANTS = [  # (variant, mean mode): per-component λ, one λ per head with sca
 @pytest.fixture(scope="module")
 def world():
     return make_world(120, 40)
+
+
+@pytest.fixture(scope="module")
+def task():
+    """A world where two heads carry the label: training λ helps on val, so a fit keeps trained weights
+    (epoch ≥ 1) rather than its start, and comparisons between fits compare trained λ."""
+    comp, readout = make_model(seed=3)
+    informative = ["L0H1", "L1H2"]
+    train = make_informative_source(200, 11, informative, comp, readout)
+    val = make_informative_source(80, 12, informative, comp, readout)
+    bases = direct_bases(train)
+    return None, None, train, val, bases, class_mean_classifier(train, informative)
 
 
 def _adapter(world, variant, mean_mode, seed=4):
@@ -63,18 +75,19 @@ def test_validation_shortcut_matches_the_full_forward(world, variant, mean_mode)
 
 
 @pytest.mark.parametrize("variant,mean_mode", [("residual", None), ("coarse", None)])
-def test_fit_with_hand_gradient_matches_autograd_and_is_deterministic(world, variant, mean_mode):
-    _, _, train, val, _, _ = world
+def test_fit_with_hand_gradient_matches_autograd_and_is_deterministic(task, variant, mean_mode):
+    _, _, train, val, _, _ = task
 
     def run(hand, seed=0):
-        ad = _adapter(world, variant, mean_mode)
-        tc = TrainConfig(lr=0.05, max_epochs=4, patience=4, seed=seed, progress=False, hand_gradient=hand,
+        ad = _adapter(task, variant, mean_mode)
+        tc = TrainConfig(lr=0.2, max_epochs=4, patience=4, seed=seed, progress=False, hand_gradient=hand,
                          products="float32")
         res = fit(ad, ad.encode(train), ad.encode(val), tc)
         return ad.module.lam.detach().clone(), res
 
-    (a, ra), (b, rb), (c, rc), (d, _) = run(True), run(True), run(False), run(True, seed=1)
+    (a, ra), (b, rb), (c, rc), (d, rd) = run(True), run(True), run(False), run(True, seed=1)
     assert (ra.products, rc.products) == ("float32", "autograd")
+    assert min(ra.best_epoch, rd.best_epoch) >= 1  # trained λ kept, not the start
     assert torch.equal(a, b) and ra.history == rb.history  # same seed, same λ, bit for bit
     assert not torch.equal(a, d)
     # against the autograd loop: the same λ up to float32 rounding, the same selection
@@ -101,19 +114,20 @@ def test_bfloat16_products_round_only_the_two_products(world, variant, mean_mode
     assert float(F.cosine_similarity(g16, g32, 0)) > 0.9995
 
 
-def test_bfloat16_fit_is_deterministic_and_lands_next_to_float32(world):
-    _, _, train, val, _, _ = world
+def test_bfloat16_fit_is_deterministic_and_lands_next_to_float32(task):
+    _, _, train, val, _, _ = task
 
     def run(products):
-        ad = _adapter(world, "residual", None)
-        tc = TrainConfig(lr=0.05, max_epochs=4, patience=4, progress=False, products=products)
+        ad = _adapter(task, "residual", None)
+        tc = TrainConfig(lr=0.2, max_epochs=4, patience=4, progress=False, products=products)
         res = fit(ad, ad.encode(train), ad.encode(val), tc)
         return ad.module.lam.detach().clone(), res
 
     (a, ra), (b, rb), (c, rc) = run("bfloat16"), run("bfloat16"), run("float32")
     assert ra.products == "bfloat16" and torch.equal(a, b) and ra.history == rb.history
+    assert ra.best_epoch == rc.best_epoch >= 1
     assert not torch.equal(a, c)
-    assert float((a - c).norm() / c.norm()) < 1e-3  # measured 4e-5 over 4 epochs
+    assert float((a - c).norm() / c.norm()) < 5e-3  # measured 1.6e-3 over 4 epochs at this lr
     assert [h["val_accuracy"] for h in ra.history] == [h["val_accuracy"] for h in rc.history]
 
 
@@ -169,15 +183,16 @@ def test_products_at_another_thread_count_give_the_same_bits(world):
     assert all(torch.equal(x, y) for x, y in zip(ref, two))
 
 
-def test_fit_restores_the_thread_count_and_falls_back_for_other_adapters(world):
-    _, _, train, val, _, clf = world
+def test_fit_restores_the_thread_count_and_falls_back_for_other_adapters(task):
+    _, _, train, val, _, clf = task
     n = torch.get_num_threads()
-    ad = _adapter(world, "residual", None)
+    ad = _adapter(task, "residual", None)
     fit(ad, ad.encode(train), ad.encode(val), TrainConfig(max_epochs=1, progress=False))
     assert torch.get_num_threads() == n and ad.module.lam.grad is None
     lin = build_adapter(AdapterConfig("linear"), train, clf, 30.0)  # autograd loop
     w0 = lin.module.linear.weight.detach().clone()
-    res = fit(lin, lin.encode(train), lin.encode(val), TrainConfig(max_epochs=2, progress=False))
-    assert res.epochs == 2 and not torch.equal(lin.module.linear.weight, w0)
+    res = fit(lin, lin.encode(train), lin.encode(val), TrainConfig(lr=0.01, max_epochs=2, progress=False))
+    assert res.products == "autograd" and res.epochs == 2 and res.best_epoch >= 1
+    assert not torch.equal(lin.module.linear.weight, w0)
     s = ad.encode(val)  # float64 coefficients with a float32 adapter: the autograd loop, same as before
     assert not ScalingObjective.supports(ad, CachedSplit(s.coef.double(), s.fixed.double(), s.labels))

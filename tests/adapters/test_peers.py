@@ -245,3 +245,37 @@ def test_memo_reuses_the_test_split_without_changing_results(monkeypatch):
             assert a == b, variant
     assert sum(encodes) == 4 + 2  # without the memo: every run; with it: once per projection
     assert sum(1 for k in memo if k[0] == "test") == 2 and sum(1 for k in memo if k[0] == "zero-shot") == 1
+
+
+def test_peer_training_keeps_its_start_when_no_epoch_beats_it_on_val():
+    """The peers' loop shares the λ-adapters' rule (EarlyStopping): the untrained module is epoch 0."""
+    val = clustered(10, seed=1, spread=0.1)
+    centres = torch.nn.functional.normalize(torch.randn(4, 16, generator=torch.Generator().manual_seed(99)), dim=1)
+    head = torch.nn.Linear(16, 4, bias=False)
+    with torch.no_grad():
+        head.weight.copy_(10 * centres)  # the class centres: perfect on val from the start
+    start = {k: v.clone() for k, v in head.state_dict().items()}
+    noise = clustered(10, seed=2)
+    noise = Features(noise.embeddings, noise.labels[torch.randperm(len(noise), generator=torch.Generator().manual_seed(3))])
+    budget = peers.PeerTraining(max_epochs=4, patience=2)
+    acc, state = peers._train(head, head, noise, val, 0.5, budget)
+    assert acc == peers.accuracy(val.embeddings @ start["weight"].T, val.labels) == 1.0
+    assert torch.equal(state["weight"], start["weight"])
+    # and a task training can improve is trained: a zero head starts at chance
+    zero = torch.nn.Linear(16, 4, bias=False)
+    torch.nn.init.zeros_(zero.weight)
+    acc, state = peers._train(zero, zero, clustered(10, seed=2), val, 0.05, budget)
+    assert acc > 0.9 and float(state["weight"].abs().max()) > 0
+
+
+def test_early_stopping_counts_the_start_as_epoch_zero():
+    from resi_dual.adapters.training import EarlyStopping
+
+    snaps = iter(range(10))
+    stop = EarlyStopping(0.5, lambda: next(snaps), patience=2)
+    assert (stop.best_epoch, stop.best_state) == (0, 0)
+    assert not stop.update(1, 0.5)  # a tie is not better: the earlier weights stay
+    assert stop.update(2, 0.4) and (stop.best_epoch, stop.best_accuracy, stop.best_state) == (0, 0.5, 0)
+    stop = EarlyStopping(0.5, lambda: next(snaps), patience=2)
+    assert not stop.update(1, 0.6) and (stop.best_epoch, stop.best_state) == (1, 2)
+    assert not stop.update(2, 0.55) and stop.update(3, 0.6)  # patience counts epochs since the best

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from resi_dual.adapters.adapter import DEFAULT_LR, LR_SWEEP
 from resi_dual.adapters.metrics import RunMetrics
 from resi_dual.adapters.modules import classify
-from resi_dual.adapters.training import TrainConfig
+from resi_dual.adapters.training import EarlyStopping, TrainConfig
 from resi_dual.core.progress import task
 from resi_dual.errors import ResiDualError
 
@@ -82,7 +82,10 @@ def finetune(
     opt = schedulefree.AdamWScheduleFree(params, lr=lr)
     y_train = torch.as_tensor(np.asarray(train_labels), dtype=torch.int64).to(device)
     n, steps = len(train_images), math.ceil(len(train_images) / batch_size)
-    best, best_epoch, best_state, bad, history = -1.0, 0, None, 0, []
+    history: list[dict] = []
+    lib.eval()
+    stop = EarlyStopping(accuracy(model, val_images, val_labels, classifier, logit_scale, batch_size),
+                         lambda: [p.detach().clone() for p in params], patience)
     with task(progress, "finetune", epochs * steps, loss=float("nan"), val=float("nan")) as advance:
         for epoch in range(1, epochs + 1):
             lib.train()
@@ -104,18 +107,13 @@ def finetune(
             acc = accuracy(model, val_images, val_labels, classifier, logit_scale, batch_size)
             history.append({"epoch": epoch, "loss": total / n, "val_accuracy": acc})
             advance(0, loss=total / n, val=acc)
-            if acc > best:
-                best, best_epoch, bad = acc, epoch, 0
-                best_state = [p.detach().clone() for p in params]
-            else:
-                bad += 1
-                if bad >= patience:
-                    break
+            if stop.update(epoch, acc):
+                break
     with torch.no_grad():
-        for p, q in zip(params, best_state):
+        for p, q in zip(params, stop.best_state):
             p.copy_(q)
     lib.eval()
-    return {"best_val_accuracy": best, "best_epoch": best_epoch, "epochs": len(history),
+    return {"best_val_accuracy": stop.best_accuracy, "best_epoch": stop.best_epoch, "epochs": len(history),
             "trainable_parameters": int(sum(p.numel() for p in params)), "history": history,
             "seconds": time.perf_counter() - t0, "lr": lr}
 

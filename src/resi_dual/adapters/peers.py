@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from resi_dual.adapters.training import TrainConfig
+from resi_dual.adapters.training import EarlyStopping, TrainConfig
 from resi_dual.errors import ResiDualError
 from resi_dual.store.base import EncodingSource
 
@@ -219,7 +219,8 @@ class PeerTraining:
 
 def _train(module: nn.Module, logits_fn, train: Features, val: Features, lr: float, budget: PeerTraining,
            optimizer=None, lr_at=None) -> tuple[float, dict]:
-    """Cross-entropy with early stopping on val accuracy; returns (best val acc, best state).
+    """Cross-entropy with early stopping on val accuracy (the start a candidate: :class:`EarlyStopping`);
+    returns (best val acc, best state).
 
     ``optimizer(params, lr)``: default Schedule-Free AdamW; ``lr_at(epoch)``: a per-epoch learning rate
     (CoOp's warm-up and cosine), default constant."""
@@ -229,7 +230,11 @@ def _train(module: nn.Module, logits_fn, train: Features, val: Features, lr: flo
     params = [p for p in module.parameters() if p.requires_grad]
     opt = optimizer(params, lr) if optimizer is not None else schedulefree.AdamWScheduleFree(params, lr=lr)
     modes = hasattr(opt, "train")  # schedule-free optimizers evaluate at their averaged point
-    best_acc, best_state, stale = -1.0, None, 0
+    module.eval()
+    with torch.no_grad():
+        start_accuracy = accuracy(logits_fn(val.embeddings), val.labels)
+    stop = EarlyStopping(start_accuracy, lambda: {k: v.detach().clone() for k, v in module.state_dict().items()},
+                         budget.patience)
     for epoch in range(budget.max_epochs):
         if lr_at is not None:
             for group in opt.param_groups:
@@ -249,14 +254,9 @@ def _train(module: nn.Module, logits_fn, train: Features, val: Features, lr: flo
             opt.eval()
         with torch.no_grad():
             acc = accuracy(logits_fn(val.embeddings), val.labels)
-        if acc > best_acc:
-            best_acc, stale = acc, 0
-            best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
-        else:
-            stale += 1
-            if stale >= budget.patience:
-                break
-    return best_acc, best_state
+        if stop.update(epoch + 1, acc):
+            break
+    return stop.best_accuracy, stop.best_state
 
 
 def _best_over_lrs(make, train, val, budget: PeerTraining, optimizer=None, schedule=None):

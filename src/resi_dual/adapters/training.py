@@ -180,14 +180,38 @@ def _check_fit_inputs(adapter: Adapter, train: CachedSplit, val: CachedSplit, co
         raise ResiDualError("training labels exceed the classifier's classes")
 
 
+class EarlyStopping:
+    """Early stopping on validation accuracy, shared by every training loop of the package: the starting
+    weights are epoch 0 and a candidate like any other, so a run that training cannot improve on val ends
+    where it began (zero-shot, for an identity-initialised adapter, LoRA or a fine-tuned tower).
+
+    ``snapshot()`` returns a copy of the weights to keep; ``update`` is called after each epoch and says
+    whether to stop (``patience`` epochs without a strictly better val accuracy).
+    """
+
+    def __init__(self, start_accuracy: float, snapshot, patience: int) -> None:
+        self.snapshot, self.patience = snapshot, patience
+        self.best_accuracy, self.best_epoch, self.best_state, self.bad = start_accuracy, 0, snapshot(), 0
+
+    def update(self, epoch: int, accuracy: float) -> bool:
+        if accuracy > self.best_accuracy:
+            self.best_accuracy, self.best_epoch, self.best_state, self.bad = accuracy, epoch, self.snapshot(), 0
+            return False
+        self.bad += 1
+        return self.bad >= self.patience
+
+
 def _train_epochs(adapter: Adapter, params: list, opt, step, n: int, config: TrainConfig) -> tuple[list, float, int, list]:
     """Epochs of shuffled batches with early stopping on validation accuracy (Schedule-Free's averaged
-    weights, in its eval mode). Returns (history, best accuracy, best epoch, best parameters)."""
+    weights, in its eval mode), the start a candidate (:class:`EarlyStopping`).
+    Returns (history, best accuracy, best epoch, best parameters)."""
     gen = torch.Generator().manual_seed(config.seed)
     bs = config.batch_size
     steps = math.ceil(n / bs)
     every = max(1, steps // 20)  # progress updates per epoch: ~20, not one per step
-    best_acc, best_epoch, best_state, bad = -1.0, 0, None, 0
+    adapter.eval()
+    opt.eval()
+    stop = EarlyStopping(step.accuracy(), lambda: [p.detach().clone() for p in params], config.patience)
     history: list[dict] = []
     with task(config.progress, f"train {adapter.config['variant']}", config.max_epochs * steps,
               loss=float("nan"), val=float("nan")) as advance:
@@ -207,14 +231,9 @@ def _train_epochs(adapter: Adapter, params: list, opt, step, n: int, config: Tra
             acc = step.accuracy()
             history.append({"epoch": epoch, "loss": float(total) / n, "val_accuracy": acc})
             advance(0, loss=float(total) / n, val=acc)
-            if acc > best_acc:
-                best_acc, best_epoch, bad = acc, epoch, 0
-                best_state = [p.detach().clone() for p in params]
-            else:
-                bad += 1
-                if bad >= config.patience:
-                    break
-    return history, best_acc, best_epoch, best_state
+            if stop.update(epoch, acc):
+                break
+    return history, stop.best_accuracy, stop.best_epoch, stop.best_state
 
 
 def fit(adapter: Adapter, train: CachedSplit, val: CachedSplit, config: TrainConfig | None = None) -> FitResult:
