@@ -159,7 +159,8 @@ def _adaptation_section(rep, grid_dir: Path, out: Path) -> None:
         "Adaptation (paper §5)",
         "Test top-1 of each method with its trainable parameters. `residual`: one scalar per principal "
         "component of each head (components up to 90 % variance, other units dropped); `residual-keep`: the same "
-        "with the MLPs and embedding kept; `residual-full`: heads and MLPs, all components; `coarse`: one scalar "
+        "with the rest of the residual kept (MLPs, embedding, the heads' means and variance past the cut: λ = 1 "
+        "is zero-shot); `residual-full`: heads and MLPs, all components; `coarse`: one scalar "
         "per head; `linear`: d×d+bias on the output; `spectral`: diagonal in the output's PCA basis; the peers "
         "`linear-probe` (logistic regression, C on val), `lp++` (a linear probe blended with the text rows, "
         "step sizes from Lipschitz bounds), `tip-adapter` (training-free cache), `tip-adapter-f`, "

@@ -57,6 +57,28 @@ def test_all_lambda_one_with_means_reproduces_zero_shot(world):
     assert torch.allclose(drop.embed(s2.coef, s2.fixed).detach(), centred, atol=1e-4 * out.abs().max())
 
 
+def test_residual_keep_at_lambda_one_is_the_model_s_own_embedding(tmp_path, world):
+    """The heads' components to 90 % are adapted; their means, their variance past the cut, the MLPs and the
+    embedding pass through: at λ = 1 the embedding is the model's output, so the start is zero-shot."""
+    comp, _, train, test, bases, clf = world
+    ad = build_adapter(AdapterConfig("residual-keep"), train, clf, 100.0, bases=bases)
+    p = ad.projection
+    assert p.keep_rest and sorted(p.kept) == sorted(lab for lab in comp.labels if lab not in p.adapted)
+    assert sum(p.n_components) < len(p.adapted) * comp.d_out  # a real cut: the rest is not empty
+    out = test.output()
+    for a in (ad, Adapter.load(ad.save(tmp_path / "keep.safetensors"))):  # the rule travels with the file
+        split = a.encode(test)
+        emb = a.embed(split.coef, split.fixed).detach()
+        assert torch.allclose(emb, out, rtol=1e-5, atol=1e-5 * out.abs().max()), float((emb - out).abs().max())
+        assert torch.equal(a.predict_logits(split).argmax(1), classify(out, clf, 100.0).argmax(1))
+    # without the rest (the paper's choice) the same components give another embedding
+    plain = build_adapter(AdapterConfig("residual", keep="mlps,emb"), train, clf, 100.0, bases=bases)
+    s = plain.encode(test)
+    assert not torch.allclose(plain.embed(s.coef, s.fixed).detach(), out, atol=1e-2 * out.abs().max())
+    with pytest.raises(ResiDualError, match="count them twice"):
+        AdapterConfig("residual-keep", mean_mode="add").resolved()
+
+
 def test_presets_parameter_counts_and_identities(world):
     comp, _, train, test, bases, clf = world
     out = test.output()

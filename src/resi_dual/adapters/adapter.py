@@ -7,8 +7,11 @@ variant                   adapted units / components                          ot
 ========================  ==================================================  =========================
 ``residual``              heads, components to 90 % explained variance,       dropped (the paper's
                           one λ per component                                 ResiDual*)
-``residual-keep``         heads, components to 90 % explained variance,       kept as they are (MLPs
-                          one λ per component                                 and embedding)
+``residual-keep``         heads, components to 90 % explained variance,       kept as they are (MLPs,
+                          one λ per component                                 embedding, and the heads'
+                                                                              means and variance past
+                                                                              the cut): λ = 1 is the
+                                                                              model's own embedding
 ``residual-full``         heads and MLPs, all components, one λ each          embedding kept as is
 ``coarse``                heads, one λ per head scaling its whole c_u         dropped
 ``spectral``              the output embedding, all its PCA components        (mean kept as is)
@@ -73,15 +76,16 @@ LR_SWEEP = {
     "lora": (1e-4, 1e-3, 1e-2), "coop": (2e-4, 2e-3, 2e-2, 2e-1),
 }
 
-# variant -> (read from, adapted units, kept units, variance cut or None for all, mean mode, one λ per unit)
+# variant -> (read from, adapted units, kept units, variance cut or None for all, mean mode, one λ per unit,
+#            the adapted units' rest (means, variance past the cut) kept)
 _PRESETS = {
-    "residual": ("units", "heads", "", 0.9, "drop", False),
-    "residual-keep": ("units", "heads", "mlps,emb", 0.9, "drop", False),
-    "residual-full": ("units", "heads,mlps", "emb", None, "drop", False),
-    "coarse": ("units", "heads", "", None, "scale", True),
-    "spectral": ("output", "output", "", None, "drop", False),
-    "linear": ("output", "", "", None, "drop", False),
-    "zeroshot": ("output", "", "", None, "drop", False),
+    "residual": ("units", "heads", "", 0.9, "drop", False, False),
+    "residual-keep": ("units", "heads", "mlps,emb", 0.9, "drop", False, True),
+    "residual-full": ("units", "heads,mlps", "emb", None, "drop", False, False),
+    "coarse": ("units", "heads", "", None, "scale", True, False),
+    "spectral": ("output", "output", "", None, "drop", False, False),
+    "linear": ("output", "", "", None, "drop", False, False),
+    "zeroshot": ("output", "", "", None, "drop", False, False),
 }
 
 
@@ -111,7 +115,10 @@ class AdapterConfig:
     def resolved(self) -> dict:
         if self.variant not in _PRESETS:
             raise ResiDualError(f"unknown adapter {self.variant!r}; choose one of {', '.join(VARIANTS)}")
-        src, units, keep, variance, mean_mode, tied = _PRESETS[self.variant]
+        src, units, keep, variance, mean_mode, tied, keep_rest = _PRESETS[self.variant]
+        if keep_rest and self.mean_mode not in (None, "drop"):
+            raise ResiDualError(f"{self.variant} keeps the heads' means as they are; mean_mode {self.mean_mode!r} "
+                                "would count them twice")
         if self.variance != "preset":
             variance = None if self.variance is None else float(self.variance)
         if variance is not None and not (0.0 < variance <= 1.0):
@@ -126,6 +133,7 @@ class AdapterConfig:
             variance=variance,
             mean_mode=mean_mode if self.mean_mode is None else self.mean_mode,
             tied=tied,
+            keep_rest=keep_rest,
             init=self.init,
             seed=self.seed,
         )
@@ -260,7 +268,8 @@ class Adapter(nn.Module):
         header = {
             "format": FORMAT,
             "config": json.dumps(self.config),
-            "projection": json.dumps(dict(source=p.source, adapted=p.adapted, n_components=p.n_components, kept=p.kept)),
+            "projection": json.dumps(dict(source=p.source, adapted=p.adapted, n_components=p.n_components, kept=p.kept,
+                                          keep_rest=p.keep_rest)),
             "composition": self.composition.to_json(),
             "class_names": json.dumps(self.class_names),
             "logit_scale": repr(self.logit_scale),
@@ -287,7 +296,7 @@ class Adapter(nn.Module):
             )
         pj = json.loads(header["projection"])
         proj = Projection(pj["source"], pj["adapted"], pj["n_components"], tensors["projection.components"],
-                          tensors["projection.means"], pj["kept"])
+                          tensors["projection.means"], pj["kept"], pj.get("keep_rest", False))
         out = cls(json.loads(header["config"]), proj, tensors["classifier"], float(header["logit_scale"]),
                   Composition.from_json(header["composition"]), json.loads(header["class_names"]),
                   tensors["fingerprint"], prov, float(header.get("logit_bias", "0.0")))
@@ -345,7 +354,7 @@ def build_adapter(
             rows.append(bases.components[lab][:k].to(torch.float32))
             means.append(bases.means[lab].to(torch.float32))
         proj = Projection("units", adapted, ks, torch.cat(rows) if rows else torch.zeros(0, d_out),
-                          torch.stack(means) if means else torch.zeros(0, d_out), kept)
+                          torch.stack(means) if means else torch.zeros(0, d_out), kept, cfg["keep_rest"])
         prov.update(basis_hash=bases.content_hash(), basis_meta=bases.meta)
     elif cfg["units"] == "output":
         ref = reference if reference is not None else source

@@ -55,6 +55,9 @@ class Projection:
         components: (K, d_out) the stacked component rows, K = Σ_u k_u.
         means: (len(adapted), d_out) the adapted units' means.
         kept: labels of units whose contributions pass through unchanged (``source == "units"``).
+        keep_rest: the adapted units' means and their parts outside the kept components pass through
+            unchanged too (``source == "units"``), so λ = 1 gives back the sum of the adapted and kept
+            units exactly — with every unit kept or adapted, the model's own embedding.
     """
 
     source: str
@@ -63,6 +66,7 @@ class Projection:
     components: torch.Tensor
     means: torch.Tensor
     kept: list[str]
+    keep_rest: bool = False
 
     @property
     def offsets(self) -> list[int]:
@@ -124,7 +128,7 @@ def encode_split(
             i = comp.index(label)
             a_u, k_u = readout.affine(comp, i)
             v = comps[offs[j] : offs[j + 1]]
-            unit_maps.append((i, (v @ a_u).T.contiguous(), v @ (k_u - means[j])))
+            unit_maps.append((i, (v @ a_u).T.contiguous(), v @ (k_u - means[j]), a_u.T.contiguous(), k_u, v))
         kept_idx = [comp.index(lab) for lab in proj.kept]
 
     with task(progress, "caching coefficients", n) as step:
@@ -133,11 +137,16 @@ def encode_split(
             r = slice(start, stop) if rows is None else np.asarray(rows[start:stop])
             blk = source.raw(r, dtype=torch.float64)
             if proj.source == "units":
-                for j, (i, p_t, b) in enumerate(unit_maps):
+                rest = torch.zeros(stop - start, d_out, dtype=torch.float64)
+                for j, (i, p_t, b, a_t, k_u, v) in enumerate(unit_maps):
                     f = unit_features(comp, i, blk.dense, blk.heads, blk.mu, blk.sigma)
-                    coef[start:stop, offs[j] : offs[j + 1]] = (f @ p_t + b).float()
+                    c = f @ p_t + b
+                    coef[start:stop, offs[j] : offs[j + 1]] = c.float()
+                    if proj.keep_rest:  # c_u minus its part on the components: mean plus tail
+                        rest += f @ a_t + k_u - c @ v
                 if kept_idx:
-                    fixed[start:stop] = readout.apply(comp, blk.dense, blk.heads, blk.mu, blk.sigma, kept_idx).sum(1).float()
+                    rest += readout.apply(comp, blk.dense, blk.heads, blk.mu, blk.sigma, kept_idx).sum(1)
+                fixed[start:stop] = rest.float()
             else:
                 y = blk.output.to(torch.float64)
                 if K:

@@ -175,7 +175,7 @@ def _remember(memo: dict | None, key: tuple, source, compute):
 def _test_split(adapter: Adapter, test: EncodingSource, memo: dict | None, progress: bool) -> CachedSplit:
     """The test split's coefficients: they depend on the projection only, not on the shots or the seed."""
     p = adapter.projection
-    key = ("test", id(test), p.source, tuple(p.adapted), tuple(p.n_components), tuple(p.kept),
+    key = ("test", id(test), p.source, tuple(p.adapted), tuple(p.n_components), tuple(p.kept), p.keep_rest,
            tensors_hash(p.components, p.means))
     return _remember(memo, key, test, lambda: adapter.encode(test, progress=progress))
 
