@@ -25,6 +25,8 @@ import warnings
 
 import torch
 
+from bench.run import reps
+
 from resi_dual.runtime import torch_threads
 
 TITLE = "Adapters: cached-coefficient training vs. backbone-per-batch (ViT-B/32 geometry)"
@@ -124,12 +126,6 @@ def _residual_adapter(comps: torch.Tensor, clf: torch.Tensor, k: int):
     return Adapter(cfg, proj, clf, 100.0, comp, [str(c) for c in range(N_CLASSES)], torch.zeros(len(comp)), {})
 
 
-def _reps(**sides) -> dict:
-    from bench.run import spread
-
-    return {name: spread(xs) for name, xs in sides.items()}
-
-
 def _median(xs: list[float]) -> float:
     return sorted(xs)[len(xs) // 2]
 
@@ -176,21 +172,21 @@ def run() -> list[dict]:
         unit="s", ratio=paper_epoch / ours_epoch, target="≥ 300×", met=paper_epoch / ours_epoch >= 300,
         note=f"both single-threaded, interleaved, median of {REPEATS}; baseline scaled from timed batches of {BATCH} "
              f"at 224 px, adapter step excluded from it; {load}",
-        reps=_reps(ours=times["hand"], baseline_batch=times["backbone"])))
+        reps=reps(ours=times["hand"], baseline_batch=times["backbone"])))
     auto = _median(times["autograd"])
     rows.append(dict(
         what=f"one epoch: hand-written λ-gradient ({default_products} products) vs float32 autograd loop (1 thread)",
         ours=ours_epoch, baseline=auto, baseline_name="autograd loop (hand_gradient=False)", unit="s",
         ratio=auto / ours_epoch, target="not slower (≥ 1×)", met=auto / ours_epoch >= 1,
         note=f"median of {REPEATS}, interleaved; autograd loop validates through the full forward; {load}",
-        reps=_reps(ours=times["hand"], autograd=times["autograd"])))
+        reps=reps(ours=times["hand"], autograd=times["autograd"])))
     floor = _median(times["floor"])
     rows.append(dict(
         what=f"one epoch vs its floor: the two {default_products} products per step alone (1 thread)",
         ours=ours_epoch, baseline=floor, baseline_name=f"{n_batches} × (mm 64×{comps.shape[0]}·{comps.shape[0]}×{D_OUT} "
                                                        f"+ mm 64×{D_OUT}·{D_OUT}×{comps.shape[0]})",
         unit="s", ratio=ours_epoch / floor, target="—", met=True,
-        note="ratio = ours / floor (1 = nothing but the matmuls)", reps=_reps(ours=times["hand"], floor=times["floor"])))
+        note="ratio = ours / floor (1 = nothing but the matmuls)", reps=reps(ours=times["hand"], floor=times["floor"])))
 
     # the full fit at the default products, then at float32; the process's thread count (fit picks 1 or n
     # per window); each against its floor, measured right after it

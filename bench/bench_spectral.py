@@ -29,6 +29,8 @@ import warnings
 import numpy as np
 import torch
 
+from bench.run import reps
+
 TITLE = "Spectral engine: per-unit PCA and TwoNN"
 
 N = 20_000
@@ -191,7 +193,7 @@ def bench_pca() -> list[dict]:
                      f"peak RSS above the store already in memory, fresh process per N and run ({MEM_REPEATS} runs, "
                      f"ratios {', '.join(f'{r:.3f}' for r in ratios)}; in this process: {mem_ours:.0f} MB); "
                      f"the baseline's {len(labels)} heads peaked at {mem_base:.0f} MB",
-                     _reps(n20k=big, n5k=small)))
+                     reps(n20k=big, n5k=small)))
     return rows
 
 
@@ -242,12 +244,6 @@ def interleaved(fns: dict, repeats: int = REPEATS) -> dict:
 TIMES: dict[str, list[float]] = {}
 
 
-def _reps(**sides) -> dict:
-    from bench.run import spread
-
-    return {name: spread(xs) for name, xs in sides.items()}
-
-
 def _passes(st: dict) -> str:
     n = st["n"]
     return (f"m={st['bound_dims']} of {st['mapped_dims']} bounding dims; certified on pass 1 "
@@ -286,7 +282,7 @@ def bench_twonn() -> list[dict]:
                      "≥ 5× faster, ≤ 500 MB, estimates within 1 %", ratio >= 5 and mem_ours <= 500 and agree <= 0.01,
                      f"ID ours {est.dimension_:.3f} vs {d_full:.3f} (rel. diff {agree:.1e}); peak {mem_ours:.0f} MB vs "
                      f"{mem_full:.0f} MB; curved 8-dim manifold + 1e-3 noise; {timing}; {_passes(st)}",
-                     _reps(ours=TIMES["ours"], full=TIMES["full"])))
+                     reps(ours=TIMES["ours"], full=TIMES["full"])))
     if "skdim" in res:
         sk, t_sk, mem_sk = res["skdim"]
         agree_sk = abs(est.dimension_ - sk.dimension_) / sk.dimension_
@@ -294,7 +290,7 @@ def bench_twonn() -> list[dict]:
         rows.append(_row("TwoNN, N=20k, d=768", t_ours, t_sk, "scikit-dimension TwoNN", "s", ratio,
                          "faster, estimates within 1 %", ratio > 1 and agree_sk <= 0.01,
                          f"ID ours {est.dimension_:.3f} vs skdim {sk.dimension_:.3f} (rel. diff {agree_sk:.1e}); "
-                         f"peak {mem_ours:.0f} MB vs {mem_sk:.0f} MB; {timing}", _reps(ours=TIMES["ours"], skdim=TIMES["skdim"])))
+                         f"peak {mem_ours:.0f} MB vs {mem_sk:.0f} MB; {timing}", reps(ours=TIMES["ours"], skdim=TIMES["skdim"])))
     rows.append(_row("TwoNN peak memory, N=20k, d=768", mem_ours, mem_full, "full torch.cdist matrix (paper)", "MB",
                      mem_full / max(mem_ours, 1e-9), "≤ 500 MB", mem_ours <= 500, "ratio: baseline MB / ours MB"))
     del x, res, fns
@@ -320,7 +316,7 @@ def bench_twonn() -> list[dict]:
     rows.append(_row("TwoNN, one head, N=20k (66 coords vs 512-d)", t_h, t_hfull, "full torch.cdist on 512-d contributions",
                      "s", ratio, "≥ 5× faster, estimates within 1 %", ratio >= 5 and agree_h <= 0.01,
                      f"ID ours {est_h.dimension_:.3f} vs {d_h:.3f} (rel. diff {agree_h:.1e}); peak {mem_h:.0f} MB vs "
-                     f"{mem_hfull:.0f} MB; {timing}; {_passes(st)}", _reps(ours=TIMES["ours"], full=TIMES["full"])))
+                     f"{mem_hfull:.0f} MB; {timing}; {_passes(st)}", reps(ours=TIMES["ours"], full=TIMES["full"])))
     return rows
 
 

@@ -36,6 +36,11 @@ def spread(xs) -> dict:
     return {"min": xs[0], "median": statistics.median(xs), "max": xs[-1], "n": len(xs)}
 
 
+def reps(**sides) -> dict:
+    """A row's ``reps`` entry: the :func:`spread` of each side's repeated measurements."""
+    return {name: spread(xs) for name, xs in sides.items()}
+
+
 def _spread_cell(row: dict) -> str:
     """min / median / max of each measured side of a row, when the bench recorded its repetitions."""
     reps = row.get("reps") or {}
