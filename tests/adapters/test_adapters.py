@@ -15,6 +15,7 @@ from resi_dual.adapters import (
     lr_range_test,
 )
 from resi_dual.adapters.modules import classify
+from resi_dual.adapters.protocol import START_KEPT_NOTE, train_and_evaluate
 from resi_dual.errors import ResiDualError
 
 
@@ -259,3 +260,7 @@ def test_training_that_cannot_beat_the_start_on_val_keeps_the_start():
     assert res.best_epoch == 0 and res.epochs == 2 and res.best_val_accuracy == start_val
     assert all(torch.equal(w, start_weights[k]) for k, w in ad.component_weights().items())
     assert ad.accuracy(te) == start_test
+    # through the protocol the row says so, instead of naming an lr that changed nothing
+    _, m = train_and_evaluate(AdapterConfig("residual-keep", variance=1.0), noise, val, test, clf, 30.0, bases=bases,
+                              train_config=TrainConfig(max_epochs=3, patience=2, progress=False))
+    assert m.best_epoch == 0 and m.note == START_KEPT_NOTE and m.test_accuracy == start_test

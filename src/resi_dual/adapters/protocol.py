@@ -89,6 +89,11 @@ def fit_with_lr_choice(adapter: Adapter, tr: CachedSplit, va: CachedSplit, train
     return best, sweep
 
 
+#: the note of a run whose trained epochs all scored at most its untrained start on val (EarlyStopping kept
+#: the start; the chosen lr then changed nothing, so no edge note goes with it)
+START_KEPT_NOTE = "no epoch beat the untrained start on val: the start is kept"
+
+
 def sweep_note(chosen: float, candidates) -> str:
     """Empty, or a note that the chosen learning rate sits at an edge of its grid."""
     grid = sorted(candidates)
@@ -154,7 +159,8 @@ def train_and_evaluate(
         n={"train": len(tr), "val": len(va), "test": len(te)},
         seconds={"cache": t_cache, "train": result.seconds, "total": time.perf_counter() - t0},
         model_spec=adapter.provenance.get("model_spec"),
-        note=sweep_note(result.lr, [c["lr"] for c in sweep]) if sweep else "",
+        note=(START_KEPT_NOTE if result.epochs > 0 and result.best_epoch == 0
+              else sweep_note(result.lr, [c["lr"] for c in sweep]) if sweep else ""),
         history=tuple(result.history),
         details={**layout, **_adapter_details(adapter, train_config, sweep, result, (train, val, test))},
     )
