@@ -99,3 +99,16 @@ def make_world(n_train: int, n_other: int):
     g = torch.Generator().manual_seed(5)
     classifier = torch.nn.functional.normalize(torch.randn(3, comp.d_out, generator=g), dim=1)
     return comp, readout, train, other, bases, classifier
+
+
+#: the heads that carry the label in :func:`informative_task`
+INFORMATIVE = ("L0H1", "L1H2")
+
+
+def informative_task(*sizes: int):
+    """A world where the heads in :data:`INFORMATIVE` carry the label (``make_model(seed=3)``): training λ
+    helps on held-out rows. Returns (composition, readout, one source per size (seeds 11, 12, …),
+    direct bases of the first source, its class-mean classifier)."""
+    comp, readout = make_model(seed=3)
+    sources = [make_informative_source(n, 11 + i, INFORMATIVE, comp, readout) for i, n in enumerate(sizes)]
+    return comp, readout, sources, direct_bases(sources[0]), class_mean_classifier(sources[0], INFORMATIVE)

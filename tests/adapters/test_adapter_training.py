@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from adapter_synth import class_mean_classifier, direct_bases, make_informative_source, make_model, make_world
+from adapter_synth import informative_task, make_world
 from resi_dual.adapters import AdapterConfig, TrainConfig, build_adapter, fit
 from resi_dual.adapters.cache import CachedSplit
 from resi_dual.adapters.training import ScalingEvaluator, ScalingObjective, ThreadPicker, resolve_products
@@ -29,12 +29,8 @@ def world():
 def task():
     """A world where two heads carry the label: training λ helps on val, so a fit keeps trained weights
     (epoch ≥ 1) rather than its start, and comparisons between fits compare trained λ."""
-    comp, readout = make_model(seed=3)
-    informative = ["L0H1", "L1H2"]
-    train = make_informative_source(200, 11, informative, comp, readout)
-    val = make_informative_source(80, 12, informative, comp, readout)
-    bases = direct_bases(train)
-    return None, None, train, val, bases, class_mean_classifier(train, informative)
+    _, _, (train, val), bases, clf = informative_task(200, 80)
+    return None, None, train, val, bases, clf
 
 
 def _adapter(world, variant, mean_mode, seed=4):

@@ -2,8 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from adapter_synth import (class_mean_classifier, direct_bases, make_informative_source, make_model, make_source,
-                           make_world)
+from adapter_synth import INFORMATIVE, direct_bases, informative_task, make_model, make_source, make_world
 from resi_dual.adapters import (
     Adapter,
     AdapterConfig,
@@ -118,32 +117,22 @@ def test_presets_parameter_counts_and_identities(world):
 
 
 def test_training_pushes_up_the_heads_that_carry_the_label():
-    comp, readout = make_model(seed=3)
-    informative = ["L0H1", "L1H2"]
-    train = make_informative_source(600, 11, informative, comp, readout)
-    val = make_informative_source(200, 12, informative, comp, readout)
-    test = make_informative_source(200, 13, informative, comp, readout)
-    bases = direct_bases(train)
-    clf = class_mean_classifier(train, informative)
+    _, _, (train, val, test), bases, clf = informative_task(600, 200, 200)
     ad = build_adapter(AdapterConfig("residual", variance=1.0), train, clf, 30.0, bases=bases)
     tr, va, te = ad.encode(train), ad.encode(val), ad.encode(test)
     before = ad.accuracy(te)
     res = fit(ad, tr, va, TrainConfig(max_epochs=15, progress=False))  # the paper's lr 0.8
     assert res.lr == 0.8
     w = ad.component_weights()
-    good = torch.cat([w[lab] for lab in informative]).abs().mean()
-    rest = torch.cat([w[lab] for lab in w if lab not in informative]).abs().mean()
+    good = torch.cat([w[lab] for lab in INFORMATIVE]).abs().mean()
+    rest = torch.cat([w[lab] for lab in w if lab not in INFORMATIVE]).abs().mean()
     assert good > 1.5 and good > 2 * rest, (float(good), float(rest))
     assert before < 0.65 and ad.accuracy(te) > before + 0.25, (before, ad.accuracy(te))
     assert 1 <= res.best_epoch <= res.epochs <= 15 and len(res.history) == res.epochs
 
 
 def test_training_is_deterministic_and_save_load_round_trips(tmp_path):
-    comp, readout = make_model(seed=3)
-    informative = ["L0H1", "L1H2"]
-    train, val, test = (make_informative_source(n, seed, informative, comp, readout)
-                        for n, seed in ((200, 11), (80, 12), (50, 13)))
-    bases, clf = direct_bases(train), class_mean_classifier(train, informative)
+    _, _, (train, val, test), bases, clf = informative_task(200, 80, 50)
 
     def run(seed):
         ad = build_adapter(AdapterConfig("residual", init="paper", seed=4), train, clf, 100.0, bases=bases)
@@ -243,12 +232,8 @@ def test_training_that_cannot_beat_the_start_on_val_keeps_the_start():
     """Epoch 0 is a candidate: a run whose every epoch scores below its starting weights on val (here,
     train rows whose labels carry no signal) ends where it began, so an identity-initialised adapter
     never ends below zero-shot on val."""
-    comp, readout = make_model(seed=3)
-    informative = ["L0H1", "L1H2"]
-    task, val, test = (make_informative_source(n, seed, informative, comp, readout)
-                       for n, seed in ((200, 11), (80, 12), (80, 13)))
+    comp, readout, (task, val, test), bases, clf = informative_task(200, 80, 80)
     noise = make_source(comp, readout, 200, seed=11, labels=np.random.default_rng(0).permutation(task.labels))
-    bases, clf = direct_bases(task), class_mean_classifier(task, informative)
     ad = build_adapter(AdapterConfig("residual-keep", variance=1.0), task, clf, 30.0, bases=bases)
     tr, va, te = ad.encode(noise), ad.encode(val), ad.encode(test)
     start_weights = {k: v.clone() for k, v in ad.component_weights().items()}

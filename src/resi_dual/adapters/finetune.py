@@ -181,7 +181,7 @@ def finetune_from_stores(train, val, test, shots: int | None = None, seed: int =
     ``finetune`` (every vision parameter) or ``lora`` (low-rank updates of the attention projections
     through peft, :mod:`resi_dual.adapters.lora`)."""
     from resi_dual import load_model
-    from resi_dual.adapters.protocol import START_KEPT_NOTE, check_splits, labelled_rows, sweep_note
+    from resi_dual.adapters.protocol import check_splits, labelled_rows, training_note
     from resi_dual.zeroshot import classifier_for_source
 
     check_splits(train, val, test)
@@ -230,8 +230,7 @@ def finetune_from_stores(train, val, test, shots: int | None = None, seed: int =
         test_accuracy=test_acc, zeroshot_test=zs_test, epochs=best["epochs"], best_epoch=best["best_epoch"],
         lr=best["lr"], seed=seed, shots=shots, n={"train": len(tr_rows), "val": len(va_rows), "test": len(test)},
         seconds={"total": seconds}, model_spec=spec,
-        note=(START_KEPT_NOTE if best["epochs"] > 0 and best["best_epoch"] == 0
-              else sweep_note(best["lr"], candidates) if lr == "sweep" else ""),
+        note=training_note(best["lr"], candidates if lr == "sweep" else (), best["epochs"], best["best_epoch"]),
         history=tuple(best["history"]),
         details={"lr_choice": "sweep" if lr == "sweep" else "given", "lr_sweep": sweep, "logit_scale": scale})
     if method == "finetune":

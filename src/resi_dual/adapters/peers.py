@@ -230,10 +230,15 @@ def _train(module: nn.Module, logits_fn, train: Features, val: Features, lr: flo
     params = [p for p in module.parameters() if p.requires_grad]
     opt = optimizer(params, lr) if optimizer is not None else schedulefree.AdamWScheduleFree(params, lr=lr)
     modes = hasattr(opt, "train")  # schedule-free optimizers evaluate at their averaged point
-    module.eval()
-    with torch.no_grad():
-        start_accuracy = accuracy(logits_fn(val.embeddings), val.labels)
-    stop = EarlyStopping(start_accuracy, lambda: {k: v.detach().clone() for k, v in module.state_dict().items()},
+
+    def val_accuracy() -> float:
+        module.eval()
+        if modes:
+            opt.eval()
+        with torch.no_grad():
+            return accuracy(logits_fn(val.embeddings), val.labels)
+
+    stop = EarlyStopping(val_accuracy(), lambda: {k: v.detach().clone() for k, v in module.state_dict().items()},
                          budget.patience)
     for epoch in range(budget.max_epochs):
         if lr_at is not None:
@@ -249,12 +254,7 @@ def _train(module: nn.Module, logits_fn, train: Features, val: Features, lr: flo
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-        module.eval()
-        if modes:
-            opt.eval()
-        with torch.no_grad():
-            acc = accuracy(logits_fn(val.embeddings), val.labels)
-        if stop.update(epoch + 1, acc):
+        if stop.update(epoch + 1, val_accuracy()):
             break
     return stop.best_accuracy, stop.best_state
 

@@ -102,6 +102,14 @@ def sweep_note(chosen: float, candidates) -> str:
     return ""
 
 
+def training_note(chosen: float, candidates, epochs: int, best_epoch: int) -> str:
+    """A trained run's note: that it kept its untrained start (then the lr changed nothing), else
+    :func:`sweep_note` of its lr among ``candidates`` (empty when the lr was given, not swept)."""
+    if epochs > 0 and best_epoch == 0:
+        return START_KEPT_NOTE
+    return sweep_note(chosen, candidates) if candidates else ""
+
+
 def train_and_evaluate(
     config: AdapterConfig,
     train: EncodingSource,
@@ -159,8 +167,7 @@ def train_and_evaluate(
         n={"train": len(tr), "val": len(va), "test": len(te)},
         seconds={"cache": t_cache, "train": result.seconds, "total": time.perf_counter() - t0},
         model_spec=adapter.provenance.get("model_spec"),
-        note=(START_KEPT_NOTE if result.epochs > 0 and result.best_epoch == 0
-              else sweep_note(result.lr, [c["lr"] for c in sweep]) if sweep else ""),
+        note=training_note(result.lr, [c["lr"] for c in sweep], result.epochs, result.best_epoch),
         history=tuple(result.history),
         details={**layout, **_adapter_details(adapter, train_config, sweep, result, (train, val, test))},
     )
